@@ -1,0 +1,53 @@
+# imaged: every target installs what it needs (Debian packages, then a venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := containerd runc docker-registry skopeo umoci busybox-static zstd
+CONFIG ?= .run/imaged.yaml
+
+.PHONY: all deps venv protos run test lint fmt bench soak clean
+
+all: test
+
+# Debian packages the daemon (make run) and the suite need; installed only when missing.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Regenerates src/imaged/pb from protos/ (tests/test_protos.py checks they agree).
+protos: venv
+	$(PY) tools/genprotos.py
+
+run: deps venv
+	$(PY) tools/devrun.py
+
+test: deps venv
+	$(VENV)/bin/pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check src tests tools
+	$(VENV)/bin/ruff format --check src tests tools
+	$(VENV)/bin/mypy
+
+fmt: venv
+	$(VENV)/bin/ruff format src tests tools
+	$(VENV)/bin/ruff check --fix src tests tools
+
+bench: deps venv
+	$(PY) -m bench
+
+clean:
+	rm -rf .run build dist .pytest_cache .mypy_cache

@@ -1,0 +1,55 @@
+"""Reading the YAML file, with errors that name the file and the offending key."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from imaged.config.models import Config
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_text(text: str, source: str = "<config>") -> Config:
+    try:
+        doc: Any = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"  {_key(tuple(err['loc']))}: {msg}")
+        raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(problems)) from None
+
+
+def load(path: str | pathlib.Path | None) -> Config:
+    """Load `path`; None gives the defaults."""
+    if path is None:
+        return Config()
+    p = pathlib.Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read configuration: {e.strerror}") from None
+    return load_text(text, str(p))

@@ -1,0 +1,79 @@
+"""The root configuration model. Sections of registries and verification live with their code."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from imaged.config.base import Section
+from imaged.registry.config import RegistriesConfig
+from imaged.verify.config import VerificationConfig
+
+
+class SocketConfig(Section):
+    """A unix socket the daemon listens on."""
+
+    path: str = "/run/imaged/imaged.sock"
+    # Octal permission bits as a string ("0660") or an int (0o660).
+    mode: int = 0o660
+    group: str | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal(cls, v: object) -> object:
+        if isinstance(v, str):
+            try:
+                return int(v, 8)
+            except ValueError:
+                raise ValueError(f"mode must be octal like '0660', got {v!r}") from None
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _range(cls, v: int) -> int:
+        if not 0 <= v <= 0o777:
+            raise ValueError("mode must be between 0000 and 0777")
+        return v
+
+
+class ListenConfig(Section):
+    admin: SocketConfig = SocketConfig()
+    # Serves only List and Verify (containerd's CRI plugin, readers).
+    readonly: SocketConfig | None = None
+
+
+class ContainerdConfig(Section):
+    """Where each `ContainerdInstance.driver` points."""
+
+    system_socket: str = "/run/containerd/containerd.sock"
+    cri_socket: str = "/run/containerd/containerd.sock"
+    snapshotter: str = "overlayfs"
+    # Leases made by a call are also bounded by this, should the daemon die mid-call.
+    lease_expire_seconds: int = Field(default=86400, ge=60)
+
+
+class PullConfig(Section):
+    max_concurrent_downloads: int = Field(default=4, ge=1, le=64)
+    # Progress updates per layer per second, at most.
+    progress_rate: float = Field(default=10.0, gt=0, le=100)
+
+
+class LogConfig(Section):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MetricsConfig(Section):
+    # host:port for Prometheus text; unset disables the endpoint.
+    listen: str | None = None
+
+
+class Config(Section):
+    listen: ListenConfig = ListenConfig()
+    containerd: ContainerdConfig = ContainerdConfig()
+    pull: PullConfig = PullConfig()
+    registries: RegistriesConfig = RegistriesConfig()
+    verification: VerificationConfig = VerificationConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()

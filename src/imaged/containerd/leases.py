@@ -1,0 +1,79 @@
+"""Leases: everything a pull or import writes belongs to one lease until its records exist."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from imaged import errors
+from imaged.containerd import labels as L
+from imaged.containerd.client import Namespaced
+from imaged.pb.containerd.services.leases.v1 import leases_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def finish(aw: Awaitable[T]) -> T:
+    """Await `aw` to the end even if our caller is cancelled meanwhile (cleanup must not be cut)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+@asynccontextmanager
+async def lease(
+    ns: Namespaced,
+    *,
+    owner: str,
+    purpose: str,
+    expire: dt.timedelta = dt.timedelta(hours=24),
+) -> AsyncIterator[Namespaced]:
+    """A lease that holds content/snapshots created through the yielded client; deleted on exit.
+
+    The `containerd.io/gc.expire` label bounds a leak even if this process dies before cleanup,
+    and `imaged.dev/lease=<owner>` lets the next daemon remove it at start.
+    """
+    lease_id = f"imaged-{purpose}-{uuid.uuid4().hex[:16]}"
+    expires = (dt.datetime.now(dt.UTC) + expire).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await ns.call(
+        ns.leases.Create,
+        leases_pb2.CreateRequest(id=lease_id, labels={L.GC_EXPIRE: expires, L.IMAGED_LEASE: owner}),
+    )
+    try:
+        yield ns.with_lease(lease_id)
+    finally:
+        try:
+            await finish(delete(ns, lease_id, sync=False))
+        except errors.ImagedError as e:
+            log.warning("could not delete lease %s: %s", lease_id, e)
+
+
+async def delete(ns: Namespaced, lease_id: str, *, sync: bool = False) -> None:
+    try:
+        await ns.call(ns.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=sync))
+    except errors.NotFound:
+        pass
+
+
+async def list_leases(ns: Namespaced, *filters: str) -> list[leases_pb2.Lease]:
+    resp = await ns.call(ns.leases.List, leases_pb2.ListRequest(filters=list(filters)))
+    return list(resp.leases)
+
+
+async def remove_stale(ns: Namespaced, *, keep_owner: str) -> int:
+    """Delete leases left by earlier imaged processes (not `keep_owner`); return how many."""
+    n = 0
+    for le in await list_leases(ns, f'labels."{L.IMAGED_LEASE}"'):
+        if le.labels.get(L.IMAGED_LEASE) != keep_owner:
+            await delete(ns, le.id)
+            n += 1
+    return n

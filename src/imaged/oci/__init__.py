@@ -1,0 +1,1 @@
+"""Pure OCI/Docker image data: media types, manifests, platforms, chain IDs. No I/O."""

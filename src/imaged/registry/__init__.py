@@ -1,0 +1,1 @@
+"""Registry side: image references, auth, mirrors, resolve and fetch (OCI distribution)."""

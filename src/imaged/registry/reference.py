@@ -1,0 +1,148 @@
+"""Docker-compatible image references: parse, validate and normalize.
+
+Follows the grammar of distribution/reference (the one docker, containerd and CRI use), so that
+`nginx`, `docker.io/library/nginx:latest` and `index.docker.io/library/nginx` are one image.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from imaged.errors import InvalidArgument
+
+DOCKER_HUB = "docker.io"
+_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+DEFAULT_TAG = "latest"
+MAX_NAME = 255
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_RE = re.compile(rf"^(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_SHA256_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_SHA512_RE = re.compile(r"^sha512:[a-f0-9]{128}$")
+
+
+def validate_digest(digest: str) -> str:
+    """Return `digest` if it is a well-formed sha256/sha512 digest, else raise InvalidArgument."""
+    if _SHA256_RE.match(digest) or _SHA512_RE.match(digest):
+        return digest
+    if not _DIGEST_RE.match(digest):
+        raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 hex characters>")
+    raise InvalidArgument(f"unsupported digest {digest!r}: only sha256 and sha512 are supported")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A normalized reference: domain is never empty and Docker Hub names carry `library/`."""
+
+    domain: str
+    path: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def repository(self) -> str:
+        """`domain/path`, the name rules and records are keyed by."""
+        return f"{self.domain}/{self.path}"
+
+    @property
+    def object(self) -> str:
+        """What to ask the registry's manifests endpoint for: the digest if pinned, else the tag."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    def with_digest(self, digest: str) -> Reference:
+        return Reference(self.domain, self.path, self.tag, digest)
+
+    def pinned(self, digest: str | None = None) -> str:
+        """`repository@digest` (the form Pull returns and CRI records as a repo digest)."""
+        d = digest or self.digest
+        if not d:
+            raise ValueError("reference has no digest")
+        return f"{self.repository}@{d}"
+
+    def tagged(self) -> str | None:
+        return f"{self.repository}:{self.tag}" if self.tag else None
+
+    def __str__(self) -> str:
+        s = self.repository
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+    def familiar(self) -> str:
+        """Short form for people (`nginx:1.27`)."""
+        s = self.path.removeprefix("library/") if self.domain == DOCKER_HUB else self.repository
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+def _split_domain(name: str) -> tuple[str, str]:
+    first, sep, rest = name.partition("/")
+    if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+        domain, path = first, rest
+    else:
+        domain, path = DOCKER_HUB, name
+    if domain in _HUB_ALIASES:
+        domain = DOCKER_HUB
+    if domain == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    return domain, path
+
+
+def parse(ref: str, *, default_tag: bool = True) -> Reference:
+    """Parse and normalize `ref`; raise InvalidArgument naming the problem.
+
+    With `default_tag`, a reference with neither tag nor digest gets `latest` (pull semantics).
+    """
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgument("image reference is empty")
+    if ref != ref.strip() or any(c.isspace() for c in ref):
+        raise InvalidArgument(f"invalid image reference {ref!r}: contains white space")
+    if len(ref) > 4096:
+        raise InvalidArgument("invalid image reference: longer than 4096 characters")
+    remainder, _, digest = ref.partition("@")
+    digest_value: str | None = None
+    if digest:
+        digest_value = validate_digest(digest)
+    elif ref.endswith("@"):
+        raise InvalidArgument(f"invalid image reference {ref!r}: empty digest after '@'")
+    name, tag = remainder, None
+    colon = remainder.rfind(":")
+    if colon > remainder.rfind("/"):
+        name, tag = remainder[:colon], remainder[colon + 1 :]
+        if not _TAG_RE.match(tag):
+            raise InvalidArgument(f"invalid image reference {ref!r}: bad tag {tag!r}")
+    if not name:
+        raise InvalidArgument(f"invalid image reference {ref!r}: no repository name")
+    if name.startswith("sha256:") or re.fullmatch(r"[a-f0-9]{64}", name):
+        raise InvalidArgument(
+            f"invalid image reference {ref!r}: an image id is not a repository name"
+        )
+    domain, path = _split_domain(name)
+    if not _DOMAIN_RE.match(domain):
+        raise InvalidArgument(f"invalid image reference {ref!r}: bad registry host {domain!r}")
+    if not _PATH_RE.match(path):
+        if path.lower() != path:
+            raise InvalidArgument(
+                f"invalid image reference {ref!r}: repository name must be lowercase"
+            )
+        raise InvalidArgument(f"invalid image reference {ref!r}: bad repository path {path!r}")
+    if len(f"{domain}/{path}") > MAX_NAME:
+        raise InvalidArgument(f"invalid image reference {ref!r}: name longer than {MAX_NAME} characters")
+    if default_tag and tag is None and digest_value is None:
+        tag = DEFAULT_TAG
+    return Reference(domain, path, tag, digest_value)
+
+
+def registry_host(domain: str) -> str:
+    """The host that serves the registry API for `domain` (Docker Hub's differs from its name)."""
+    return "registry-1.docker.io" if domain == DOCKER_HUB else domain

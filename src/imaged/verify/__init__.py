@@ -1,0 +1,1 @@
+"""Image signature verification: policy, signature discovery, verifiers, trust roots, cache."""
