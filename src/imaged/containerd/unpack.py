@@ -1,0 +1,160 @@
+"""Unpacking layers into a snapshotter, one layer as soon as it and its parents are in.
+
+Each layer is applied on top of its parent's chain ID with Diff.Apply; the resulting diffID is
+checked against the config, and the config blob finally gets the
+`containerd.io/gc.ref.snapshot.<snapshotter>` label, which is what containerd calls "unpacked".
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from imaged import errors
+from imaged.containerd import labels as L
+from imaged.containerd.client import Namespaced
+from imaged.containerd.content import ContentStore
+from imaged.containerd.leases import finish
+from imaged.oci.manifest import Descriptor, chain_ids
+from imaged.pb.containerd.services.diff.v1 import diff_pb2
+from imaged.pb.containerd.services.leases.v1 import leases_pb2
+from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2
+from imaged.pb.containerd.types import descriptor_pb2
+
+# Called with (layer index, event, elapsed seconds); events: "extracting", "extracted", "exists".
+UnpackEvent = Callable[[int, str, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackResult:
+    top_chain_id: str
+    applied: int
+    existed: int
+
+
+class Unpacker:
+    def __init__(self, ns: Namespaced, snapshotter: str) -> None:
+        self.ns = ns
+        self.snapshotter = snapshotter
+        self.content = ContentStore(ns)
+
+    async def exists(self, chain_id: str) -> bool:
+        try:
+            await self.ns.call(
+                self.ns.snapshots.Stat,
+                snapshots_pb2.StatSnapshotRequest(snapshotter=self.snapshotter, key=chain_id),
+            )
+        except errors.NotFound:
+            return False
+        return True
+
+    async def is_unpacked(self, config_digest: str, diff_ids: tuple[str, ...]) -> bool:
+        """Whether the config carries our snapshot label and the top snapshot is really there."""
+        info = await self.content.info(config_digest)
+        if info is None or not diff_ids:
+            return False
+        top = chain_ids(diff_ids)[-1]
+        return info.labels.get(f"{L.GC_REF_SNAPSHOT}.{self.snapshotter}") == top and await self.exists(top)
+
+    async def _hold(self, chain_id: str) -> None:
+        """Put an existing snapshot in our lease so GC cannot take it before the records exist."""
+        if not self.ns.lease:
+            return
+        await self.ns.call(
+            self.ns.leases.AddResource,
+            leases_pb2.AddResourceRequest(
+                id=self.ns.lease,
+                resource=leases_pb2.Resource(id=chain_id, type=f"snapshots/{self.snapshotter}"),
+            ),
+        )
+
+    async def apply_layer(self, layer: Descriptor, diff_id: str, parent: str, chain_id: str) -> bool:
+        """Apply one layer; return False if the snapshot already existed."""
+        if await self.exists(chain_id):
+            await self._hold(chain_id)
+            return False
+        key = f"extract-{uuid.uuid4().hex[:12]} {chain_id}"
+        resp = await self.ns.call(
+            self.ns.snapshots.Prepare,
+            snapshots_pb2.PrepareSnapshotRequest(
+                snapshotter=self.snapshotter, key=key, parent=parent, labels={L.SNAPSHOT_REF: chain_id}
+            ),
+        )
+        committed = False
+        try:
+            applied = await self.ns.call(
+                self.ns.diff.Apply,
+                diff_pb2.ApplyRequest(
+                    diff=descriptor_pb2.Descriptor(
+                        media_type=layer.media_type, digest=layer.digest, size=layer.size
+                    ),
+                    mounts=resp.mounts,
+                ),
+            )
+            if applied.applied.digest != diff_id:
+                raise errors.DataLoss(
+                    f"layer {layer.digest} unpacks to {applied.applied.digest}, "
+                    f"but the image config says {diff_id}"
+                )
+            try:
+                await self.ns.call(
+                    self.ns.snapshots.Commit,
+                    snapshots_pb2.CommitSnapshotRequest(
+                        snapshotter=self.snapshotter, name=chain_id, key=key, labels={L.SNAPSHOT_REF: chain_id}
+                    ),
+                )
+                committed = True
+            except errors.AlreadyExists:
+                await self._hold(chain_id)
+        finally:
+            if not committed:
+                await finish(self._remove(key))
+        await self.content.update_labels(layer.digest, {L.UNCOMPRESSED: diff_id})
+        return committed
+
+    async def _remove(self, key: str) -> None:
+        try:
+            await self.ns.call(
+                self.ns.snapshots.Remove,
+                snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=key),
+            )
+        except errors.NotFound:
+            pass
+
+    async def unpack(
+        self,
+        config_digest: str,
+        layers: tuple[Descriptor, ...] | list[Descriptor],
+        diff_ids: tuple[str, ...],
+        *,
+        ready: Callable[[int], Awaitable[None]] | None = None,
+        on_event: UnpackEvent | None = None,
+    ) -> UnpackResult:
+        """Apply `layers` in order; `ready(i)` waits until layer i's blob is in the content store."""
+        if len(layers) != len(diff_ids):
+            raise errors.InvalidArgument(
+                f"image config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
+            )
+        chains = chain_ids(diff_ids)
+        applied = existed = 0
+        for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
+            if ready is not None:
+                await ready(i)
+            start = time.monotonic()
+            if on_event:
+                on_event(i, "extracting", 0.0)
+            parent = chains[i - 1] if i else ""
+            if await self.apply_layer(layer, diff_id, parent, chains[i]):
+                applied += 1
+                if on_event:
+                    on_event(i, "extracted", time.monotonic() - start)
+            else:
+                existed += 1
+                if on_event:
+                    on_event(i, "exists", time.monotonic() - start)
+        top = chains[-1] if chains else ""
+        if top:
+            await self.content.update_labels(config_digest, {f"{L.GC_REF_SNAPSHOT}.{self.snapshotter}": top})
+        return UnpackResult(top, applied, existed)

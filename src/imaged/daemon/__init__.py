@@ -1,0 +1,1 @@
+"""The daemon's wiring: configuration, sockets, gRPC server, health, signals."""

@@ -1,0 +1,78 @@
+"""`imaged`: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import sys
+
+from imaged import __version__
+from imaged.config import ConfigError, load
+from imaged.daemon.server import Daemon
+from imaged.daemon.sockets import SocketInUse
+
+DEFAULT_CONFIG = "/etc/imaged/config.yaml"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, sort_keys=False)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="imaged", description="machine.ImageService daemon for containerd")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("IMAGED_CONFIG"),
+        help=f"YAML configuration file (default: $IMAGED_CONFIG, else {DEFAULT_CONFIG} if it exists)",
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], help="overrides log.format")
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"imaged {__version__}")
+    args = parser.parse_args(argv)
+
+    path = args.config or (DEFAULT_CONFIG if pathlib.Path(DEFAULT_CONFIG).exists() else None)
+    try:
+        config = load(path)
+    except ConfigError as e:
+        print(f"imaged: {e}", file=sys.stderr)
+        sys.exit(2)
+    if args.check_config:
+        print(f"imaged: configuration {path or '(defaults)'} is valid")
+        return
+    setup_logging(args.log_format or config.log.format, config.log.level)
+    try:
+        asyncio.run(Daemon(config).run())
+    except SocketInUse as e:
+        print(f"imaged: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Image records as imaged presents them: listing with sizes, naming and aliases, removal."""

@@ -1,0 +1,96 @@
+"""List: one entry per record, with the size of what the host platform would run.
+
+The size follows containerd's images.Size: the descriptors walked for the default platform
+(index if any, one manifest, config, layers), so it equals what `ctr images ls` shows.
+Manifests are immutable, so their parsed form is cached by digest across calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from imaged import errors
+from imaged.containerd.client import Namespaced
+from imaged.containerd.content import ContentStore
+from imaged.containerd.images import ImageStore
+from imaged.oci import mediatypes as mt
+from imaged.oci.manifest import parse_index, parse_manifest
+from imaged.oci.platform import select
+from imaged.pb.containerd.services.images.v1 import images_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    image: images_pb2.Image
+    size: int
+
+
+class SizeCache:
+    """Sizes by target digest; bounded LRU (targets are content-addressed, so never stale)."""
+
+    def __init__(self, max_entries: int = 20000) -> None:
+        self._data: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.max_entries = max_entries
+
+    def get(self, key: tuple[str, str]) -> int | None:
+        v = self._data.get(key)
+        if v is not None:
+            self._data.move_to_end(key)
+        return v
+
+    def put(self, key: tuple[str, str], size: int) -> None:
+        self._data[key] = size
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+
+async def image_size(content: ContentStore, media_type: str, digest: str, size: int, depth: int = 0) -> int:
+    """Size for the host platform; raises NotFound if a needed manifest is missing."""
+    if depth > 4:
+        raise errors.InvalidArgument(f"index nesting too deep at {digest}")
+    data = await content.read_all(digest, mt.MAX_MANIFEST_SIZE)
+    kind = media_type or ""
+    if mt.is_index(kind) or (not mt.is_manifest(kind) and b'"manifests"' in data):
+        index = parse_index(data, f"index {digest}")
+        for d in select(index.manifests):
+            try:
+                return size + await image_size(content, d.media_type, d.digest, d.size, depth + 1)
+            except errors.NotFound:
+                continue
+        raise errors.NotFound(f"no manifest for this platform in {digest}")
+    manifest = parse_manifest(data, f"manifest {digest}")
+    return size + manifest.config.size + sum(layer.size for layer in manifest.layers)
+
+
+async def list_images(ns: Namespaced, cache: SizeCache, *filters: str) -> AsyncIterator[Listed]:
+    images = await ImageStore(ns).list(*filters)
+    content = ContentStore(ns)
+    sem = asyncio.Semaphore(16)
+
+    async def sized(img: images_pb2.Image) -> Listed:
+        key = (ns.namespace, img.target.digest)
+        size = cache.get(key)
+        if size is None:
+            async with sem:
+                try:
+                    size = await image_size(content, img.target.media_type, img.target.digest, img.target.size)
+                    cache.put(key, size)
+                except errors.ImagedError as e:
+                    if isinstance(e, errors.Unavailable):
+                        raise
+                    log.debug("size of %s not computable: %s", img.name, e)
+                    size = 0
+        return Listed(img, size)
+
+    # Compute sizes in bounded batches so the first responses stream before the last are sized.
+    batch = 256
+    for i in range(0, len(images), batch):
+        for listed in await asyncio.gather(*(sized(img) for img in images[i : i + batch])):
+            yield listed

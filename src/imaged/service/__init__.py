@@ -1,0 +1,1 @@
+"""The gRPC layer: decode requests, call the domain, map errors to status codes. Nothing else."""

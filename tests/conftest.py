@@ -1,0 +1,37 @@
+"""Session-wide real components: a private containerd and the imaged daemon in front of it."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.containerd import PrivateContainerd
+from tests.support.daemon import DaemonProcess
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [t for t in ("containerd", "ctr", "runc", "docker-registry", "skopeo", "umoci") if not shutil.which(t)]
+    if missing:
+        raise pytest.UsageError(f"missing tools {missing}: run `make test`, which installs them")
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[PrivateContainerd]:
+    cd = PrivateContainerd()
+    cd.start()
+    yield cd
+    cd.destroy()
+
+
+@pytest.fixture(scope="session")
+def daemon(containerd: PrivateContainerd) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(containerd.socket)
+    d.start()
+    yield d
+    d.stop()
