@@ -22,6 +22,13 @@ CRI = common_pb2.ContainerdInstance(driver=common_pb2.CRI, namespace=common_pb2.
 SYSTEM = common_pb2.ContainerdInstance(driver=common_pb2.CONTAINERD, namespace=common_pb2.NS_SYSTEM)
 
 
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class DaemonProcess:
     def __init__(self, containerd_socket: str, config: dict[str, Any] | None = None,
                  env: dict[str, str] | None = None) -> None:
@@ -33,13 +40,8 @@ class DaemonProcess:
             "listen": {"admin": {"path": self.socket}},
             "containerd": {"system_socket": containerd_socket, "cri_socket": containerd_socket},
         }
-        for key, value in (config or {}).items():
-            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-                cfg[key] = {**cfg[key], **value}
-            else:
-                cfg[key] = value
-        self.config = cfg
-        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.config = deep_merge(cfg, config or {})
+        self.config_path.write_text(yaml.safe_dump(self.config))
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
