@@ -124,17 +124,13 @@ def parse(ref: str, *, default_tag: bool = True) -> Reference:
     if not name:
         raise InvalidArgument(f"invalid image reference {ref!r}: no repository name")
     if name.startswith("sha256:") or re.fullmatch(r"[a-f0-9]{64}", name):
-        raise InvalidArgument(
-            f"invalid image reference {ref!r}: an image id is not a repository name"
-        )
+        raise InvalidArgument(f"invalid image reference {ref!r}: an image id is not a repository name")
     domain, path = _split_domain(name)
     if not _DOMAIN_RE.match(domain):
         raise InvalidArgument(f"invalid image reference {ref!r}: bad registry host {domain!r}")
     if not _PATH_RE.match(path):
         if path.lower() != path:
-            raise InvalidArgument(
-                f"invalid image reference {ref!r}: repository name must be lowercase"
-            )
+            raise InvalidArgument(f"invalid image reference {ref!r}: repository name must be lowercase")
         raise InvalidArgument(f"invalid image reference {ref!r}: bad repository path {path!r}")
     if len(f"{domain}/{path}") > MAX_NAME:
         raise InvalidArgument(f"invalid image reference {ref!r}: name longer than {MAX_NAME} characters")
