@@ -1,0 +1,72 @@
+"""Keyless Sigstore bundles (cosign 3), verified by sigstore-python.
+
+sigstore-python does the cryptography: certificate chain at the signed time (TSA or Rekor),
+SCT, transparency log inclusion proof and checkpoint, the signature, and the consistency of
+the log entry with the bundle. Ours is the part about images: the rule's identity policy,
+and what was signed. A DSSE bundle must hold an in-toto statement with `cosign sign`'s
+predicate naming the image digest; a message-signature bundle must sign the image manifest's
+digest itself (its `messageDigest` is the manifest's sha256).
+"""
+
+from __future__ import annotations
+
+import json
+
+from sigstore.errors import Error as SigstoreError
+from sigstore.errors import VerificationError
+from sigstore.hashes import Hashed
+from sigstore.models import Bundle
+from sigstore.verify.policy import VerificationPolicy
+from sigstore_models.common.v1 import HashAlgorithm
+
+from imaged.verify import identity as ident
+from imaged.verify.material import BundleSignature
+from imaged.verify.payload import check_statement
+from imaged.verify.trust import TrustRoot
+
+
+def bundle_kind(raw: bytes) -> str:
+    """`dsse` or `message`, from the JSON (sigstore-python exposes it only privately)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError("bundle is not JSON") from None
+    if not isinstance(doc, dict):
+        raise VerificationError("bundle is not a JSON object")
+    if isinstance(doc.get("dsseEnvelope"), dict):
+        return "dsse"
+    if isinstance(doc.get("messageSignature"), dict):
+        return "message"
+    raise VerificationError("bundle has neither dsseEnvelope nor messageSignature")
+
+
+def verify_keyless_bundle(
+    sig: BundleSignature, digest: str, trust: TrustRoot, policy: VerificationPolicy
+) -> str:
+    """Verify one bundle for `digest` under `policy`; return who signed. Raises VerificationError."""
+    kind = bundle_kind(sig.bundle)
+    try:
+        bundle = Bundle.from_json(sig.bundle)
+    except SigstoreError as e:
+        raise VerificationError(f"bundle is not usable: {e}") from None
+    except Exception as e:  # pydantic and friends, on malformed input
+        raise VerificationError(f"bundle is malformed: {e}") from None
+    try:
+        if kind == "dsse":
+            payload_type, payload = trust.verifier.verify_dsse(bundle, policy)
+            check_statement(payload_type, payload, digest)
+        else:
+            algorithm, _, hex_ = digest.partition(":")
+            if algorithm != "sha256":
+                raise VerificationError(
+                    f"message-signature bundles sign sha256 digests; the image is {algorithm}"
+                )
+            trust.verifier.verify_artifact(
+                Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(hex_)), bundle, policy
+            )
+    except VerificationError:
+        raise
+    except Exception as e:  # anything unexpected on hostile input is a refusal, never a pass
+        raise VerificationError(f"bundle verification failed: {type(e).__name__}: {e}") from None
+    entry = bundle.log_entry._inner  # log index for the message only
+    return f"{ident.describe(bundle.signing_certificate)}, Rekor log index {entry.log_index}"

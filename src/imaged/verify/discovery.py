@@ -1,0 +1,269 @@
+"""Finding an image's signatures on its registry, in the reference's order.
+
+1. The OCI referrers API for the digest: Sigstore bundles (cosign 3) and cosign 2's OCI 1.1
+   form of simple-signing signatures.
+2. Where the registry has no referrers API: the fallback tag `sha256-<hex>`, an index of the
+   same referrers. The tag is mutable and anyone with push access can write it, so every
+   referrer's `subject` must name our digest (checked for API answers too).
+3. The legacy cosign tag `sha256-<hex>.sig`: one simple-signing layer per signature.
+
+Stages run one after the other and the caller stops at the first that verifies: a `.sig`
+GET costs a "pull" on Docker Hub, and most images carry one format only. Within a stage
+everything is fetched in parallel. Everything read is bounded: manifests 4 MiB, blobs 1 MiB,
+at most 32 referrers and 32 signatures per stage. A referrer or layer that is missing,
+malformed or too large is noted and skipped (the stage may still verify with another); a
+registry that fails (unavailable, unauthenticated, digest mismatch) is an error, not a verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from imaged.errors import InvalidArgument, NotFound
+from imaged.oci import mediatypes as mt
+from imaged.oci.manifest import Descriptor, Index, Manifest, media_type_of, parse_index, parse_manifest
+from imaged.registry.reference import Reference
+from imaged.verify.material import (
+    BUNDLE_MEDIA_TYPE,
+    COSIGN_SIG_ARTIFACT_TYPE,
+    SIMPLE_SIGNING_MEDIA_TYPE,
+    BundleSignature,
+    Signature,
+    SimpleSigning,
+)
+
+MAX_MANIFEST_SIZE = mt.MAX_MANIFEST_SIZE
+MAX_BLOB_SIZE = 1024 * 1024
+MAX_REFERRERS = 32
+MAX_SIGNATURES = 32
+FETCH_CONCURRENCY = 8
+
+BUNDLE_ARTIFACT_TYPES = frozenset({BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+json;version=0.3"})
+SIGNATURE_ARTIFACT_TYPES = BUNDLE_ARTIFACT_TYPES | {COSIGN_SIG_ARTIFACT_TYPE}
+# What the fallback tag's index entries say when the pusher copied the config's media type.
+_UNTYPED = frozenset({"", mt.OCI_EMPTY})
+
+T = TypeVar("T")
+
+
+class RegistryAPI(Protocol):
+    """What verification needs from a registry client (`imaged.registry.client.RegistryClient`)."""
+
+    async def resolve(self, ref: Reference) -> Descriptor: ...
+
+    async def get_manifest(
+        self, ref: Reference, obj: str, *, accept: str = ..., max_size: int | None = None
+    ) -> tuple[bytes, str, str]: ...
+
+    async def get_blob(self, ref: Reference, digest: str, *, max_size: int) -> bytes: ...
+
+    async def referrers(
+        self, ref: Reference, digest: str, *, artifact_type: str | None = None
+    ) -> Index | None: ...
+
+
+@dataclass
+class Found:
+    """Signatures of one stage, and what was seen but not usable (for failure messages)."""
+
+    stage: str
+    signatures: list[Signature] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def tag_for(digest: str, suffix: str = "") -> str:
+    algorithm, _, hex_ = digest.partition(":")
+    return f"{algorithm}-{hex_}{suffix}"
+
+
+async def _gather(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run all, at most FETCH_CONCURRENCY at once; the first error cancels the rest and is raised."""
+    sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with sem:
+            return await call()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(c)) for c in calls]
+    except BaseExceptionGroup as group:
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [t.result() for t in tasks]
+
+
+def _artifact_type(m: Manifest) -> str:
+    return m.artifact_type or m.config.media_type
+
+
+async def _fetch_layers(
+    registry: RegistryAPI,
+    ref: Reference,
+    layers: list[tuple[int, Descriptor]],
+    make: Callable[[int, Descriptor, bytes], Signature],
+    what: str,
+    found: Found,
+) -> list[Signature]:
+    async def fetch(i: int, layer: Descriptor) -> Signature | None:
+        if layer.size > MAX_BLOB_SIZE:
+            found.notes.append(f"{what} layer {i} is {layer.size} bytes, over the {MAX_BLOB_SIZE} byte limit")
+            return None
+        try:
+            data = await registry.get_blob(ref, layer.digest, max_size=MAX_BLOB_SIZE)
+        except NotFound:
+            found.notes.append(f"{what} layer {i} blob {layer.digest} is missing")
+            return None
+        return make(i, layer, data)
+
+    results = await _gather([functools.partial(fetch, i, layer) for i, layer in layers])
+    return [r for r in results if r is not None]
+
+
+async def _referrer(
+    registry: RegistryAPI, ref: Reference, digest: str, desc: Descriptor, found: Found
+) -> list[Signature]:
+    what = f"referrer {desc.digest}"
+    if desc.size > MAX_MANIFEST_SIZE:
+        found.notes.append(f"{what} is {desc.size} bytes, over the manifest limit")
+        return []
+    try:
+        body, _, _ = await registry.get_manifest(
+            ref, desc.digest, accept=f"{mt.OCI_MANIFEST}, {mt.DOCKER_MANIFEST}", max_size=MAX_MANIFEST_SIZE
+        )
+        manifest = parse_manifest(body, what)
+    except NotFound:
+        found.notes.append(f"{what} is listed but missing")
+        return []
+    except InvalidArgument as e:
+        found.notes.append(f"{what} is not a usable manifest: {e.message}")
+        return []
+    if manifest.subject is None or manifest.subject.digest != digest:
+        named = manifest.subject.digest if manifest.subject else "no subject"
+        found.notes.append(f"{what} refers to {named}, not to the image {digest}; ignored")
+        return []
+    kind = _artifact_type(manifest)
+    if kind in BUNDLE_ARTIFACT_TYPES:
+        layers = [
+            (i, lay) for i, lay in enumerate(manifest.layers) if lay.media_type in BUNDLE_ARTIFACT_TYPES
+        ]
+        return await _fetch_layers(
+            registry,
+            ref,
+            layers[:MAX_SIGNATURES],
+            lambda i, lay, data: BundleSignature(
+                data,
+                where=f"bundle referrer {desc.digest}",
+                how=f"verified via bundle referrer with digest {desc.digest}",
+            ),
+            what,
+            found,
+        )
+    if kind == COSIGN_SIG_ARTIFACT_TYPE:
+        layers = [
+            (i, lay) for i, lay in enumerate(manifest.layers) if lay.media_type == SIMPLE_SIGNING_MEDIA_TYPE
+        ]
+        return await _fetch_layers(
+            registry,
+            ref,
+            layers[:MAX_SIGNATURES],
+            lambda i, lay, data: SimpleSigning(
+                data,
+                lay.annotations,
+                where=f"signature referrer {desc.digest} layer {i}",
+                how=f"verified via legacy signature referrer with digest {desc.digest}",
+            ),
+            what,
+            found,
+        )
+    found.notes.append(f"{what} is a {kind or 'untyped'} artifact, not a signature")
+    return []
+
+
+async def discover_referrers(registry: RegistryAPI, ref: Reference, digest: str) -> Found:
+    """Stage 1 and 2: signatures that are OCI referrers of `digest` (API, else fallback tag)."""
+    index = await registry.referrers(ref, digest)
+    if index is not None:
+        found = Found("referrers API")
+        candidates = [d for d in index.manifests if d.artifact_type in SIGNATURE_ARTIFACT_TYPES]
+        others = len(index.manifests) - len(candidates)
+        if others:
+            found.notes.append(f"referrers API lists {others} referrer(s) that are not signatures")
+    else:
+        tag = tag_for(digest)
+        found = Found(f"referrers tag {tag}")
+        try:
+            body, served_type, tag_digest = await registry.get_manifest(ref, tag, max_size=MAX_MANIFEST_SIZE)
+        except NotFound:
+            found.notes.append(f"no referrers API and no referrers tag {tag}")
+            return found
+        try:
+            if mt.is_index(media_type_of(body, served_type)):
+                listed = parse_index(body, f"referrers tag {tag}").manifests
+                candidates = [d for d in listed if d.artifact_type in SIGNATURE_ARTIFACT_TYPES | _UNTYPED]
+            else:  # a single referrer manifest pushed under the tag
+                candidates = [Descriptor(mt.OCI_MANIFEST, tag_digest, len(body))]
+        except InvalidArgument as e:
+            found.notes.append(f"referrers tag {tag} is not usable: {e.message}")
+            return found
+    if len(candidates) > MAX_REFERRERS:
+        found.notes.append(
+            f"{len(candidates)} signature referrers listed; only the first {MAX_REFERRERS} are considered"
+        )
+        candidates = candidates[:MAX_REFERRERS]
+    results = await _gather(
+        [functools.partial(_referrer, registry, ref, digest, d, found) for d in candidates]
+    )
+    found.signatures = [s for r in results for s in r][:MAX_SIGNATURES]
+    if not candidates:
+        found.notes.append(f"{found.stage}: no signature referrers")
+    return found
+
+
+async def discover_legacy(registry: RegistryAPI, ref: Reference, digest: str) -> Found:
+    """Stage 3: the legacy `sha256-<hex>.sig` tag's simple-signing layers."""
+    tag = tag_for(digest, ".sig")
+    found = Found(f"legacy signature tag {tag}")
+    try:
+        body, _, _ = await registry.get_manifest(
+            ref, tag, accept=f"{mt.OCI_MANIFEST}, {mt.DOCKER_MANIFEST}", max_size=MAX_MANIFEST_SIZE
+        )
+        manifest = parse_manifest(body, f"signature manifest {tag}")
+    except NotFound:
+        found.notes.append(f"no legacy signature tag {tag}")
+        return found
+    except InvalidArgument as e:
+        found.notes.append(f"legacy signature tag {tag} is not usable: {e.message}")
+        return found
+    layers = []
+    for i, layer in enumerate(manifest.layers):
+        if layer.media_type == SIMPLE_SIGNING_MEDIA_TYPE:
+            layers.append((i, layer))
+        else:
+            found.notes.append(f"{tag} layer {i} is {layer.media_type}, not a signature")
+    if len(layers) > MAX_SIGNATURES:
+        found.notes.append(
+            f"{tag} has {len(layers)} signatures; only the first {MAX_SIGNATURES} are considered"
+        )
+        layers = layers[:MAX_SIGNATURES]
+    found.signatures = await _fetch_layers(
+        registry,
+        ref,
+        layers,
+        lambda i, lay, data: SimpleSigning(data, lay.annotations, where=f"legacy signature {tag} layer {i}"),
+        tag,
+        found,
+    )
+    return found
+
+
+STAGES: tuple[Callable[[RegistryAPI, Reference, str], Awaitable[Found]], ...] = (
+    discover_referrers,
+    discover_legacy,
+)

@@ -1,0 +1,93 @@
+"""Rule patterns: normalization and glob matching against normalized repository names.
+
+A rule's `image` is a glob whose only metacharacter is `*`, matching any run of characters,
+`/` included (the reference implementation's semantics). It is matched against the repository
+of the image reference after normalization (`nginx:1.27` -> `docker.io/library/nginx`), never
+against a tag or digest.
+
+Patterns are normalized the way references are, so that a person's expectation holds:
+- a Docker Hub alias host (`index.docker.io/`, `registry-1.docker.io/`,
+  `registry.hub.docker.com/`) becomes `docker.io/`: `index.docker.io/*` and `docker.io/*`
+  both match every Docker Hub image (the reference's `docker.io/*` silently missed them);
+- a pattern without a registry host (its first component has no `.` or `:`, is not
+  `localhost` and holds no `*`) is a Docker Hub name: `nginx` -> `docker.io/library/nginx`,
+  `myorg/*` -> `docker.io/myorg/*`; one-component Docker Hub names gain `library/`
+  (`docker.io/nginx` -> `docker.io/library/nginx`);
+- a pattern whose first component holds a `*` (`*`, `*/app`, `*.example.com/*`) is used as is,
+  against the full normalized name.
+Registry hosts compare case-insensitively (DNS names), paths exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from imaged.registry.reference import DOCKER_HUB
+
+_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
+_ALLOWED = re.compile(r"^[A-Za-z0-9._\-/:\[\]*]+$")
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be a rule pattern, or None."""
+    if not pattern:
+        return "image pattern is required"
+    if "@" in pattern:
+        return f"image pattern {pattern!r} names a digest; patterns match the repository only"
+    if not _ALLOWED.match(pattern):
+        return f"image pattern {pattern!r} has characters no repository name contains"
+    last = pattern.rsplit("/", 1)[-1]
+    if "/" in pattern and ":" in last:
+        return f"image pattern {pattern!r} names a tag; patterns match the repository only"
+    if "//" in pattern or pattern.startswith("/") or pattern.endswith("/"):
+        return f"image pattern {pattern!r} has an empty path component"
+    return None
+
+
+def normalize_pattern(pattern: str) -> str:
+    """The pattern as it is matched (see the module docstring)."""
+    first, sep, rest = pattern.partition("/")
+    if "*" in first:
+        return f"{first.lower()}{sep}{rest}"
+    is_host = bool(sep) and (any(c in first for c in ".:[") or first == "localhost" or first != first.lower())
+    if not is_host:
+        domain, path = DOCKER_HUB, pattern
+    else:
+        domain, path = first.lower(), rest
+        if domain in _HUB_ALIASES:
+            domain = DOCKER_HUB
+    if domain == DOCKER_HUB and "/" not in path and "*" not in path:
+        path = f"library/{path}"
+    return f"{domain}/{path}"
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in pattern), re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Glob:
+    """A compiled rule pattern."""
+
+    pattern: str  # as written in the configuration
+    normalized: str
+    _regex: re.Pattern[str]
+
+    @classmethod
+    def compile(cls, pattern: str) -> Glob:
+        normalized = normalize_pattern(pattern)
+        return cls(pattern, normalized, _glob_regex(normalized))
+
+    def matches(self, repository: str) -> bool:
+        """`repository` is normalized (`Reference.repository`)."""
+        domain, sep, path = repository.partition("/")
+        return self._regex.fullmatch(f"{domain.lower()}{sep}{path}") is not None
+
+    def covers(self, other: Glob) -> bool:
+        """True if every name `other` matches is also matched by this glob (for shadow warnings).
+
+        `other`'s stars become a character no literal of ours matches, so only our stars can
+        absorb them: a match then holds for every expansion of `other`.
+        """
+        return self._regex.fullmatch(other.normalized.replace("*", "\x00")) is not None

@@ -1,0 +1,82 @@
+"""What a signature says it signs: the simple-signing payload and the in-toto statement.
+
+A valid signature over a payload naming another image proves nothing about this one (the
+reference's legacy path forgot this check), so every verifier ends here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sigstore.errors import VerificationError
+
+SIMPLE_SIGNING_TYPE = "cosign container image signature"
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPES = frozenset({"https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1"})
+# What `cosign sign` (v3) puts in the statement; anything else is an attestation, a claim
+# *about* the image (SBOM, provenance...), not the signer's approval of it.
+SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+
+
+def _get_ci(doc: dict[str, Any], key: str) -> Any:
+    """Case-insensitive lookup: old cosign builds wrote `Critical`/`Docker-manifest-digest`."""
+    if key in doc:
+        return doc[key]
+    for k, v in doc.items():
+        if isinstance(k, str) and k.lower() == key:
+            return v
+    return None
+
+
+def check_simple_signing(payload: bytes, digest: str) -> None:
+    """The payload is a cosign simple-signing document naming `digest`."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError("signed payload is not JSON") from None
+    critical = _get_ci(doc, "critical") if isinstance(doc, dict) else None
+    if not isinstance(critical, dict):
+        raise VerificationError("signed payload has no 'critical' section (not a cosign signature payload)")
+    kind = _get_ci(critical, "type")
+    if not isinstance(kind, str) or kind.lower() != SIMPLE_SIGNING_TYPE:
+        raise VerificationError(f"signed payload type is {kind!r}, not {SIMPLE_SIGNING_TYPE!r}")
+    image = _get_ci(critical, "image")
+    named = _get_ci(image, "docker-manifest-digest") if isinstance(image, dict) else None
+    if not isinstance(named, str):
+        raise VerificationError(
+            "signed payload names no image digest (critical.image.docker-manifest-digest)"
+        )
+    if named != digest:
+        raise VerificationError(f"signed payload is for image {named}, not {digest}")
+
+
+def check_statement(payload_type: str, payload: bytes, digest: str) -> None:
+    """The DSSE payload is an in-toto statement with `cosign sign`'s predicate and our digest."""
+    if payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise VerificationError(f"DSSE payload type is {payload_type!r}, not {IN_TOTO_PAYLOAD_TYPE!r}")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError("DSSE payload is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("_type") not in STATEMENT_TYPES:
+        raise VerificationError("DSSE payload is not an in-toto statement")
+    predicate = doc.get("predicateType")
+    if predicate != SIGN_PREDICATE:
+        raise VerificationError(
+            f"bundle is an attestation (predicateType {predicate!r}), not an image signature "
+            f"(predicateType {SIGN_PREDICATE!r})"
+        )
+    algorithm, _, hex_ = digest.partition(":")
+    subjects = doc.get("subject")
+    named: list[str] = []
+    if isinstance(subjects, list):
+        for s in subjects:
+            d = s.get("digest") if isinstance(s, dict) else None
+            if isinstance(d, dict) and isinstance(d.get(algorithm), str):
+                if d[algorithm] == hex_:
+                    return
+                named.append(f"{algorithm}:{d[algorithm]}")
+    raise VerificationError(
+        f"statement subjects {named or '(none)'} do not include the image digest {digest}"
+    )
