@@ -360,15 +360,12 @@ class RegistryClient:
                     allow_redirects=False,
                     ssl=self._shared.ssl_for(e) if same_origin else True,
                 )
-            except ssl.SSLCertVerificationError as err:
+            except (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError) as err:
+                reason = getattr(err, "certificate_error", None) or err
+                reason = getattr(reason, "verify_message", None) or reason
                 raise Unavailable(
                     f"{what}: TLS certificate of {urllib.parse.urlsplit(current).netloc} not trusted: "
-                    f"{err.verify_message or err}; configure its CA (registries.hosts.<host>.tls.ca_file)"
-                ) from None
-            except aiohttp.ClientConnectorCertificateError as err:
-                raise Unavailable(
-                    f"{what}: TLS certificate of {urllib.parse.urlsplit(current).netloc} not trusted: "
-                    f"{err.certificate_error}; configure its CA (registries.hosts.<host>.tls.ca_file)"
+                    f"{reason}; configure its CA (registries.hosts.<host>.tls.ca_file)"
                 ) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
                 raise _Transient(
@@ -422,8 +419,8 @@ class RegistryClient:
         if any(c.scheme == "basic" for c in challenges):
             if creds.basic() is None:
                 raise Unauthenticated(
-                    f"{what}: {e.host} requires a user name and password for repository {ref.path}; none "
-                    f"are configured for {ref.domain}"
+                    f"{what}: {e.host} requires a user name and password for repository {ref.path}; "
+                    f"no credentials are configured for {ref.domain}"
                 )
             self._shared.basic_hosts.add(e.host)
             return

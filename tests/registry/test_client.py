@@ -1,0 +1,244 @@
+"""RegistryClient against a real docker-registry 2.8: resolve, manifests, blobs, auth, TLS, mirrors."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import pytest
+
+from imaged.errors import DataLoss, NotFound, Unauthenticated, Unavailable
+from imaged.oci import mediatypes as mt
+from imaged.oci.manifest import parse_index, parse_manifest
+from imaged.registry.client import RegistryClient
+from imaged.registry.reference import parse
+from tests.registry.conftest import PASSWORD, USER, Seeded, make_config
+from tests.support.images import push_test_image
+from tests.support.registry import Registry, free_port
+
+
+async def test_resolve_tag_oci(seeded: Seeded) -> None:
+    async with RegistryClient(make_config()) as c:
+        desc = await c.resolve(parse(f"{seeded.host}/test/app:v1"))
+        body, media_type, digest = await c.get_manifest(parse(f"{seeded.host}/test/app:v1"), "v1")
+    assert desc.digest == seeded.oci == digest
+    assert desc.media_type == mt.OCI_MANIFEST == media_type
+    assert desc.size == len(body)
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == seeded.oci
+
+
+async def test_resolve_docker_schema2_and_by_digest(seeded: Seeded) -> None:
+    async with RegistryClient(make_config()) as c:
+        by_tag = await c.resolve(parse(f"{seeded.host}/test/docker:v1"))
+        by_digest = await c.resolve(parse(f"{seeded.host}/test/docker@{seeded.docker}"))
+    assert by_tag.media_type == mt.DOCKER_MANIFEST
+    assert by_tag.digest == seeded.docker
+    assert by_digest == by_tag
+
+
+async def test_resolve_index_and_fetch_children(seeded: Seeded) -> None:
+    ref = parse(f"{seeded.host}/test/multi:v1")
+    async with RegistryClient(make_config()) as c:
+        desc = await c.resolve(ref)
+        assert desc.media_type == mt.OCI_INDEX
+        assert desc.digest == seeded.multi.index_digest
+        body, _, digest = await c.get_manifest(ref, desc.digest)
+        index = parse_index(body)
+        assert {str(m.platform) for m in index.manifests} == {"linux/amd64", "linux/arm64/v8"}
+        for m in index.manifests:
+            child, media_type, child_digest = await c.get_manifest(ref, m.digest)
+            assert child_digest == m.digest and media_type == mt.OCI_MANIFEST and len(child) == m.size
+    assert digest == seeded.multi.index_digest
+
+
+async def test_fetch_blob_full_and_resumed(seeded: Seeded) -> None:
+    ref = parse(f"{seeded.host}/test/app:v1")
+    async with RegistryClient(make_config()) as c:
+        body, _, _ = await c.get_manifest(ref, seeded.oci)
+        layer = max(parse_manifest(body).layers, key=lambda d: d.size)
+        full = b"".join([chunk async for chunk in c.fetch_blob(ref, layer)])
+        assert len(full) == layer.size
+        assert "sha256:" + hashlib.sha256(full).hexdigest() == layer.digest
+        offset = layer.size // 3
+        before = seeded.registry.blob_get_count(layer.digest)
+        tail = b"".join([chunk async for chunk in c.fetch_blob(ref, layer, offset=offset)])
+        assert tail == full[offset:]
+        assert seeded.registry.blob_get_count(layer.digest) == before + 1
+        assert [chunk async for chunk in c.fetch_blob(ref, layer, offset=layer.size)] == []
+
+
+async def test_get_blob_config_verified(seeded: Seeded) -> None:
+    ref = parse(f"{seeded.host}/test/app:v1")
+    async with RegistryClient(make_config()) as c:
+        body, _, _ = await c.get_manifest(ref, seeded.oci)
+        config = parse_manifest(body).config
+        data = await c.get_blob(ref, config.digest, max_size=1 << 20)
+    assert len(data) == config.size
+    assert b'"/bin/echo"' in data
+
+
+async def test_not_found_messages(seeded: Seeded) -> None:
+    async with RegistryClient(make_config()) as c:
+        with pytest.raises(NotFound) as e1:
+            await c.resolve(parse(f"{seeded.host}/test/app:nope"))
+        assert f"{seeded.host}/test/app:nope" in e1.value.message and f"on {seeded.host}" in e1.value.message
+        with pytest.raises(NotFound) as e2:
+            await c.resolve(parse(f"{seeded.host}/no/such/repo:v1"))
+        assert "no/such/repo" in e2.value.message
+        with pytest.raises(NotFound):
+            await c.get_manifest(parse(f"{seeded.host}/test/app:v1"), "sha256:" + "0" * 64)
+        with pytest.raises(NotFound):
+            await c.get_blob(parse(f"{seeded.host}/test/app:v1"), "sha256:" + "1" * 64, max_size=100)
+
+
+async def test_get_manifest_by_digest_falls_back_to_tag(seeded: Seeded) -> None:
+    """A digest unknown to the registry is fetched by the fallback tag and still verified."""
+    ref = parse(f"{seeded.host}/test/docker:v1")
+    async with RegistryClient(make_config()) as c:
+        # seeded.oci lives in test/app: unknown by digest in test/docker.
+        with pytest.raises(NotFound):
+            await c.get_manifest(ref, seeded.oci)
+        # Known by digest: no fallback needed.
+        body, _, digest = await c.get_manifest(ref, seeded.docker, fallback_tag="v1")
+        assert digest == seeded.docker
+        assert hashlib.sha256(body).hexdigest() == seeded.docker.removeprefix("sha256:")
+        # Unknown digest, and the fallback tag serves other bytes: DataLoss, never the wrong manifest.
+        with pytest.raises(DataLoss) as e:
+            await c.get_manifest(ref, seeded.oci, fallback_tag="v1")
+        assert seeded.oci in e.value.message
+
+
+async def test_referrers_absent_and_tags(seeded: Seeded) -> None:
+    """docker-registry 2.8 has no referrers API: None, not an error."""
+    ref = parse(f"{seeded.host}/test/app:v1")
+    async with RegistryClient(make_config()) as c:
+        assert await c.referrers(ref, seeded.oci) is None
+        assert await c.list_tags(ref) == ["v1"]
+
+
+async def test_basic_auth(basic_registry: tuple[Registry, str]) -> None:
+    reg, digest = basic_registry
+    ref = parse(f"{reg.host}/private/app:v1")
+    good = make_config(hosts={reg.host: {"auth": {"username": USER, "password": PASSWORD}}})
+    async with RegistryClient(good) as c:
+        assert (await c.resolve(ref)).digest == digest
+    bad = make_config(hosts={reg.host: {"auth": {"username": USER, "password": "wrong-password-123"}}})
+    async with RegistryClient(bad) as c:
+        with pytest.raises(Unauthenticated) as e:
+            await c.resolve(ref)
+    assert "wrong-password-123" not in e.value.message
+    assert reg.host in e.value.message and "private/app" in e.value.message
+    async with RegistryClient(make_config()) as c:
+        with pytest.raises(Unauthenticated) as e:
+            await c.resolve(ref)
+        assert "no credentials" in e.value.message
+        # A view with credentials works; the parent is unchanged.
+        view = c.with_credentials(reg.host, USER, PASSWORD)
+        assert (await view.resolve(ref)).digest == digest
+        with pytest.raises(Unauthenticated):
+            await c.resolve(ref)
+
+
+async def test_token_auth_and_cache(token_registry: tuple[Registry, str]) -> None:
+    reg, digest = token_registry
+    assert reg.token_server is not None
+    ref = parse(f"{reg.host}/private/app:v1")
+    cfg = make_config(hosts={reg.host: {"auth": {"username": USER, "password": PASSWORD}}})
+    before = len(reg.token_server.requests)
+    async with RegistryClient(cfg) as c:
+        assert (await c.resolve(ref)).digest == digest
+        body, _, _ = await c.get_manifest(ref, digest)
+        layer = parse_manifest(body).layers[0]
+        data = b"".join([chunk async for chunk in c.fetch_blob(ref, layer)])
+        assert hashlib.sha256(data).hexdigest() == layer.digest.removeprefix("sha256:")
+    # One token for repository:private/app:pull served every request.
+    assert reg.token_server.requests[before:] == [("repository:private/app:pull", USER)]
+
+    bad = make_config(hosts={reg.host: {"auth": {"username": USER, "password": "not-the-password"}}})
+    async with RegistryClient(bad) as c:
+        with pytest.raises(Unauthenticated) as e:
+            await c.resolve(ref)
+    assert "not-the-password" not in e.value.message and reg.host in e.value.message
+    async with RegistryClient(make_config()) as c:
+        with pytest.raises(Unauthenticated):
+            await c.resolve(ref)  # anonymous token grants nothing
+        view = c.with_credentials(reg.host, USER, PASSWORD)
+        assert (await view.resolve(ref)).digest == digest
+
+
+async def test_tls_private_ca(tls_registry: tuple[Registry, str]) -> None:
+    reg, digest = tls_registry
+    ref = parse(f"{reg.host}/secure/app:v1")
+    async with RegistryClient(make_config(hosts={reg.host: {"tls": {"ca_file": reg.ca_pem_path}}})) as c:
+        assert (await c.resolve(ref)).digest == digest
+    # HTTPS requested but the CA is unknown: a clear failure, no silent downgrade.
+    async with RegistryClient(make_config(hosts={reg.host: {"plain_http": False}})) as c:
+        with pytest.raises(Unavailable) as e:
+            await c.resolve(ref)
+    assert "certificate" in e.value.message and reg.host in e.value.message
+    skip = make_config(hosts={reg.host: {"tls": {"insecure_skip_verify": True}}})
+    async with RegistryClient(skip) as c:
+        assert (await c.resolve(ref)).digest == digest
+    # Loopback defaults to plain HTTP (as containerd): talking HTTP to a TLS port fails.
+    async with RegistryClient(make_config()) as c:
+        with pytest.raises(Unavailable):
+            await c.resolve(ref)
+
+
+async def test_mirror_from_hosts_toml_while_upstream_down(seeded: Seeded, tmp_path: pathlib.Path) -> None:
+    upstream = f"127.0.0.1:{free_port()}"  # nothing listens there
+    ref = parse(f"{upstream}/test/app:v1")
+    (tmp_path / upstream).mkdir()
+    (tmp_path / upstream / "hosts.toml").write_text(
+        f'server = "http://{upstream}"\n\n'
+        f'[host."http://{seeded.host}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    async with RegistryClient(make_config(config_path=str(tmp_path))) as c:
+        desc = await c.resolve(ref)
+        assert desc.digest == seeded.oci
+        body, _, _ = await c.get_manifest(ref, desc.digest)
+        layer = parse_manifest(body).layers[0]
+        data = b"".join([chunk async for chunk in c.fetch_blob(ref, layer)])
+    assert hashlib.sha256(data).hexdigest() == layer.digest.removeprefix("sha256:")
+    mirrored = [p for m, p, _ in seeded.registry.requests() if f"ns={upstream}" in p]
+    assert any("/manifests/v1" in p for p in mirrored)
+    assert any(f"/blobs/{layer.digest}" in p for p in mirrored)
+
+
+async def test_dead_mirror_falls_through_to_upstream(seeded: Seeded) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = make_config(hosts={seeded.host: {"mirrors": [dead]}})
+    async with RegistryClient(cfg) as c:
+        desc = await c.resolve(parse(f"{seeded.host}/test/app:v1"))
+    assert desc.digest == seeded.oci
+
+
+async def test_mirror_without_the_image_falls_through(seeded: Seeded) -> None:
+    with Registry() as empty_mirror:
+        cfg = make_config(hosts={seeded.host: {"mirrors": [empty_mirror.url]}})
+        async with RegistryClient(cfg) as c:
+            desc = await c.resolve(parse(f"{seeded.host}/test/docker:v1"))
+        assert desc.digest == seeded.docker
+        assert any(s == 404 for _, _, s in empty_mirror.requests())
+
+
+async def test_unreachable_registry_is_unavailable() -> None:
+    host = f"127.0.0.1:{free_port()}"
+    async with RegistryClient(make_config()) as c:
+        with pytest.raises(Unavailable) as e:
+            await c.resolve(parse(f"{host}/test/app:v1"))
+    assert host in e.value.message and "test/app:v1" in e.value.message
+
+
+async def test_registry_restart_between_calls(tmp_path: pathlib.Path) -> None:
+    """The pooled connection to a restarted registry is replaced transparently."""
+    with Registry() as reg:
+        digest = push_test_image(reg, "test/app", "v1")
+        ref = parse(f"{reg.host}/test/app:v1")
+        async with RegistryClient(make_config()) as c:
+            assert (await c.resolve(ref)).digest == digest
+            reg.stop()
+            with pytest.raises(Unavailable):
+                await c.resolve(ref)
+            reg.start()
+            assert (await c.resolve(ref)).digest == digest
