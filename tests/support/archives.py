@@ -69,8 +69,13 @@ class Layer:
         return sha(self.blob)
 
 
-def layer(entries: dict[str, bytes | tuple[str, str]], *, docker: bool = False) -> Layer:
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def layer(entries: dict[str, bytes | tuple[str, str]], *, docker: bool = False, compress: bool = True) -> Layer:
     raw = tar_bytes(entries)
+    if not compress:
+        return Layer(raw, raw, OCI_LAYER)
     return Layer(raw, gzip.compress(raw, mtime=0), DOCKER_LAYER_GZIP if docker else OCI_LAYER_GZIP)
 
 
@@ -201,3 +206,15 @@ def docker_archive(images: list[tuple[list[str], Image]]) -> bytes:
             entries.append({"Config": cfg_name, "RepoTags": tags, "Layers": layer_names})
         _add(tf, "manifest.json", json.dumps(entries).encode())
     return buf.getvalue()
+
+
+def push(registry: Any, repo: str, tag: str, image: Image) -> str:
+    """Push `image` to a tests.support.registry.Registry as repo:tag; return the manifest digest."""
+    from tests.support.sigstore import OciPusher
+
+    pusher = OciPusher(registry)
+    for la in image.layers:
+        pusher.push_blob(repo, la.blob, la.media_type)
+    pusher.push_blob(repo, image.config, DOCKER_CONFIG if image.docker else OCI_CONFIG)
+    pusher.put_manifest(repo, tag, image.manifest, DOCKER_MANIFEST if image.docker else OCI_MANIFEST)
+    return image.digest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 
@@ -9,6 +10,8 @@ from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced
 from imaged.images.listing import SizeCache
 from imaged.pb.common import common_pb2
+from imaged.pull.puller import Puller, PullOptions
+from imaged.registry.client import RegistryClient
 from imaged.service.instance import resolve_instance
 
 
@@ -19,6 +22,16 @@ class Runtime:
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.size_cache = SizeCache()
         self._containerd: dict[str, Containerd] = {}
+        self.registry = RegistryClient(config.registries)
+        self.puller = Puller(
+            self.registry,
+            PullOptions(
+                owner=self.owner,
+                snapshotter=config.containerd.snapshotter,
+                max_concurrent_downloads=config.pull.max_concurrent_downloads,
+                lease_expire=dt.timedelta(seconds=config.containerd.lease_expire_seconds),
+            ),
+        )
 
     def containerd_for(self, driver: int) -> Containerd:
         cfg = self.config.containerd
@@ -39,5 +52,6 @@ class Runtime:
         ) else [self.containerd_for(common_pb2.CRI)]
 
     async def close(self) -> None:
+        await self.registry.close()
         for cd in self._containerd.values():
             await cd.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,7 +15,19 @@ from imaged.daemon.runtime import Runtime
 from imaged.images.listing import list_images
 from imaged.images.remove import remove_image
 from imaged.pb.machine import image_pb2, image_pb2_grpc
+from imaged.pull.progress import LayerState, Progress
 from imaged.service.status import streaming, unary
+
+
+def progress_message(state: LayerState) -> image_pb2.ImageServicePullResponse:
+    layer = image_pb2.ImageServicePullLayerProgress(
+        status=int(state.status), offset=state.offset, total=state.total  # type: ignore[arg-type]
+    )
+    if state.elapsed:
+        layer.elapsed.FromTimedelta(dt.timedelta(seconds=state.elapsed))
+    return image_pb2.ImageServicePullResponse(
+        pull_progress=image_pb2.ImageServicePullProgress(layer_id=state.layer_id, progress=layer)
+    )
 
 
 class ImageService(image_pb2_grpc.ImageServiceServicer):
@@ -20,7 +35,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         self.rt = rt
 
     @streaming
-    async def List(  # noqa: N802 - gRPC method name
+    async def List(
         self, request: image_pb2.ImageServiceListRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[image_pb2.ImageServiceListResponse]:
         ns = self.rt.namespaced(request.containerd)
@@ -33,7 +48,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
             yield resp
 
     @unary
-    async def Remove(  # noqa: N802
+    async def Remove(
         self, request: image_pb2.ImageServiceRemoveRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         ns = self.rt.namespaced(request.containerd)
@@ -41,15 +56,27 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         return empty_pb2.Empty()
 
     @streaming
-    async def Pull(  # noqa: N802
+    async def Pull(
         self, request: image_pb2.ImageServicePullRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[image_pb2.ImageServicePullResponse]:
-        self.rt.namespaced(request.containerd)
-        raise errors.Unimplemented("Pull is not implemented yet")
-        yield  # pragma: no cover
+        ns = self.rt.namespaced(request.containerd)
+        progress = Progress(self.rt.config.pull.progress_rate)
+        task = asyncio.create_task(self.rt.puller.pull(ns, request.image_ref, progress))
+        task.add_done_callback(lambda _: progress.close())
+        try:
+            while (state := await progress.next()) is not None:
+                yield progress_message(state)
+            name = await task
+            yield image_pb2.ImageServicePullResponse(name=name)
+        finally:
+            if not task.done():
+                # The client went away: stop downloading; the lease is removed by the pull itself.
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     @unary
-    async def Import(  # noqa: N802
+    async def Import(
         self,
         request_iterator: AsyncIterator[image_pb2.ImageServiceImportRequest],
         context: grpc.aio.ServicerContext,
@@ -57,7 +84,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         raise errors.Unimplemented("Import is not implemented yet")
 
     @unary
-    async def Verify(  # noqa: N802
+    async def Verify(
         self, request: image_pb2.ImageServiceVerifyRequest, context: grpc.aio.ServicerContext
     ) -> image_pb2.ImageServiceVerifyResponse:
         raise errors.Unimplemented("Verify is not implemented yet")

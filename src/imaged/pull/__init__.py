@@ -1,0 +1,1 @@
+"""Pull: registry -> containerd content -> snapshots -> records, with live per-layer progress."""

@@ -1,0 +1,324 @@
+"""The pull pipeline: resolve, fetch into content under a lease, unpack while downloading, record.
+
+Blobs are written with containerd's own ingest refs (`layer-sha256:...`), so a concurrent pull of
+the same blob by anyone waits on the same ingest instead of downloading it twice, and a pull
+cut short leaves its partial ingest to be resumed with `Range` by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from imaged import errors
+from imaged.containerd import labels as L
+from imaged.containerd.client import Namespaced
+from imaged.containerd.content import ContentStore
+from imaged.containerd.gclabels import distribution_source, index_labels, manifest_labels
+from imaged.containerd.images import ImageStore
+from imaged.containerd.leases import lease
+from imaged.containerd.unpack import Unpacker
+from imaged.images.records import Target, create_records
+from imaged.oci import mediatypes as mt
+from imaged.oci.manifest import (
+    Descriptor,
+    ImageConfig,
+    Manifest,
+    media_type_of,
+    parse_config,
+    parse_index,
+    parse_manifest,
+)
+from imaged.oci.platform import host_platform, select
+from imaged.pull.progress import LayerState, Progress, Status
+from imaged.registry.client import RegistryClient
+from imaged.registry.reference import Reference, parse
+
+log = logging.getLogger(__name__)
+
+MAX_CONFIG_SIZE = 8 * 1024 * 1024
+MAX_INDEX_DEPTH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedPin:
+    """What verification decided for a pull: the digest to pin to and the label to record."""
+
+    digest: str
+    message: str
+
+
+# Returns None when no verification applies (or it was skipped); raises to refuse the pull.
+VerifyHook = Callable[[Reference], Awaitable[VerifiedPin | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PullOptions:
+    owner: str
+    snapshotter: str = "overlayfs"
+    max_concurrent_downloads: int = 4
+    lease_expire: dt.timedelta = dt.timedelta(hours=24)
+
+
+def layer_id(digest: str) -> str:
+    return digest.partition(":")[2][:12]
+
+
+@dataclass(slots=True)
+class _Resolved:
+    root: Descriptor
+    manifest_desc: Descriptor
+    manifest: Manifest
+
+
+class Puller:
+    def __init__(self, registry: RegistryClient, options: PullOptions, verify: VerifyHook | None = None) -> None:
+        self.registry = registry
+        self.options = options
+        self.verify = verify
+
+    async def pull(self, ns: Namespaced, image_ref: str, progress: Progress) -> str:
+        """Pull `image_ref` into `ns`; return the digest-pinned name."""
+        ref = parse(image_ref)
+        present = await self._present(ns, ref)
+        if present is not None:
+            return present
+        labels: dict[str, str] = {}
+        if self.verify is not None:
+            pin = await self.verify(ref)
+            if pin is not None:
+                ref = ref.with_digest(pin.digest)
+                labels[L.VERIFIED] = pin.message
+        try:
+            return await self._pull(ns, ref, progress, labels)
+        except errors.ImagedError as e:
+            if e.message.startswith("error pulling image"):
+                raise
+            raise type(e)(f"error pulling image {ref}: {e.message}") from None
+
+    async def _present(self, ns: Namespaced, ref: Reference) -> str | None:
+        """The pinned name if the image is recorded and unpacked already (its records refreshed)."""
+        name = ref.tagged() if ref.tag and not ref.digest else ref.pinned()
+        image = await ImageStore(ns).get(name)
+        if image is None or (ref.digest and image.target.digest != ref.digest):
+            return None
+        content = ContentStore(ns)
+        try:
+            manifest = await self._local_manifest(content, image.target.media_type, image.target.digest)
+            config = parse_config(await content.read_all(manifest.config.digest, MAX_CONFIG_SIZE))
+        except (errors.NotFound, errors.InvalidArgument, errors.ResourceExhausted):
+            return None
+        if not await Unpacker(ns, self.options.snapshotter).is_unpacked(manifest.config.digest, config.diff_ids):
+            return None
+        target = Target(image.target.media_type, image.target.digest, image.target.size)
+        await create_records(ns, ref, target, manifest.config.digest, dict(image.labels))
+        return ref.pinned(image.target.digest)
+
+    async def _local_manifest(self, content: ContentStore, media_type: str, digest: str, depth: int = 0) -> Manifest:
+        data = await content.read_all(digest, mt.MAX_MANIFEST_SIZE)
+        if mt.is_index(media_type) or (not mt.is_manifest(media_type) and b'"manifests"' in data):
+            if depth >= MAX_INDEX_DEPTH:
+                raise errors.InvalidArgument(f"index nesting deeper than {MAX_INDEX_DEPTH} at {digest}")
+            for d in select(parse_index(data, f"index {digest}").manifests):
+                try:
+                    return await self._local_manifest(content, d.media_type, d.digest, depth + 1)
+                except errors.NotFound:
+                    continue
+            raise errors.NotFound(f"no manifest for {host_platform()} in {digest}")
+        return parse_manifest(data, f"manifest {digest}")
+
+    async def _pull(self, ns: Namespaced, ref: Reference, progress: Progress, labels: dict[str, str]) -> str:
+        root = await self.registry.resolve(ref)
+        if ref.digest and root.digest != ref.digest:
+            raise errors.DataLoss(f"registry answered {root.digest} for {ref}")
+        pinned = ref.with_digest(root.digest)
+        source = distribution_source(ref.domain, ref.path)
+        async with lease(ns, owner=self.options.owner, purpose="pull", expire=self.options.lease_expire) as lns:
+            content = ContentStore(lns)
+            resolved = await self._walk(content, pinned, root, source)
+            config_desc = resolved.manifest.config
+            await self._fetch_blob(content, pinned, config_desc, "config", source)
+            config = parse_config(await content.read_all(config_desc.digest, MAX_CONFIG_SIZE))
+            await self._layers(lns, content, pinned, resolved.manifest, config, progress, source)
+            target = Target(root.media_type, root.digest, root.size)
+            await create_records(lns, ref, target, config_desc.digest, labels)
+        return ref.pinned(root.digest)
+
+    async def _write_bytes(
+        self, content: ContentStore, kind: str, desc: Descriptor, data: bytes, labels: dict[str, str]
+    ) -> None:
+        w = await content.open_writer(f"{kind}-{desc.digest}", total=len(data), expected=desc.digest)
+        if w is None:
+            await content.update_labels(desc.digest, labels)
+            return
+        try:
+            if w.offset:
+                await w.restart()
+            await w.write(data)
+            await w.commit(labels)
+        finally:
+            await w.close()
+
+    async def _manifest_bytes(self, content: ContentStore, ref: Reference, desc: Descriptor) -> bytes:
+        info = await content.info(desc.digest)
+        if info is not None:
+            return await content.read_all(desc.digest, mt.MAX_MANIFEST_SIZE)
+        data, _media_type, _digest = await self.registry.get_manifest(ref, desc.digest)
+        return data
+
+    async def _walk(
+        self, content: ContentStore, ref: Reference, desc: Descriptor, source: dict[str, str], depth: int = 0
+    ) -> _Resolved:
+        data = await self._manifest_bytes(content, ref, desc)
+        if desc.media_type in mt.SCHEMA1:
+            raise errors.InvalidArgument(f"{ref} is a Docker schema 1 image, which is not supported")
+        media_type = media_type_of(data, desc.media_type)
+        if media_type in mt.SCHEMA1:
+            raise errors.InvalidArgument(f"{ref} is a Docker schema 1 image, which is not supported")
+        if mt.is_index(media_type):
+            if depth >= MAX_INDEX_DEPTH:
+                raise errors.InvalidArgument(f"{ref}: index nesting deeper than {MAX_INDEX_DEPTH}")
+            index = parse_index(data, f"index {desc.digest}")
+            candidates = select(index.manifests)
+            if not candidates:
+                found = ", ".join(sorted({str(d.platform) for d in index.manifests if d.platform})) or "none"
+                raise errors.NotFound(f"{ref} has no image for {host_platform()} (platforms: {found})")
+            chosen = candidates[0]
+            await self._write_bytes(content, "index", desc, data, {**index_labels([chosen]), **source})
+            resolved = await self._walk(content, ref, chosen, source, depth + 1)
+            return _Resolved(desc, resolved.manifest_desc, resolved.manifest)
+        manifest = parse_manifest(data, f"manifest {desc.digest}")
+        await self._write_bytes(content, "manifest", desc, data, {**manifest_labels(manifest), **source})
+        return _Resolved(desc, desc, manifest)
+
+    async def _fetch_blob(
+        self,
+        content: ContentStore,
+        ref: Reference,
+        desc: Descriptor,
+        kind: str,
+        labels: dict[str, str],
+        on_progress: Callable[[Status, int], None] | None = None,
+    ) -> bool:
+        """Stream a blob into the content store; return False if it was there before we looked."""
+        waited = False
+
+        def lock_wait() -> None:
+            nonlocal waited
+            waited = True
+
+        w = await content.open_writer(f"{kind}-{desc.digest}", total=desc.size, expected=desc.digest, lock_wait=lock_wait)
+        if w is None:
+            await content.update_labels(desc.digest, labels)
+            return waited
+        try:
+            if w.offset > desc.size:
+                await w.restart()
+            if on_progress:
+                on_progress(Status.DOWNLOADING, w.offset)
+            if w.offset < desc.size:
+                async for chunk in self.registry.fetch_blob(ref, desc, offset=w.offset):
+                    await w.write(chunk)
+                    if on_progress:
+                        on_progress(Status.DOWNLOADING, w.offset)
+            await w.commit(labels)
+        finally:
+            await w.close()
+        return True
+
+    async def _layers(
+        self,
+        lns: Namespaced,
+        content: ContentStore,
+        ref: Reference,
+        manifest: Manifest,
+        config: ImageConfig,
+        progress: Progress,
+        source: dict[str, str],
+    ) -> None:
+        layers = manifest.layers
+        if len(layers) != len(config.diff_ids):
+            raise errors.InvalidArgument(
+                f"{ref}: manifest has {len(layers)} layers but the config lists {len(config.diff_ids)} diff_ids"
+            )
+        done = [asyncio.Event() for _ in layers]
+        downloaded = [False] * len(layers)
+        sem = asyncio.Semaphore(self.options.max_concurrent_downloads)
+
+        async def download(i: int, desc: Descriptor) -> None:
+            lid = layer_id(desc.digest)
+
+            def report(status: Status, offset: int) -> None:
+                progress.update(LayerState(lid, status, offset, desc.size))
+
+            async with sem:
+                downloaded[i] = await self._fetch_blob(content, ref, desc, "layer", source, report)
+            report(Status.DOWNLOAD_COMPLETE if downloaded[i] else Status.ALREADY_EXISTS, desc.size)
+            done[i].set()
+
+        tickers: dict[int, asyncio.Task[None]] = {}
+
+        async def tick(i: int, start: float) -> None:
+            desc = layers[i]
+            while True:
+                await asyncio.sleep(0.5)
+                progress.update(
+                    LayerState(layer_id(desc.digest), Status.EXTRACTING, desc.size, desc.size, time.monotonic() - start)
+                )
+
+        def on_event(i: int, event: str, elapsed: float) -> None:
+            desc = layers[i]
+            lid = layer_id(desc.digest)
+            if event == "extracting":
+                progress.update(LayerState(lid, Status.EXTRACTING, desc.size, desc.size, 0.0))
+                tickers[i] = asyncio.create_task(tick(i, time.monotonic()))
+                return
+            t = tickers.pop(i, None)
+            if t is not None:
+                t.cancel()
+            if event == "extracted" or downloaded[i]:
+                progress.update(LayerState(lid, Status.EXTRACT_COMPLETE, desc.size, desc.size, elapsed))
+            else:
+                progress.update(LayerState(lid, Status.ALREADY_EXISTS, desc.size, desc.size, elapsed))
+
+        async def wait_ready(i: int) -> None:
+            await done[i].wait()
+
+        unpacker = Unpacker(lns, self.options.snapshotter)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i, desc in enumerate(layers):
+                    tg.create_task(download(i, desc))
+                tg.create_task(
+                    unpacker.unpack(
+                        manifest.config.digest, layers, config.diff_ids, ready=wait_ready, on_event=on_event
+                    )
+                )
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+        finally:
+            for t in tickers.values():
+                t.cancel()
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The most meaningful error of a failed task group: a domain error before anything else."""
+    flat: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            flat.append(e)
+
+    walk(eg)
+    for e in flat:
+        if isinstance(e, errors.ImagedError):
+            return e
+    return flat[0]
+
