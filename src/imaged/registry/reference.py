@@ -30,8 +30,11 @@ def validate_digest(digest: str) -> str:
     """Return `digest` if it is a well-formed sha256/sha512 digest, else raise InvalidArgument."""
     if _SHA256_RE.match(digest) or _SHA512_RE.match(digest):
         return digest
-    if not _DIGEST_RE.match(digest):
-        raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 hex characters>")
+    algorithm = digest.partition(":")[0]
+    if algorithm == "sha256" or not _DIGEST_RE.match(digest):
+        raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex characters>")
+    if algorithm == "sha512":
+        raise InvalidArgument(f"invalid digest {digest!r}: expected sha512:<128 lowercase hex characters>")
     raise InvalidArgument(f"unsupported digest {digest!r}: only sha256 and sha512 are supported")
 
 
@@ -109,10 +112,15 @@ def parse(ref: str, *, default_tag: bool = True) -> Reference:
         raise InvalidArgument(f"invalid image reference {ref!r}: contains white space")
     if len(ref) > 4096:
         raise InvalidArgument("invalid image reference: longer than 4096 characters")
+    if _SHA256_RE.match(ref) or re.fullmatch(r"[a-f0-9]{64}", ref):
+        raise InvalidArgument(f"invalid image reference {ref!r}: an image id is not a repository name")
     remainder, _, digest = ref.partition("@")
     digest_value: str | None = None
     if digest:
-        digest_value = validate_digest(digest)
+        try:
+            digest_value = validate_digest(digest)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"invalid image reference {ref!r}: {e.message}") from None
     elif ref.endswith("@"):
         raise InvalidArgument(f"invalid image reference {ref!r}: empty digest after '@'")
     name, tag = remainder, None
