@@ -7,10 +7,12 @@ ignored ranges, dropped connections, redirects to other hosts, transient errors.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -327,3 +329,44 @@ async def test_referrers_filtered_client_side(serve: Callable[..., Awaitable[Ser
         full = await c.referrers(ref, subject)
         assert full is not None and len(full.manifests) == 2
         assert await c.referrers(ref, _digest(b"other")) is None  # HTML answer: no referrers API
+
+
+async def test_stalled_download_times_out_and_resumes(serve: Callable[..., Awaitable[Server]]) -> None:
+    calls = [0]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls[0] += 1
+        if calls[0] == 1:
+            resp = web.StreamResponse(headers={"Content-Length": str(len(BLOB))})
+            await resp.prepare(request)
+            await resp.write(BLOB[:200_000])
+            await asyncio.sleep(2)  # stalls: the client's idle read timeout must fire first
+            return resp
+        start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        headers = {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"}
+        return web.Response(status=206, body=BLOB[start:], headers=headers)
+
+    srv = await serve(handler)
+    cfg = make_config(timeouts={"connect": 2, "read": 0.3})
+    started = time.monotonic()
+    async with RegistryClient(cfg) as c:
+        assert await _fetch(c, srv.host, _blob_desc()) == BLOB
+    assert calls[0] == 2 and time.monotonic() - started < 1.8
+
+
+async def test_failing_mirror_is_tried_once_then_upstream(serve: Callable[..., Awaitable[Server]]) -> None:
+    async def broken(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503)
+
+    async def upstream(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=BLOB)
+
+    mirror = await serve(broken)
+    up = await serve(upstream)
+    cfg = make_config(hosts={up.host: {"mirrors": [f"http://{mirror.host}"]}})
+    async with RegistryClient(cfg) as c:
+        assert await _fetch(c, up.host, _blob_desc()) == BLOB
+        assert await c.get_blob(parse(f"{up.host}/x/y:v1"), _blob_desc().digest, max_size=len(BLOB)) == BLOB
+    assert len(mirror.seen) == 2  # one try per call, no retries before falling through
+    assert all(r.query.get("ns") == up.host for r in mirror.seen)
+    assert all("ns" not in r.query for r in up.seen)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -68,6 +69,8 @@ MAX_TAGS = 100_000
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 ENDPOINT_CACHE_SECONDS = 5.0
+# Whether the endpoint being tried has others after it (set by _on_endpoints, per task).
+_FALLBACK_LEFT: contextvars.ContextVar[bool] = contextvars.ContextVar("fallback_left", default=False)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -295,12 +298,15 @@ class RegistryClient:
         """Run `op` on each endpoint in order until one succeeds; a failing mirror falls through."""
         eps = self._endpoints(ref, capability, what)
         for i, e in enumerate(eps):
+            token = _FALLBACK_LEFT.set(i < len(eps) - 1)
             try:
                 return await op(e)
             except ImagedError as err:
                 if i == len(eps) - 1:
                     raise
                 log.info("%s: endpoint %s failed (%s); trying %s", what, e, err.message, eps[i + 1])
+            finally:
+                _FALLBACK_LEFT.reset(token)
         raise AssertionError("unreachable")
 
     # -- HTTP core --------------------------------------------------------------------------------
@@ -365,12 +371,16 @@ class RegistryClient:
                 reason = getattr(reason, "verify_message", None) or reason
                 raise Unavailable(
                     f"{what}: TLS certificate of {urllib.parse.urlsplit(current).netloc} not trusted: "
-                    f"{reason}; configure its CA (registries.hosts.<host>.tls.ca_file)"
+                    f"{reason}; configure its CA (registries.hosts.{ref.domain}.tls.ca_file)"
                 ) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                raise _Transient(
-                    f"cannot reach {urllib.parse.urlsplit(current).netloc}: {type(err).__name__}: {err}"
-                ) from None
+                netloc = urllib.parse.urlsplit(current).netloc
+                if "HTTP request to an HTTPS server" in str(err):
+                    raise Unavailable(
+                        f"{what}: {netloc} speaks HTTPS but was asked in plain HTTP; set "
+                        f"registries.hosts.{ref.domain}.plain_http to false or give it a tls section"
+                    ) from None
+                raise _Transient(f"cannot reach {netloc}: {type(err).__name__}: {err}") from None
             log.debug("%s %s -> %d", method, redact_url(current), resp.status)
 
             if resp.status in REDIRECT_STATUS:
@@ -514,7 +524,8 @@ class RegistryClient:
         max_size: int,
     ) -> _Response:
         """A whole small request with retries on this endpoint; the body is read up to `max_size`."""
-        attempts = 1 if e.mirror else self.config.retries.attempts
+        # A mirror with endpoints after it gets one try: falling through is faster than retrying.
+        attempts = 1 if e.mirror and _FALLBACK_LEFT.get() else self.config.retries.attempts
         failures = 0
         while True:
             try:
