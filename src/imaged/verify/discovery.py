@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from imaged.errors import InvalidArgument, NotFound
+from imaged.errors import InvalidArgument, NotFound, ResourceExhausted
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, Index, Manifest, media_type_of, parse_index, parse_manifest
 from imaged.registry.reference import Reference
@@ -120,6 +120,9 @@ async def _fetch_layers(
         except NotFound:
             found.notes.append(f"{what} layer {i} blob {layer.digest} is missing")
             return None
+        except ResourceExhausted as e:
+            found.notes.append(f"{what} layer {i}: {e.message}")
+            return None
         return make(i, layer, data)
 
     results = await _gather([functools.partial(fetch, i, layer) for i, layer in layers])
@@ -141,7 +144,7 @@ async def _referrer(
     except NotFound:
         found.notes.append(f"{what} is listed but missing")
         return []
-    except InvalidArgument as e:
+    except (InvalidArgument, ResourceExhausted) as e:
         found.notes.append(f"{what} is not a usable manifest: {e.message}")
         return []
     if manifest.subject is None or manifest.subject.digest != digest:
@@ -203,6 +206,9 @@ async def discover_referrers(registry: RegistryAPI, ref: Reference, digest: str)
         except NotFound:
             found.notes.append(f"no referrers API and no referrers tag {tag}")
             return found
+        except (InvalidArgument, ResourceExhausted) as e:
+            found.notes.append(f"referrers tag {tag} is not usable: {e.message}")
+            return found
         try:
             if mt.is_index(media_type_of(body, served_type)):
                 listed = parse_index(body, f"referrers tag {tag}").manifests
@@ -238,7 +244,7 @@ async def discover_legacy(registry: RegistryAPI, ref: Reference, digest: str) ->
     except NotFound:
         found.notes.append(f"no legacy signature tag {tag}")
         return found
-    except InvalidArgument as e:
+    except (InvalidArgument, ResourceExhausted) as e:
         found.notes.append(f"legacy signature tag {tag} is not usable: {e.message}")
         return found
     layers = []

@@ -9,12 +9,12 @@ Patterns are normalized the way references are, so that a person's expectation h
 - a Docker Hub alias host (`index.docker.io/`, `registry-1.docker.io/`,
   `registry.hub.docker.com/`) becomes `docker.io/`: `index.docker.io/*` and `docker.io/*`
   both match every Docker Hub image (the reference's `docker.io/*` silently missed them);
-- a pattern without a registry host (its first component has no `.` or `:`, is not
-  `localhost` and holds no `*`) is a Docker Hub name: `nginx` -> `docker.io/library/nginx`,
-  `myorg/*` -> `docker.io/myorg/*`; one-component Docker Hub names gain `library/`
-  (`docker.io/nginx` -> `docker.io/library/nginx`);
-- a pattern whose first component holds a `*` (`*`, `*/app`, `*.example.com/*`) is used as is,
-  against the full normalized name.
+- a pattern without a registry host (no `/`, or a first component with no `.` or `:` that
+  is not `localhost`) is a Docker Hub name: `nginx` -> `docker.io/library/nginx`,
+  `nginx*` -> `docker.io/library/nginx*`, `myorg/*` -> `docker.io/myorg/*`; one-component
+  Docker Hub names gain `library/` (`docker.io/nginx` -> `docker.io/library/nginx`);
+- `*` alone, and a pattern whose first of several components holds a `*` (`*/app`,
+  `*.example.com/*`), is used as is, against the full normalized name.
 Registry hosts compare case-insensitively (DNS names), paths exactly.
 """
 
@@ -47,16 +47,19 @@ def pattern_problem(pattern: str) -> str | None:
 
 def normalize_pattern(pattern: str) -> str:
     """The pattern as it is matched (see the module docstring)."""
+    if set(pattern) == {"*"}:
+        return pattern
     first, sep, rest = pattern.partition("/")
+    if not sep:  # one component: an official Docker Hub image (`nginx`, `nginx*`)
+        return f"{DOCKER_HUB}/library/{pattern}"
     if "*" in first:
-        return f"{first.lower()}{sep}{rest}"
-    is_host = bool(sep) and (any(c in first for c in ".:[") or first == "localhost" or first != first.lower())
-    if not is_host:
-        domain, path = DOCKER_HUB, pattern
-    else:
+        return f"{first.lower()}/{rest}"
+    if any(c in first for c in ".:[") or first == "localhost" or first != first.lower():
         domain, path = first.lower(), rest
         if domain in _HUB_ALIASES:
             domain = DOCKER_HUB
+    else:
+        domain, path = DOCKER_HUB, pattern
     if domain == DOCKER_HUB and "/" not in path and "*" not in path:
         path = f"library/{path}"
     return f"{domain}/{path}"

@@ -1,0 +1,85 @@
+"""Rule patterns: normalization and glob matching against normalized repositories; first match wins."""
+
+from __future__ import annotations
+
+import pytest
+
+from imaged.registry.reference import parse
+from imaged.verify.matching import Glob, normalize_pattern
+
+
+@pytest.mark.parametrize(
+    ("pattern", "normalized"),
+    [
+        ("nginx", "docker.io/library/nginx"),
+        ("nginx*", "docker.io/library/nginx*"),
+        ("myorg/app", "docker.io/myorg/app"),
+        ("myorg/*", "docker.io/myorg/*"),
+        ("docker.io/nginx", "docker.io/library/nginx"),
+        ("docker.io/*", "docker.io/*"),
+        ("index.docker.io/*", "docker.io/*"),
+        ("registry-1.docker.io/library/nginx", "docker.io/library/nginx"),
+        ("registry.hub.docker.com/myorg/*", "docker.io/myorg/*"),
+        ("index.docker.io/nginx", "docker.io/library/nginx"),
+        ("GHCR.io/org/*", "ghcr.io/org/*"),
+        ("localhost/app", "localhost/app"),
+        ("localhost:5000/*", "localhost:5000/*"),
+        ("*", "*"),
+        ("*/app", "*/app"),
+        ("*.example.com/*", "*.example.com/*"),
+        ("registry.k8s.io/*", "registry.k8s.io/*"),
+    ],
+)
+def test_normalize_pattern(pattern: str, normalized: str) -> None:
+    assert normalize_pattern(pattern) == normalized
+
+
+@pytest.mark.parametrize(
+    ("pattern", "image", "matches"),
+    [
+        # `*` matches any run of characters, `/` included
+        ("registry.k8s.io/*", "registry.k8s.io/kube-apiserver:v1.30.0", True),
+        ("registry.k8s.io/*", "registry.k8s.io/a/b/c@sha256:" + "a" * 64, True),
+        ("registry.k8s.io/*", "registry.k8s.io.evil.com/x", False),
+        ("registry.k8s.io/*", "evil.com/registry.k8s.io/x", False),
+        ("ghcr.io/org/*", "ghcr.io/org/app", True),
+        ("ghcr.io/org/*", "ghcr.io/org2/app", False),
+        ("ghcr.io/org*", "ghcr.io/org2/app", True),
+        ("ghcr.io/*/app", "ghcr.io/a/b/app", True),
+        ("ghcr.io/*/app", "ghcr.io/a/app2", False),
+        ("*", "anything.io/x/y", True),
+        ("*", "nginx", True),
+        # exact patterns match the repository, never a prefix, whatever the tag or digest
+        ("ghcr.io/org/app", "ghcr.io/org/app:v1", True),
+        ("ghcr.io/org/app", "ghcr.io/org/app@sha256:" + "b" * 64, True),
+        ("ghcr.io/org/app", "ghcr.io/org/app-2", False),
+        # Docker Hub in all its spellings
+        ("docker.io/*", "nginx", True),
+        ("docker.io/*", "index.docker.io/library/nginx", True),
+        ("index.docker.io/*", "nginx:1.27", True),
+        ("index.docker.io/*", "docker.io/myorg/app", True),
+        ("docker.io/library/*", "nginx", True),
+        ("docker.io/library/*", "myorg/app", False),
+        ("nginx", "docker.io/library/nginx:latest", True),
+        ("nginx", "index.docker.io/nginx", True),
+        ("nginx", "ghcr.io/nginx", False),
+        ("myorg/*", "myorg/app", True),
+        ("myorg/*", "docker.io/myorg/app", True),
+        ("myorg/*", "ghcr.io/myorg/app", False),
+        ("docker.io/nginx", "nginx", True),
+        # `?`, `[` and `.` are literals
+        ("ghcr.io/a.c", "ghcr.io/abc", False),
+        ("localhost:5000/*", "localhost:5000/test/app", True),
+        ("localhost:5000/*", "localhost:5001/test/app", False),
+        ("*.example.com/*", "registry.example.com/app", True),
+        ("*.example.com/*", "example.com/app", False),
+    ],
+)
+def test_glob_matches(pattern: str, image: str, matches: bool) -> None:
+    assert Glob.compile(pattern).matches(parse(image).repository) is matches
+
+
+def test_registry_host_case_does_not_matter() -> None:
+    assert Glob.compile("GHCR.IO/org/*").matches(parse("ghcr.io/org/app").repository)
+    assert Glob.compile("ghcr.io/org/*").matches(parse("GHCR.IO/org/app").repository)
+    assert not Glob.compile("ghcr.io/Org/*").matches(parse("ghcr.io/org/app").repository)
