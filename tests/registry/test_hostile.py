@@ -370,3 +370,36 @@ async def test_failing_mirror_is_tried_once_then_upstream(serve: Callable[..., A
     assert len(mirror.seen) == 2  # one try per call, no retries before falling through
     assert all(r.query.get("ns") == up.host for r in mirror.seen)
     assert all("ns" not in r.query for r in up.seen)
+
+
+async def test_identity_token_is_exchanged_by_oauth2_post(serve: Callable[..., Awaitable[Server]]) -> None:
+    forms: list[dict[str, str]] = []
+
+    async def token_server(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405)
+        forms.append({k: str(v) for k, v in (await request.post()).items()})
+        return web.json_response({"access_token": "ACCESS", "expires_in": 300})
+
+    tokens = await serve(token_server)
+
+    async def registry(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer ACCESS":
+            challenge = f'Bearer realm="http://{tokens.host}/token",service="svc"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        return web.Response(body=BLOB)
+
+    reg = await serve(registry)
+    cfg = make_config(hosts={reg.host: {"auth": {"identity_token": "REFRESH"}}})
+    async with RegistryClient(cfg) as c:
+        assert await _fetch(c, reg.host, _blob_desc()) == BLOB
+    assert forms == [
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": "REFRESH",
+            "service": "svc",
+            "scope": "repository:x/y:pull",
+            "client_id": "imaged",
+            "access_type": "offline",
+        }
+    ]
