@@ -90,9 +90,13 @@ def test_progress_per_layer(daemon, containerd, registry) -> None:  # type: igno
         assert complete.offset == complete.total > 0
         # Only changes are sent.
         assert all(a != b for a, b in zip(states, states[1:], strict=False))
-    # A second image sharing the busybox layer reports it as already there.
-    push_test_image(registry, "pull/progress2", "v1", layers=2)
-    _, progress2 = pull(daemon, f"{registry.host}/pull/progress2:v1", SYSTEM)
+    # A second image sharing a layer with one pulled before reports that layer as already there.
+    from tests.support import archives
+
+    archives.push(registry, "pull/progress-a", "v1", archives.simple_image("progress-a"))
+    pull(daemon, f"{registry.host}/pull/progress-a:v1", SYSTEM)
+    archives.push(registry, "pull/progress-b", "v1", archives.simple_image("progress-b"))
+    _, progress2 = pull(daemon, f"{registry.host}/pull/progress-b:v1", SYSTEM)
     finals = {}
     for p in progress2:
         finals[p.layer_id] = p.progress.status

@@ -68,6 +68,21 @@ class MetricsConfig(Section):
     # host:port for Prometheus text; unset disables the endpoint.
     listen: str | None = None
 
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen must be host:port, got {v!r}")
+        return v
+
+
+class ShutdownConfig(Section):
+    # Running pulls and imports get this long to finish after SIGTERM; then they are cancelled cleanly.
+    grace_seconds: float = Field(default=30.0, ge=0, le=3600)
+
 
 class Config(Section):
     listen: ListenConfig = ListenConfig()
@@ -77,3 +92,4 @@ class Config(Section):
     verification: VerificationConfig = VerificationConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     setup_logging(args.log_format or config.log.format, config.log.level)
     try:
-        asyncio.run(Daemon(config).run())
+        asyncio.run(Daemon(config, config_path=path).run())
     except SocketInUse as e:
         print(f"imaged: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,37 +1,67 @@
-"""Everything a request handler needs, built once from the configuration."""
+"""Everything a request handler needs, built once from the configuration (and on reload)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import os
 import uuid
 
 from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced
+from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
 from imaged.pb.common import common_pb2
-from imaged.pull.puller import Puller, PullOptions
+from imaged.pull.puller import Puller, PullOptions, VerifiedPin
 from imaged.registry.client import RegistryClient
+from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
+from imaged.verify.service import ImageVerifier
+
+log = logging.getLogger("imaged")
+
+# How long a replaced registry client stays open for the calls that still use it.
+RETIRE_AFTER = 900.0
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         # Identifies this process's leases, so the next start can clean up after a crash.
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.size_cache = SizeCache()
         self._containerd: dict[str, Containerd] = {}
+        self._retired: set[asyncio.Task[None]] = set()
         self.registry = RegistryClient(config.registries)
-        self.puller = Puller(
+        self.verifier = ImageVerifier(config.verification, self.registry)
+        self.puller = self._puller()
+
+    def _puller(self) -> Puller:
+        cfg = self.config
+        return Puller(
             self.registry,
             PullOptions(
                 owner=self.owner,
-                snapshotter=config.containerd.snapshotter,
-                max_concurrent_downloads=config.pull.max_concurrent_downloads,
-                lease_expire=dt.timedelta(seconds=config.containerd.lease_expire_seconds),
+                snapshotter=cfg.containerd.snapshotter,
+                max_concurrent_downloads=cfg.pull.max_concurrent_downloads,
+                lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
             ),
+            verify=self.verify_for_pull,
         )
+
+    async def verify_for_pull(self, ref: Reference) -> VerifiedPin | None:
+        """Pull applies the verification policy first: deny/failure raise, success pins the digest."""
+        if self.verifier.match(ref) is None and self.config.verification.no_match == "allow":
+            return None
+        verdict = await self.verifier.verify(str(ref))
+        self.metrics.verdicts.labels("verified" if verdict.verified else "unverified").inc()
+        if not verdict.verified:
+            return None
+        digest = parse(verdict.digested_ref).digest
+        assert digest is not None
+        return VerifiedPin(digest, verdict.message)
 
     def containerd_for(self, driver: int) -> Containerd:
         cfg = self.config.containerd
@@ -47,11 +77,34 @@ class Runtime:
 
     def endpoints(self) -> list[Containerd]:
         cfg = self.config.containerd
-        return [self.containerd_for(common_pb2.CONTAINERD), self.containerd_for(common_pb2.CRI)] if (
-            cfg.cri_socket != cfg.system_socket
-        ) else [self.containerd_for(common_pb2.CRI)]
+        drivers = [common_pb2.CONTAINERD, common_pb2.CRI] if cfg.cri_socket != cfg.system_socket else [common_pb2.CRI]
+        return [self.containerd_for(d) for d in drivers]
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply a new configuration to new calls; return what needs a restart to change."""
+        needs_restart = [
+            key for key in ("listen", "containerd", "log", "metrics") if getattr(config, key) != getattr(self.config, key)
+        ]
+        old_registry = self.registry
+        registry = RegistryClient(config.registries) if config.registries != self.config.registries else old_registry
+        verifier = ImageVerifier(config.verification, registry)  # raises on a bad policy: nothing changed yet
+        self.config = config
+        self.registry = registry
+        self.verifier = verifier
+        self.puller = self._puller()
+        if registry is not old_registry:
+            task = asyncio.get_running_loop().create_task(self._retire(old_registry))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        return needs_restart
+
+    async def _retire(self, client: RegistryClient) -> None:
+        await asyncio.sleep(RETIRE_AFTER)
+        await client.close()
 
     async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
         await self.registry.close()
         for cd in self._containerd.values():
             await cd.close()

@@ -1,4 +1,5 @@
-"""The gRPC server: ImageService, health (tracking containerd) and reflection, on unix sockets."""
+"""The daemon: gRPC servers on the admin (and optional read-only) socket, health tracking
+containerd, reflection, metrics, SIGHUP reload, graceful SIGTERM, and start-up lease hygiene."""
 
 from __future__ import annotations
 
@@ -6,92 +7,170 @@ import asyncio
 import contextlib
 import logging
 import os
+import pathlib
 import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from imaged.config import Config
+from imaged import errors
+from imaged.config import Config, ConfigError, load
+from imaged.config.models import SocketConfig
+from imaged.containerd import leases
 from imaged.daemon import sockets, systemd
+from imaged.daemon.observe import Metrics, ObservingInterceptor
 from imaged.daemon.runtime import Runtime
 from imaged.pb.machine import image_pb2, image_pb2_grpc
 from imaged.service.image_service import ImageService
 
 log = logging.getLogger("imaged")
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 HEALTH_INTERVAL = 1.0
 MAX_MESSAGE = 16 * 1024 * 1024
+NAMESPACES = ("k8s.io", "system")
 
 
 class Daemon:
-    def __init__(self, config: Config, *, grace: float = 30.0) -> None:
+    def __init__(self, config: Config, *, config_path: str | None = None) -> None:
         self.config = config
-        self.grace = grace
-        self.rt = Runtime(config)
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.rt: Runtime | None = None
         self.health = health.aio.HealthServicer()
-        self.server: grpc.aio.Server | None = None
+        self.servers: list[grpc.aio.Server] = []
         self._stop = asyncio.Event()
         self._serving: bool | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def _build(self) -> grpc.aio.Server:
+    def _sockets(self) -> list[tuple[SocketConfig, bool]]:
+        out = [(self.config.listen.admin, False)]
+        if self.config.listen.readonly is not None:
+            out.append((self.config.listen.readonly, True))
+        return out
+
+    def _build(self, rt: Runtime, sock: SocketConfig, readonly: bool) -> grpc.aio.Server:
         server = grpc.aio.server(
+            interceptors=[ObservingInterceptor(self.metrics, "readonly" if readonly else "admin")],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
-            ]
+            ],
         )
-        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(self.rt), server)
+        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(rt, readonly=readonly), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
-        for sock in (self.config.listen.admin,):
-            sockets.prepare(sock.path)
-            old = os.umask(0o777 & ~sock.mode)
-            try:
-                server.add_insecure_port(f"unix:{sock.path}")
-            finally:
-                os.umask(old)
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        sockets.prepare(sock.path)
+        old = os.umask(0o777 & ~sock.mode)
+        try:
+            server.add_insecure_port(f"unix:{sock.path}")
+        finally:
+            os.umask(old)
         return server
 
-    async def _watch_health(self) -> None:
+    async def _watch_health(self, rt: Runtime) -> None:
+        cleaned: set[str] = set()
         while True:
-            ok = all([await cd.healthy() for cd in self.rt.endpoints()])
+            states = {cd.address: await cd.healthy() for cd in rt.endpoints()}
+            for address, up in states.items():
+                if up and address not in cleaned:
+                    cleaned.add(address)
+                    await self._remove_stale_leases(rt, address)
+            ok = all(states.values())
             if ok != self._serving:
-                status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                serving = health_pb2.HealthCheckResponse.SERVING
+                status = serving if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self.health.set("", status)
                 await self.health.set(SERVICE_NAME, status)
                 if self._serving is not None or not ok:
                     log.info("containerd %s", "reachable: serving" if ok else "unreachable: not serving")
                 self._serving = ok
+                systemd.notify(f"STATUS={'serving' if ok else 'waiting for containerd'}")
             await asyncio.sleep(HEALTH_INTERVAL)
+
+    async def _remove_stale_leases(self, rt: Runtime, address: str) -> None:
+        """Leases of an earlier imaged that died mid-call: theirs only, recognised by our label."""
+        cd = next(c for c in rt.endpoints() if c.address == address)
+        for ns in NAMESPACES:
+            try:
+                n = await leases.remove_stale(cd.ns(ns), keep_owner=rt.owner)
+            except errors.ImagedError as e:
+                log.warning("could not clean stale leases in %s/%s: %s", address, ns, e)
+                continue
+            if n:
+                log.info("removed %d lease(s) left by an earlier imaged in namespace %s", n, ns)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def reload(self) -> None:
+        """SIGHUP: a valid file takes effect for new calls; an invalid one is refused and logged."""
+        if self.rt is None:
+            return
+        try:
+            config = load(self.config_path)
+            restart = self.rt.reload(config)
+        except (ConfigError, errors.ImagedError, ValueError) as e:
+            log.error("configuration reload refused, keeping the running one: %s", e)
+            return
+        self.config = config
+        log.info("configuration reloaded from %s", self.config_path or "(defaults)")
+        if restart:
+            log.warning("changes to %s take effect only after a restart", ", ".join(restart))
+
+    def _start_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        from prometheus_client import start_http_server
+
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.metrics.registry)
+        log.info("metrics on http://%s/metrics", listen)
 
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
-        self.server = self._build()
-        await self.server.start()
-        for sock in (self.config.listen.admin,):
+        rt = self.rt = Runtime(self.config, self.metrics)
+        self.servers = [self._build(rt, sock, ro) for sock, ro in self._sockets()]
+        for server in self.servers:
+            await server.start()
+        for sock, _ in self._sockets():
             sockets.apply_permissions(sock)
+        self._start_metrics()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        watcher = asyncio.create_task(self._watch_health())
-        log.info("imaged serving %s on %s", SERVICE_NAME, self.config.listen.admin.path)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._spawn(self._watch_health(rt))
+        interval = systemd.watchdog_interval()
+        if interval:
+            self._spawn(self._watchdog(interval))
+        paths = ", ".join(s.path + (" (read-only)" if ro else "") for s, ro in self._sockets())
+        log.info("imaged serving %s on %s", SERVICE_NAME, paths)
         systemd.notify("READY=1")
         try:
             await self._stop.wait()
         finally:
-            log.info("shutting down")
+            log.info("shutting down: finishing running calls (grace %ss)", self.config.shutdown.grace_seconds)
             systemd.notify("STOPPING=1")
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await self.server.stop(self.grace)
-            await self.rt.close()
-            for sock in (self.config.listen.admin,):
+            await asyncio.gather(*(s.stop(self.config.shutdown.grace_seconds) for s in self.servers))
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await rt.close()
+            for sock, _ in self._sockets():
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(sock.path)
+                    pathlib.Path(sock.path).unlink()
+            log.info("stopped")

@@ -31,8 +31,17 @@ def progress_message(state: LayerState) -> image_pb2.ImageServicePullResponse:
 
 
 class ImageService(image_pb2_grpc.ImageServiceServicer):
-    def __init__(self, rt: Runtime) -> None:
+    """`readonly` serves List and Verify only (the role of a socket for CRI and readers)."""
+
+    def __init__(self, rt: Runtime, *, readonly: bool = False) -> None:
         self.rt = rt
+        self.readonly = readonly
+
+    def _writable(self, method: str) -> None:
+        if self.readonly:
+            raise errors.PermissionDenied(
+                f"{method} is not allowed on the read-only socket; use the admin socket"
+            )
 
     @streaming
     async def List(
@@ -51,6 +60,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
     async def Remove(
         self, request: image_pb2.ImageServiceRemoveRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
+        self._writable("Remove")
         ns = self.rt.namespaced(request.containerd)
         await remove_image(ns, request.image_ref)
         return empty_pb2.Empty()
@@ -59,6 +69,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
     async def Pull(
         self, request: image_pb2.ImageServicePullRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[image_pb2.ImageServicePullResponse]:
+        self._writable("Pull")
         ns = self.rt.namespaced(request.containerd)
         progress = Progress(self.rt.config.pull.progress_rate)
         task = asyncio.create_task(self.rt.puller.pull(ns, request.image_ref, progress))
@@ -81,10 +92,25 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         request_iterator: AsyncIterator[image_pb2.ImageServiceImportRequest],
         context: grpc.aio.ServicerContext,
     ) -> image_pb2.ImageServiceImportResponse:
+        self._writable("Import")
         raise errors.Unimplemented("Import is not implemented yet")
 
     @unary
     async def Verify(
         self, request: image_pb2.ImageServiceVerifyRequest, context: grpc.aio.ServicerContext
     ) -> image_pb2.ImageServiceVerifyResponse:
-        raise errors.Unimplemented("Verify is not implemented yet")
+        creds = None
+        if request.HasField("credentials") and request.credentials.host:
+            c = request.credentials
+            creds = (c.host, c.username, c.password)
+        try:
+            verdict = await self.rt.verifier.verify(request.image_ref, creds)
+        except errors.PermissionDenied:
+            self.rt.metrics.verdicts.labels("refused").inc()
+            raise
+        self.rt.metrics.verdicts.labels("verified" if verdict.verified else "unverified").inc()
+        return image_pb2.ImageServiceVerifyResponse(
+            verified=verdict.verified,
+            message=verdict.message,
+            digested_image_ref=verdict.digested_ref if verdict.verified else "",
+        )

@@ -1,0 +1,136 @@
+"""One log line and metrics per RPC, from a server interceptor, so handlers stay thin.
+
+A log line carries the method, the image reference (never credentials), the status code and
+the duration; the Verify request's credentials are never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+log = logging.getLogger("imaged.rpc")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("imaged_requests", "RPCs handled", ["method", "code"], registry=r)
+        self.latency = Histogram(
+            "imaged_request_seconds",
+            "RPC duration",
+            ["method"],
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300),
+            registry=r,
+        )
+        self.pulled_bytes = Counter("imaged_pulled_bytes", "Bytes of layers pulled", registry=r)
+        self.imported_bytes = Counter("imaged_imported_bytes", "Bytes of archives imported", registry=r)
+        self.verdicts = Counter("imaged_verifications", "Verification outcomes", ["outcome"], registry=r)
+        self.cache_hits = Counter("imaged_verification_cache_hits", "Verdicts served from cache", registry=r)
+
+
+def _ref_of(request: Any) -> str:
+    ref = getattr(request, "image_ref", None)
+    return str(ref) if ref else ""
+
+
+def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    if error is None:
+        return grpc.StatusCode.OK
+    return grpc.StatusCode.CANCELLED if isinstance(error, BaseException) and "Cancel" in type(
+        error
+    ).__name__ else grpc.StatusCode.UNKNOWN
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics, socket_role: str) -> None:
+        self.metrics = metrics
+        self.role = socket_role
+
+    def _done(self, method: str, ref: str, start: float, context: Any, error: BaseException | None) -> None:
+        elapsed = time.monotonic() - start
+        code = _code(context, error)
+        name = method.rsplit("/", 1)[-1]
+        self.metrics.requests.labels(name, code.name).inc()
+        self.metrics.latency.labels(name).observe(elapsed)
+        details = context.details() if code != grpc.StatusCode.OK else ""
+        fields = {"method": name, "ref": ref, "code": code.name, "ms": round(elapsed * 1000, 2), "socket": self.role}
+        level = logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND) else logging.WARNING
+        msg = f"{name} ref={ref or '-'} code={code.name} {fields['ms']}ms"
+        if details:
+            msg += f": {details}"
+            fields["error"] = details
+        log.log(level, msg, extra={"fields": fields})
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method  # type: ignore[attr-defined]
+        if handler is None or not method.startswith("/machine."):
+            return handler
+        done = self._done
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start, err = time.monotonic(), None
+                try:
+                    return await inner_uu(request, context)
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    done(method, _ref_of(request), start, context, err)
+
+            return grpc.unary_unary_rpc_method_handler(
+                uu, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def us(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                start, err = time.monotonic(), None
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    done(method, _ref_of(request), start, context, err)
+
+            return grpc.unary_stream_rpc_method_handler(
+                us, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def su(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                start, err = time.monotonic(), None
+                try:
+                    return await inner_su(request_iterator, context)
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    done(method, "", start, context, err)
+
+            return grpc.stream_unary_rpc_method_handler(
+                su, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        return handler
