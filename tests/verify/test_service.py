@@ -150,7 +150,8 @@ async def test_legacy_keyless_wrong_identity_is_denied_with_reasons() -> None:
         f"image verification failed: docker.io/phbelitz/rekor-test@{digest}: no signature satisfies rule 0 "
         "(docker.io/phbelitz/*), which expects a keyless signature by subject 'someone@else.example' "
         f"from issuer 'https://github.com/login/oauth': legacy signature {seeds.sig_tag(digest)} layer 0: "
-        "certificate subject mismatch: expected 'someone@else.example', found ['philipp.belitz@securesystems.de']"
+        "certificate subject mismatch: expected 'someone@else.example', "
+        "found ['philipp.belitz@securesystems.de']"
     )
 
 
