@@ -46,8 +46,17 @@ fmt: venv
 	$(VENV)/bin/ruff format src tests tools
 	$(VENV)/bin/ruff check --fix src tests tools
 
-bench: deps venv
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+# Performance against containerd's own ctr, as ratios in one run (not part of make test).
+bench: deps venv $(VENV)/.bench
 	$(PY) -m bench
+
+# The long load and kill loop (not part of make test).
+soak: deps venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/soak --soak
 
 clean:
 	rm -rf .run build dist .pytest_cache .mypy_cache
