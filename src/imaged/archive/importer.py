@@ -1,0 +1,114 @@
+"""ImageService.Import: a streamed image archive into containerd, all or nothing.
+
+Order matters for what a failure leaves behind and for CRI: every blob goes into content under
+one lease while the archive streams; then the images are planned from the metadata, synthesized
+manifests written, GC labels set and host-platform images unpacked; records are created last,
+once everything they point to is complete. Any error before that deletes the lease (so the
+content goes with the next GC), aborts the ingest that was open, and records nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from imaged.archive.ingest import Ingest
+from imaged.archive.limits import ImportLimits
+from imaged.archive.names import record_name
+from imaged.archive.plan import Plan, Planner
+from imaged.archive.stream import ByteReader, decompressed
+from imaged.containerd.client import Namespaced
+from imaged.containerd.leases import lease
+from imaged.containerd.unpack import Unpacker
+from imaged.errors import DataLoss, InvalidArgument
+from imaged.images.records import Target, create_records
+from imaged.oci.manifest import Platform
+from imaged.oci.platform import host_platform
+
+log = logging.getLogger(__name__)
+
+
+def _names(plan: Plan) -> list[str]:
+    """Names in archive order; one name given to two different images is refused."""
+    owner: dict[str, str] = {}
+    names: list[str] = []
+    for image in plan.images:
+        for ref in image.names:
+            if ref.digest and ref.digest != image.target.digest:
+                raise InvalidArgument(
+                    f"{image.what} is named {ref}, but the image's digest is {image.target.digest}"
+                )
+            name = record_name(ref, image.target.digest)
+            if name in owner:
+                if owner[name] != image.target.digest:
+                    raise InvalidArgument(
+                        f"the archive gives the name {name} to two different images "
+                        f"({owner[name]} and {image.target.digest})"
+                    )
+                continue
+            owner[name] = image.target.digest
+            names.append(name)
+    return names
+
+
+async def import_archive(
+    ns: Namespaced,
+    chunks: AsyncIterator[bytes],
+    *,
+    snapshotter: str,
+    owner: str,
+    lease_expire: dt.timedelta = dt.timedelta(hours=1),
+    platform: Platform | None = None,
+    limits: ImportLimits | None = None,
+) -> list[str]:
+    """Import the archive streamed as `chunks` into namespace `ns`; return the image names, first = response.
+
+    `chunks` is the raw archive (plain, gzip or zstd tar) in pieces of any size. `owner` labels the
+    lease (so a restarted daemon can remove a leaked one); `platform` (default: the host's) decides
+    what is unpacked into `snapshotter`. Raises InvalidArgument for anything wrong with the archive.
+    """
+    platform = platform or host_platform()
+    limits = limits or ImportLimits()
+    async with lease(ns, owner=owner, purpose="import", expire=lease_expire) as leased:
+        ingest = Ingest(leased, limits)
+        async with aclosing(decompressed(chunks, max_zstd_window=limits.max_zstd_window)) as tar_bytes:
+            contents = await ingest.run(ByteReader(tar_bytes))
+        plan = await Planner(contents, ingest.store, platform, limits).plan()
+        if not plan.images:
+            raise InvalidArgument("no images imported from archive")
+        names = _names(plan)
+
+        for blob in plan.new_blobs.values():
+            await ingest.write_blob(blob.data, blob.digest, blob.labels)
+        for digest, labels in plan.labels.items():
+            await ingest.store.update_labels(digest, labels)
+
+        unpacker = Unpacker(leased, snapshotter)
+        unpacked: set[str] = set()
+        for image in plan.images:
+            u = image.unpack
+            if u is None or u.config_digest in unpacked:
+                continue
+            try:
+                await unpacker.unpack(u.config_digest, u.layers, u.diff_ids)
+            except (DataLoss, InvalidArgument) as e:
+                # The layers are the archive's: a layer that does not unpack to its diff_id is bad input.
+                raise InvalidArgument(f"{image.what}: {e.message}") from None
+            unpacked.add(u.config_digest)
+
+        for image in plan.images:
+            target = Target(image.target.media_type, image.target.digest, image.target.size)
+            for ref in image.names:
+                await create_records(ns, ref, target, image.config_digest)
+        log.info(
+            "imported %s archive into %s: %d members, %d images (%d unpacked): %s",
+            plan.format,
+            ns.namespace,
+            contents.members,
+            len(plan.images),
+            len(unpacked),
+            ", ".join(names),
+        )
+        return names

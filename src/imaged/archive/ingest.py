@@ -1,0 +1,233 @@
+"""Reading the archive once: blobs go into containerd's content store as they pass, metadata is kept.
+
+Member order is arbitrary (index.json or manifest.json may come first or last), so every member
+that can be a blob is stored while it streams by and recorded by path; what is an image is decided
+afterwards from the metadata. A member under `blobs/<alg>/<hex>` must hash to its name; other
+members (docker-save's `<id>/layer.tar`, `<hex>.json`) are stored with the digest computed on the way.
+Everything is written under the caller's lease, so what no image ends up referencing goes with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from imaged.archive.limits import ImportLimits
+from imaged.archive.stream import ByteReader
+from imaged.archive.tar import BLOCK, Kind, Member, TarReader, checksum_ok
+from imaged.containerd.client import Namespaced
+from imaged.containerd.content import ContentStore
+from imaged.containerd.leases import finish
+from imaged.errors import InvalidArgument
+from imaged.pb.containerd.services.leases.v1 import leases_pb2
+from imaged.registry.reference import validate_digest
+
+log = logging.getLogger(__name__)
+
+OCI_LAYOUT = "oci-layout"
+INDEX_JSON = "index.json"
+MANIFEST_JSON = "manifest.json"
+DOCUMENTS = (OCI_LAYOUT, INDEX_JSON, MANIFEST_JSON)
+
+_BLOB_PATH = re.compile(r"^blobs/([^/]+)/([^/]+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """A member now in the content store."""
+
+    path: str
+    digest: str
+    size: int
+    # From the first bytes: "gzip", "zstd", "tar", or "" when it is none of them.
+    compression: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A member that is not stored content: a link, device, FIFO, sparse or unknown-type member."""
+
+    path: str
+    kind: Kind
+    linkname: str = ""
+
+
+@dataclass
+class ArchiveContents:
+    blobs: dict[str, Blob] = field(default_factory=dict)  # by member path
+    by_digest: dict[str, Blob] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)  # by member path
+    documents: dict[str, bytes] = field(default_factory=dict)  # oci-layout, index.json, manifest.json
+    members: int = 0
+
+
+def clean_path(name: str, what: str = "member") -> str:
+    """A member path without `./` and duplicate slashes; absolute and `..` paths are refused."""
+    if name.startswith("/"):
+        raise InvalidArgument(f"archive {what} {name!r} has an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidArgument(f"archive {what} {name!r} has a '..' path component")
+    return "/".join(parts)
+
+
+def blob_digest(path: str) -> str | None:
+    """The digest a `blobs/<alg>/<encoded>` path names, None for other paths."""
+    if not path.startswith("blobs/"):
+        return None
+    m = _BLOB_PATH.match(path)
+    if m is None:
+        raise InvalidArgument(
+            f"archive member {path!r} is under blobs/ but is not named blobs/<algorithm>/<digest>"
+        )
+    digest = f"{m.group(1)}:{m.group(2)}"
+    try:
+        return validate_digest(digest)
+    except InvalidArgument as e:
+        raise InvalidArgument(
+            f"archive member {path!r} is not named by a valid digest: {e.message}"
+        ) from None
+
+
+def sniff(head: bytes) -> str:
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if len(head) >= 512 and (head[:512] == b"\0" * 512 or checksum_ok(head[:512])):
+        return "tar"
+    return ""
+
+
+def _skippable(path: str) -> bool:
+    """docker-save members no importer reads: legacy v1 metadata per layer, and `repositories`."""
+    parts = path.split("/")
+    return path == "repositories" or (len(parts) == 2 and parts[1] in ("json", "VERSION"))
+
+
+class Ingest:
+    """Consumes one archive, writing its blobs into the content store of `ns` (bound to a lease)."""
+
+    def __init__(self, ns: Namespaced, limits: ImportLimits) -> None:
+        self.ns = ns
+        self.store = ContentStore(ns)
+        self.limits = limits
+        self.op = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self.contents = ArchiveContents()
+
+    async def run(self, reader: ByteReader) -> ArchiveContents:
+        tr = TarReader(
+            reader, max_members=self.limits.max_members, max_extension=self.limits.max_header_extension
+        )
+        c = self.contents
+        async for member in tr.members():
+            path = clean_path(member.name)
+            if member.kind is Kind.DIR or not path:
+                continue
+            digest = blob_digest(path)
+            if member.kind is not Kind.FILE:
+                if digest is not None:
+                    target = f" to {member.linkname!r}" if member.linkname else ""
+                    raise InvalidArgument(
+                        f"archive member {path!r} is a {member.kind.value}{target}; "
+                        "blobs must be regular files"
+                    )
+                c.entries[path] = Entry(path, member.kind, member.linkname)
+                c.blobs.pop(path, None)
+                continue
+            c.entries.pop(path, None)
+            if path in DOCUMENTS:
+                c.documents[path] = await self._document(tr, member, path)
+            elif digest is not None:
+                self._add(await self._store(tr, member, path, digest))
+            elif _skippable(path) or OCI_LAYOUT in c.documents:
+                continue  # an OCI layout reads only blobs/; the rest is docker-save or clutter
+            else:
+                self._add(await self._store(tr, member, path, None))
+        c.members = tr.count
+        return c
+
+    def _add(self, blob: Blob) -> None:
+        self.contents.blobs[blob.path] = blob
+        self.contents.by_digest.setdefault(blob.digest, blob)
+
+    async def _document(self, tr: TarReader, member: Member, path: str) -> bytes:
+        if member.size > self.limits.max_metadata:
+            raise InvalidArgument(
+                f"archive member {path} is {member.size} bytes, "
+                f"over the {self.limits.max_metadata} byte limit"
+            )
+        parts = []
+        while piece := await tr.read():
+            parts.append(piece)
+        return b"".join(parts)
+
+    async def _store(self, tr: TarReader, member: Member, path: str, expected: str | None) -> Blob:
+        """Stream one member into the content store; checks it against `expected` when the name gives it."""
+        algorithm = expected.partition(":")[0] if expected else "sha256"
+        h = hashlib.new(algorithm)
+        self._seq += 1
+        ref = f"imaged-import-{self.op}-{self._seq}"
+        writer = await self.store.open_writer(ref, total=member.size, expected=expected or "")
+        head = b""
+        try:
+            if writer is not None and writer.offset:
+                await writer.restart()
+            while piece := await tr.read():
+                if len(head) < BLOCK:
+                    head += piece[: BLOCK - len(head)]
+                h.update(piece)
+                if writer is not None:
+                    await writer.write(piece)
+            digest = f"{algorithm}:{h.hexdigest()}"
+            if expected and digest != expected:
+                raise InvalidArgument(
+                    f"archive member {path} does not match its name: its content has digest {digest}"
+                )
+            if writer is not None:
+                # Known now even for docker-save members: containerd checks it, and a blob that
+                # already exists is reported with its digest.
+                writer.expected = digest
+                await writer.commit()
+                writer = None
+                await self._hold(digest)
+        except BaseException:
+            if writer is not None:
+                await writer.close()
+                await finish(self.store.abort(ref))
+            raise
+        return Blob(path, digest, member.size, sniff(head))
+
+    async def _hold(self, digest: str) -> None:
+        """Put committed content in our lease: a commit that finds the blob present does not."""
+        if not self.ns.lease:
+            return
+        await self.ns.call(
+            self.ns.leases.AddResource,
+            leases_pb2.AddResourceRequest(
+                id=self.ns.lease, resource=leases_pb2.Resource(id=digest, type="content")
+            ),
+        )
+
+    async def write_blob(self, data: bytes, digest: str, labels: dict[str, str]) -> None:
+        """Store a blob we made (a synthesized manifest), with its labels."""
+        self._seq += 1
+        ref = f"imaged-import-{self.op}-{self._seq}"
+        writer = await self.store.open_writer(ref, total=len(data), expected=digest)
+        if writer is None:
+            await self.store.update_labels(digest, labels)
+            return
+        try:
+            await writer.write(data)
+            await writer.commit(labels)
+            await self._hold(digest)
+            # A commit that found the blob already present did not set the labels.
+            await self.store.update_labels(digest, labels)
+        except BaseException:
+            await writer.close()
+            await finish(self.store.abort(ref))
+            raise

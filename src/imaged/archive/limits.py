@@ -1,0 +1,30 @@
+"""Bounds on what an archive may make the daemon do: a client controls every byte of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imaged.oci.mediatypes import MAX_MANIFEST_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class ImportLimits:
+    """Caps checked while reading an archive; crossing one is the client's fault (InvalidArgument)."""
+
+    # Tar members (files, directories, links), not counting PAX/GNU extension headers.
+    max_members: int = 100_000
+    # Layers of one image manifest (or docker-save entry).
+    max_layers: int = 1000
+    # Images (index.json entries or manifest.json entries) in one archive.
+    max_images: int = 1000
+    # Entries of one index, and how deeply indexes may nest.
+    max_index_entries: int = 10_000
+    max_index_depth: int = 8
+    # index.json, manifest.json, oci-layout, and every manifest, index and config read back.
+    max_metadata: int = MAX_MANIFEST_SIZE
+    # One PAX or GNU long-name header.
+    max_header_extension: int = 1024 * 1024
+    # Symlinks followed to find one docker-save member.
+    max_link_hops: int = 16
+    # zstd window: the decompressor allocates this much, so it is bounded (zstd -19 needs 8 MiB).
+    max_zstd_window: int = 32 * 1024 * 1024
