@@ -1,0 +1,107 @@
+"""Connecting to imaged and turning gRPC failures into one actionable line.
+
+Imported only by commands that talk to the daemon: it pulls in grpc and the generated stubs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, one_line
+from imaged.pb.common import common_pb2
+from imaged.pb.machine import image_pb2_grpc
+
+DEFAULT_SOCKET = "/run/imaged/imaged.sock"
+SOCKET_ENV = "IMAGED_SOCKET"
+
+# --namespace -> (driver, namespace), the mapping talosctl uses.
+INSTANCES = {
+    "cri": (common_pb2.CRI, common_pb2.NS_CRI),
+    "system": (common_pb2.CONTAINERD, common_pb2.NS_SYSTEM),
+}
+
+# Text grpc-core puts in UNAVAILABLE statuses it makes itself, as opposed to ones the daemon sends.
+_TRANSPORT_MARKERS = (
+    "failed to connect to all addresses",
+    "connection refused",
+    "no such file or directory",
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+)
+
+
+def resolve_socket(flag: str | None) -> str:
+    """--socket, then $IMAGED_SOCKET, then the daemon's default path."""
+    return flag or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def instance(namespace: str) -> common_pb2.ContainerdInstance:
+    driver, ns = INSTANCES[namespace]
+    return common_pb2.ContainerdInstance(driver=driver, namespace=ns)
+
+
+def _preflight(path: str) -> None:
+    """Connect once with the stdlib: its errno names the real problem, grpc's retry text does not."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        try:
+            s.connect(path)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
+                reason += " (is imaged running?)"
+            elif e.errno == errno.EACCES:
+                reason += " (imaged's socket is for root and its group)"
+            raise CliError(f"cannot connect to imaged at {path}: {reason}", EXIT_USAGE) from None
+
+
+class Client:
+    """A channel to imaged's unix socket; a context manager so the channel is always closed."""
+
+    def __init__(self, socket_path: str, timeout: float | None = None) -> None:
+        self.socket = os.path.abspath(socket_path)
+        self.timeout = timeout
+        self._channel: Any = None
+
+    def __enter__(self) -> Client:
+        _preflight(self.socket)
+        self._channel = grpc.insecure_channel(f"unix:{self.socket}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    @property
+    def images(self) -> Any:
+        return image_pb2_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    @contextlib.contextmanager
+    def rpc(self, doing: str = "") -> Iterator[None]:
+        """Calls inside raise CliError, never grpc.RpcError."""
+        try:
+            yield
+        except grpc.RpcError as e:
+            raise self.error(e, doing) from None
+
+    def error(self, e: grpc.RpcError, doing: str = "") -> CliError:
+        """The status details as one line; transport failures name the socket and exit 2."""
+        code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = one_line((e.details() if isinstance(e, grpc.Call) else "") or "")
+        prefix = f"{doing}: " if doing else ""
+        if code == grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _TRANSPORT_MARKERS):
+            return CliError(f"cannot connect to imaged at {self.socket}: {details}", EXIT_USAGE)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout is not None:
+            return CliError(f"{prefix}no answer from imaged within {self.timeout:g}s", EXIT_FAILED)
+        if code == grpc.StatusCode.CANCELLED and not details:
+            details = "cancelled"
+        return CliError(f"{prefix}{details or code.name.lower().replace('_', ' ')}", EXIT_FAILED)

@@ -1,0 +1,33 @@
+"""imagectl rm: remove each image; report every failure, go on with the rest."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import grpc
+
+from imaged.cli.client import Client, instance, resolve_socket
+from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, redact
+from imaged.pb.machine import image_pb2
+
+
+def run(args: argparse.Namespace) -> int:
+    failed = 0
+    inst = instance(args.namespace)
+    with Client(resolve_socket(args.socket), args.timeout) as client:
+        for ref in args.images:
+            req = image_pb2.ImageServiceRemoveRequest(containerd=inst, image_ref=ref)
+            try:
+                client.images.Remove(req, timeout=args.timeout)
+            except grpc.RpcError as e:
+                err = client.error(e, f"cannot remove {ref}")
+                if err.code == EXIT_USAGE:
+                    raise err from None  # the daemon is gone: the other images would fail the same way
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    err.message = f"image {ref} not found"
+                print(f"imagectl: {redact(err.message, args.secrets)}", file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            print(f"removed {ref}", flush=True)
+    return EXIT_FAILED if failed else 0

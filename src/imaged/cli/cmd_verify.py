@@ -1,0 +1,82 @@
+"""imagectl verify: ask the daemon's policy about an image (the call CRI makes before a pull).
+
+Exit 0 verified, 1 not verified (no rule matched, or a skip rule), 2 any error — a denied
+verification (PERMISSION_DENIED) included, since a script must not mistake it for "unsigned".
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+from imaged.cli.client import Client, resolve_socket
+from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from imaged.pb.machine import image_pb2
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        return str(args.password)
+    if args.password_stdin:
+        if sys.stdin.isatty():
+            return getpass.getpass("Password: ")
+        # Like docker login: the whole input, minus the line end `echo` adds.
+        return sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Password for {args.username}: ")
+    raise CliError("--username needs --password or --password-stdin", EXIT_USAGE)
+
+
+def registry_host(image: str) -> str:
+    """The host the credentials are for: the image's registry after normalization (docker.io for Hub)."""
+    from imaged.errors import InvalidArgument
+    from imaged.registry.reference import parse
+
+    try:
+        return parse(image).domain
+    except InvalidArgument as e:
+        raise CliError(
+            f"cannot tell the registry of {image!r} ({e.message}); pass --registry-host", EXIT_USAGE
+        ) from None
+
+
+def credentials(args: argparse.Namespace) -> image_pb2.ImageServiceCredentials | None:
+    if args.username is None:
+        if args.password is not None or args.password_stdin:
+            raise CliError("a password needs --username", EXIT_USAGE)
+        if args.registry_host is not None:
+            raise CliError("--registry-host names where credentials go: it needs --username", EXIT_USAGE)
+        return None
+    password = _password(args)
+    args.secrets.add(password)
+    host = args.registry_host or registry_host(args.image)
+    return image_pb2.ImageServiceCredentials(host=host, username=args.username, password=password)
+
+
+def run(args: argparse.Namespace) -> int:
+    creds = credentials(args)
+    req = image_pb2.ImageServiceVerifyRequest(image_ref=args.image)
+    if creds is not None:
+        req.credentials.CopyFrom(creds)
+    with Client(resolve_socket(args.socket), args.timeout) as client:
+        try:
+            with client.rpc():
+                resp = client.images.Verify(req, timeout=args.timeout)
+        except CliError as e:
+            e.code = EXIT_USAGE
+            raise
+    if args.output == "json":
+        doc = {
+            "image": args.image,
+            "verified": resp.verified,
+            "message": resp.message,
+            "digested_image_ref": resp.digested_image_ref,
+        }
+        print(json.dumps(doc, separators=(",", ":")), flush=True)
+    else:
+        print(f"verified:  {'yes' if resp.verified else 'no'}")
+        print(f"message:   {resp.message or '-'}")
+        print(f"reference: {resp.digested_image_ref or '-'}", flush=True)
+    return 0 if resp.verified else EXIT_FAILED
