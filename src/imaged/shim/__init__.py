@@ -1,0 +1,1 @@
+"""Adapters that let other programs ask the daemon, in their own protocols."""
