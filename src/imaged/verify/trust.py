@@ -12,12 +12,13 @@ verifies bundles, and into a small typed view of its CAs and log keys, which the
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.resources
 import json
 import logging
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -80,14 +81,11 @@ class TrustRoot:
     authorities: tuple[Authority, ...]
     rekor_keys: dict[bytes, LogKey]
     ct_keys: dict[bytes, LogKey]
-    _verifier: list[Verifier] = field(default_factory=list, repr=False)
 
-    @property
+    @functools.cached_property
     def verifier(self) -> Verifier:
         """sigstore-python's bundle verifier for this root (built once)."""
-        if not self._verifier:
-            self._verifier.append(Verifier(trusted_root=self.sigstore))
-        return self._verifier[0]
+        return Verifier(trusted_root=self.sigstore)
 
     def fulcio_certificates(self) -> list[x509.Certificate]:
         return [c for a in self.authorities for c in a.certificates]
