@@ -16,7 +16,9 @@ SHARED = REPO.parent / "shared"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    missing = [t for t in ("containerd", "ctr", "runc", "docker-registry", "skopeo", "umoci") if not shutil.which(t)]
+    missing = [
+        t for t in ("containerd", "ctr", "runc", "docker-registry", "skopeo", "umoci") if not shutil.which(t)
+    ]
     if missing:
         raise pytest.UsageError(f"missing tools {missing}: run `make test`, which installs them")
 

@@ -42,9 +42,13 @@ state = "{d}/state"
   disable_apparmor = true
 """
     )
-    log = open(d / "containerd.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(d / "containerd.log", "ab")
+    proc = subprocess.Popen(
+        ["containerd", "--config", str(d / "config.toml")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     for _ in range(300):
         if answers(sock):
             print(f"devrun: started a private containerd on {sock} (log: {d}/containerd.log)")
@@ -81,7 +85,9 @@ log:
 """
         )
         print(f"devrun: wrote {config}")
-    print(f"devrun: imaged on {RUN}/imaged.sock — try: IMAGED_SOCKET={RUN}/imaged.sock .venv/bin/imagectl list")
+    print(
+        f"devrun: imaged on {RUN}/imaged.sock — try: IMAGED_SOCKET={RUN}/imaged.sock .venv/bin/imagectl list"
+    )
     daemon = subprocess.Popen([sys.executable, "-m", "imaged.daemon.main", "--config", str(config)])
     try:
         daemon.wait()

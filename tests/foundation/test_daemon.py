@@ -18,8 +18,9 @@ from tests.support.daemon import CRI, DaemonProcess
 
 
 def run_imaged(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imaged.daemon.main", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "imaged.daemon.main", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,9 @@ def test_containerd_down_unavailable_then_recovers() -> None:
         while d.health() != "SERVING" and time.monotonic() < deadline:
             time.sleep(0.2)
         assert d.health() == "SERVING"
-        assert isinstance(list(d.images.List(image_pb2.ImageServiceListRequest(containerd=CRI), timeout=10)), list)
+        assert isinstance(
+            list(d.images.List(image_pb2.ImageServiceListRequest(containerd=CRI), timeout=10)), list
+        )
     finally:
         d.stop()
         cd.destroy()

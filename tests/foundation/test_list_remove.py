@@ -51,7 +51,7 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     src = tmp_path_factory.mktemp("seedsrc")
     out = tmp_path_factory.mktemp("seedgen")
     text = seed_path.read_text()
-    text = text[text.index('syntax = "proto3";'):]
+    text = text[text.index('syntax = "proto3";') :]
     (src / "machine").mkdir()
     (src / "common").mkdir()
     (src / "machine" / "image.proto").write_text(text)
@@ -59,8 +59,17 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     import grpc_tools
 
     wkt = str(pathlib.Path(grpc_tools.__file__).parent / "_proto")
-    rc = protoc.main(["protoc", f"-I{src}", f"-I{wkt}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      "machine/image.proto", "common/common.proto"])
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{src}",
+            f"-I{wkt}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            "machine/image.proto",
+            "common/common.proto",
+        ]
+    )
     assert rc == 0
     (out / "client.py").write_text(SEED_CLIENT)
     return out
@@ -68,8 +77,13 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 def seed_list(seed: pathlib.Path, daemon: DaemonProcess, driver: int, ns: int) -> dict[str, dict]:  # type: ignore[type-arg]
     """List through a client process that imports only the seed's stubs."""
-    r = subprocess.run([sys.executable, "-E", str(seed / "client.py"), daemon.socket, str(driver), str(ns)],
-                       capture_output=True, text=True, timeout=120, cwd=seed)
+    r = subprocess.run(
+        [sys.executable, "-E", str(seed / "client.py"), daemon.socket, str(driver), str(ns)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=seed,
+    )
     assert r.returncode == 0, r.stderr
     return {x["name"]: x for x in json.loads(r.stdout)}
 
@@ -127,24 +141,39 @@ def test_list_index_picks_host_platform(daemon, containerd) -> None:  # type: ig
     import json
     import tarfile
 
-    index = {"schemaVersion": 2, "mediaType": archives.OCI_INDEX,
-             "manifests": [other.descriptor(), host.descriptor()]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": archives.OCI_INDEX,
+        "manifests": [other.descriptor(), host.descriptor()],
+    }
     index_bytes = json.dumps(index).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(layout)) as src, tarfile.open(fileobj=buf, mode="w") as dst:
         for m in src.getmembers():
             data = src.extractfile(m).read()  # type: ignore[union-attr]
             if m.name == "index.json":
-                top = {"schemaVersion": 2, "manifests": [{"mediaType": archives.OCI_INDEX,
-                       "digest": archives.sha(index_bytes), "size": len(index_bytes),
-                       "annotations": {"io.containerd.image.name": name}}]}
+                top = {
+                    "schemaVersion": 2,
+                    "manifests": [
+                        {
+                            "mediaType": archives.OCI_INDEX,
+                            "digest": archives.sha(index_bytes),
+                            "size": len(index_bytes),
+                            "annotations": {"io.containerd.image.name": name},
+                        }
+                    ],
+                }
                 data = json.dumps(top).encode()
             archives._add(dst, m.name, data)
         for d, blob in {**other.blobs(), archives.sha(index_bytes): index_bytes}.items():
             archives._add(dst, f"blobs/sha256/{d[7:]}", blob)
     containerd.ctr("images", "import", "--all-platforms", "-", namespace="k8s.io", input=buf.getvalue())
-    listed = {r.name: r for r in daemon.images.List(
-        __import__("imaged.pb.machine.image_pb2", fromlist=["x"]).ImageServiceListRequest(containerd=CRI))}
+    listed = {
+        r.name: r
+        for r in daemon.images.List(
+            __import__("imaged.pb.machine.image_pb2", fromlist=["x"]).ImageServiceListRequest(containerd=CRI)
+        )
+    }
     assert listed[name].digest == archives.sha(index_bytes)
     assert listed[name].size == len(index_bytes) + host.size
 
@@ -225,38 +254,51 @@ def test_list_5000_images(daemon, containerd) -> None:  # type: ignore[no-untype
 
     from imaged.containerd import Containerd
     from imaged.containerd.images import ImageStore
-    from imaged.pb.machine import image_pb2
     from imaged.pb.containerd.types import descriptor_pb2
+    from imaged.pb.machine import image_pb2
 
     img = archives.simple_image("many")
     ctr_import(containerd, "k8s.io", archives.oci_archive([("registry.test/many/base:v1", img)]))
-    target = descriptor_pb2.Descriptor(media_type=archives.OCI_MANIFEST, digest=img.digest, size=len(img.manifest))
+    target = descriptor_pb2.Descriptor(
+        media_type=archives.OCI_MANIFEST, digest=img.digest, size=len(img.manifest)
+    )
     long = "x" * 150  # long names make the List response well over 4 MB
+
     async def create() -> None:
         cd = Containerd(containerd.socket)
         store = ImageStore(cd.ns("k8s.io"))
         sem = asyncio.Semaphore(64)
+
         async def one(i: int) -> None:
             async with sem:
                 await store.put(f"registry.test/many/{long}-{i}:v1", target, {"k": "v" * 500})
+
         await asyncio.gather(*(one(i) for i in range(5000)))
         await cd.close()
+
     asyncio.run(create())
     try:
-        listed = [r for r in daemon.images.List(image_pb2.ImageServiceListRequest(containerd=CRI), timeout=120)
-                  if r.name.startswith("registry.test/many/x")]
+        listed = [
+            r
+            for r in daemon.images.List(image_pb2.ImageServiceListRequest(containerd=CRI), timeout=120)
+            if r.name.startswith("registry.test/many/x")
+        ]
         assert len(listed) == 5000
         assert all(r.size == img.size for r in listed)
     finally:
+
         async def cleanup() -> None:
             cd = Containerd(containerd.socket)
             store = ImageStore(cd.ns("k8s.io"))
             sem = asyncio.Semaphore(64)
+
             async def one(i: int) -> None:
                 async with sem:
                     await store.delete(f"registry.test/many/{long}-{i}:v1", sync=False)
+
             await asyncio.gather(*(one(i) for i in range(5000)))
             await cd.close()
+
         asyncio.run(cleanup())
 
 
@@ -271,8 +313,11 @@ def test_stubs_match_protos(tmp_path: pathlib.Path) -> None:
     genprotos.generate(out, "imaged.pb")
     committed = REPO / "src" / "imaged" / "pb"
     gen_files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    com_files = {p.relative_to(committed): p.read_bytes() for p in committed.rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts}
+    com_files = {
+        p.relative_to(committed): p.read_bytes()
+        for p in committed.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert set(gen_files) == set(com_files), "run `make protos`"
     stale = [str(p) for p in gen_files if gen_files[p] != com_files[p]]
     assert not stale, f"stubs differ from protos/ (run `make protos`): {stale}"

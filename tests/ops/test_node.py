@@ -86,7 +86,9 @@ def test_readonly_socket_roles(containerd: PrivateContainerd, tmp_path: pathlib.
 
             ro = image_pb2_grpc.ImageServiceStub(ch)
             assert isinstance(list(ro.List(image_pb2.ImageServiceListRequest(containerd=CRI))), list)
-            v = ro.Verify(image_pb2.ImageServiceVerifyRequest(image_ref="registry.test/ro/app@sha256:" + "a" * 64))
+            v = ro.Verify(
+                image_pb2.ImageServiceVerifyRequest(image_ref="registry.test/ro/app@sha256:" + "a" * 64)
+            )
             assert v.verified is False and v.message == "no matched rule"
             calls = [
                 lambda: list(ro.Pull(image_pb2.ImageServicePullRequest(containerd=CRI, image_ref="x/y:z"))),
@@ -110,7 +112,9 @@ def _rules(d: DaemonProcess, rules: list[dict]) -> None:  # type: ignore[type-ar
 
 
 def test_sighup_reload(containerd: PrivateContainerd) -> None:
-    d = DaemonProcess(containerd.socket, {"verification": {"rules": [{"image": "registry.test/hup/*", "deny": True}]}})
+    d = DaemonProcess(
+        containerd.socket, {"verification": {"rules": [{"image": "registry.test/hup/*", "deny": True}]}}
+    )
     d.start()
     ref = "registry.test/hup/app@sha256:" + "b" * 64
     req = image_pb2.ImageServiceVerifyRequest(image_ref=ref)
@@ -127,7 +131,9 @@ def test_sighup_reload(containerd: PrivateContainerd) -> None:
         resp = d.images.Verify(req)
         assert resp.verified is False and "skipped" in resp.message
         # A broken file is refused; the running policy stays and the daemon serves on.
-        d.config_path.write_text("verification:\n  rules:\n    - image: registry.test/*\n      skip: true\n      deny: true\n")
+        d.config_path.write_text(
+            "verification:\n  rules:\n    - image: registry.test/*\n      skip: true\n      deny: true\n"
+        )
         d.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while "reload refused" not in d.logs() and time.monotonic() < deadline:
@@ -141,7 +147,9 @@ def test_sighup_reload(containerd: PrivateContainerd) -> None:
 
 def test_logs_and_metrics(containerd: PrivateContainerd, registry: Registry) -> None:
     port = free_port()
-    d = DaemonProcess(containerd.socket, {"metrics": {"listen": f"127.0.0.1:{port}"}, "log": {"format": "json"}})
+    d = DaemonProcess(
+        containerd.socket, {"metrics": {"listen": f"127.0.0.1:{port}"}, "log": {"format": "json"}}
+    )
     d.start()
     secret = "pa55-w0rd-never-logged"
     try:
@@ -151,9 +159,14 @@ def test_logs_and_metrics(containerd: PrivateContainerd, registry: Registry) -> 
         list(d.images.List(image_pb2.ImageServiceListRequest(containerd=SYSTEM)))
         with pytest.raises(grpc.RpcError):
             d.images.Remove(image_pb2.ImageServiceRemoveRequest(containerd=SYSTEM, image_ref="ops/none:v1"))
-        d.images.Verify(image_pb2.ImageServiceVerifyRequest(
-            image_ref=f"{registry.host}/ops/logs:v1",
-            credentials=image_pb2.ImageServiceCredentials(host=registry.host, username="bob", password=secret)))
+        d.images.Verify(
+            image_pb2.ImageServiceVerifyRequest(
+                image_ref=f"{registry.host}/ops/logs:v1",
+                credentials=image_pb2.ImageServiceCredentials(
+                    host=registry.host, username="bob", password=secret
+                ),
+            )
+        )
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert 'imaged_requests_total{code="OK",method="Pull"} 1.0' in body
         assert 'imaged_requests_total{code="OK",method="List"} 1.0' in body
@@ -168,7 +181,9 @@ def test_logs_and_metrics(containerd: PrivateContainerd, registry: Registry) -> 
 
 
 def test_kill_9_during_pull_leaves_no_lease(containerd: PrivateContainerd, registry: Registry) -> None:
-    image = archives.Image([archives.busybox_layer(), archives.layer({"big": os.urandom(64 << 20)}, compress=False)])
+    image = archives.Image(
+        [archives.busybox_layer(), archives.layer({"big": os.urandom(64 << 20)}, compress=False)]
+    )
     archives.push(registry, "ops/kill", "v1", image)
     ref = f"{registry.host}/ops/kill:v1"
     d = DaemonProcess(containerd.socket)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import threading
 import time
@@ -24,7 +25,9 @@ Status = image_pb2.ImageServicePullLayerProgress.Status
 def pull(daemon: DaemonProcess, ref: str, inst=CRI, timeout: float = 300):  # type: ignore[no-untyped-def]
     """(final name, progress messages) of a Pull."""
     progress, name = [], None
-    for msg in daemon.images.Pull(image_pb2.ImageServicePullRequest(containerd=inst, image_ref=ref), timeout=timeout):
+    for msg in daemon.images.Pull(
+        image_pb2.ImageServicePullRequest(containerd=inst, image_ref=ref), timeout=timeout
+    ):
         if msg.WhichOneof("response") == "name":
             name = msg.name
         else:
@@ -39,7 +42,9 @@ def run(cd: PrivateContainerd, ns: str, image: str) -> str:
 
 def leases(cd: PrivateContainerd, ns: str) -> list[str]:
     with grpc.insecure_channel(f"unix:{cd.socket}") as ch:
-        resp = leases_pb2_grpc.LeasesStub(ch).List(leases_pb2.ListRequest(), metadata=(("containerd-namespace", ns),))
+        resp = leases_pb2_grpc.LeasesStub(ch).List(
+            leases_pb2.ListRequest(), metadata=(("containerd-namespace", ns),)
+        )
     return [le.id for le in resp.leases if le.id.startswith("imaged-")]
 
 
@@ -55,7 +60,7 @@ def oci_image(registry: Registry) -> tuple[str, str]:
 
 def test_pull_runs_and_is_seen_by_cri(daemon, containerd, oci_image) -> None:  # type: ignore[no-untyped-def]
     ref, digest = oci_image
-    name, progress = pull(daemon, ref)
+    name, _progress = pull(daemon, ref)
     repo = ref.rsplit(":", 1)[0]
     assert name == f"{repo}@{digest}"
     assert "hello" in run(containerd, "k8s.io", ref)
@@ -89,7 +94,7 @@ def test_progress_per_layer(daemon, containerd, registry) -> None:  # type: igno
         complete = next(s for s in states if s.status == Status.DOWNLOAD_COMPLETE)
         assert complete.offset == complete.total > 0
         # Only changes are sent.
-        assert all(a != b for a, b in zip(states, states[1:], strict=False))
+        assert all(a != b for a, b in itertools.pairwise(states))
     # A second image sharing a layer with one pulled before reports that layer as already there.
     from tests.support import archives
 
@@ -120,7 +125,7 @@ def test_pull_docker_schema2_system_namespace(daemon, containerd, registry) -> N
 def test_pull_multiplatform_picks_host(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]
     img = push_multiplatform_image(registry, "pull/multi", "v1")
     ref = f"{registry.host}/pull/multi:v1"
-    name, progress = pull(daemon, ref, SYSTEM)
+    name, _progress = pull(daemon, ref, SYSTEM)
     assert name == f"{registry.host}/pull/multi@{img.index_digest}"
     assert "hello" in run(containerd, "system", ref)
 
@@ -170,11 +175,15 @@ def test_corrupted_layer_data_loss(daemon, containerd, registry) -> None:  # typ
     import json
     import urllib.request
 
-    req = urllib.request.Request(f"{registry.url}/v2/pull/corrupt/manifests/v1",
-                                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    req = urllib.request.Request(
+        f"{registry.url}/v2/pull/corrupt/manifests/v1",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
     manifest = json.loads(urllib.request.urlopen(req).read())
     layer = manifest["layers"][-1]["digest"]
-    blob = pathlib.Path(registry.dir) / "data/docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
+    blob = (
+        pathlib.Path(registry.dir) / "data/docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
+    )
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
@@ -193,11 +202,14 @@ def test_cancel_mid_download_then_resume(daemon, containerd, registry, tmp_path)
 
     from tests.support import archives
 
-    image = archives.Image([archives.busybox_layer(),
-                            archives.layer({"big": os.urandom(96 << 20)}, compress=False)])
+    image = archives.Image(
+        [archives.busybox_layer(), archives.layer({"big": os.urandom(96 << 20)}, compress=False)]
+    )
     big = archives.push(registry, "pull/big", "v1", image)
     ref = f"{registry.host}/pull/big:v1"
-    call = daemon.images.Pull(image_pb2.ImageServicePullRequest(containerd=SYSTEM, image_ref=ref), timeout=300)
+    call = daemon.images.Pull(
+        image_pb2.ImageServicePullRequest(containerd=SYSTEM, image_ref=ref), timeout=300
+    )
     for msg in call:
         if msg.pull_progress.progress.status == Status.DOWNLOADING and msg.pull_progress.progress.offset > 0:
             call.cancel()
@@ -207,7 +219,7 @@ def test_cancel_mid_download_then_resume(daemon, containerd, registry, tmp_path)
         time.sleep(0.1)
     assert leases(containerd, "system") == []
     assert ref not in containerd.ctr("images", "ls", "-q", namespace="system").stdout
-    name, progress = pull(daemon, ref, SYSTEM)
+    name, _progress = pull(daemon, ref, SYSTEM)
     assert name.endswith(big)
     assert ingests(containerd, "system") == []
     assert leases(containerd, "system") == []

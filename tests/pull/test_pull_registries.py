@@ -29,7 +29,9 @@ def test_authenticated_registry(containerd: PrivateContainerd, mode: str) -> Non
     with Registry(htpasswd=users, token_auth=mode == "token") as reg:
         push_test_image(reg, "auth/app", "v1")
         ref = f"{reg.host}/auth/app:v1"
-        good = daemon_with(containerd, {"hosts": {reg.host: {"auth": {"username": "alice", "password": "s3cret-pw"}}}})
+        good = daemon_with(
+            containerd, {"hosts": {reg.host: {"auth": {"username": "alice", "password": "s3cret-pw"}}}}
+        )
         try:
             name, _ = pull(good, ref, SYSTEM)
             assert name.startswith(f"{reg.host}/auth/app@sha256:")
@@ -38,7 +40,9 @@ def test_authenticated_registry(containerd: PrivateContainerd, mode: str) -> Non
         finally:
             good.stop()
         containerd.ctr("images", "rm", ref, namespace="system", check=False)
-        bad = daemon_with(containerd, {"hosts": {reg.host: {"auth": {"username": "alice", "password": "wrong-pw"}}}})
+        bad = daemon_with(
+            containerd, {"hosts": {reg.host: {"auth": {"username": "alice", "password": "wrong-pw"}}}}
+        )
         anon = daemon_with(containerd, {})
         try:
             for d in (bad, anon):
@@ -72,14 +76,17 @@ def test_https_private_ca(containerd: PrivateContainerd) -> None:
             untrusted.stop()
 
 
-def test_mirror_from_hosts_toml_serves_while_upstream_down(containerd: PrivateContainerd, tmp_path: pathlib.Path) -> None:
+def test_mirror_from_hosts_toml_serves_while_upstream_down(
+    containerd: PrivateContainerd, tmp_path: pathlib.Path
+) -> None:
     upstream = f"127.0.0.1:{free_port()}"  # nothing listens there
     with Registry() as mirror:
         push_test_image(mirror, "mirrored/app", "v1")
         certs = tmp_path / "certs.d" / upstream
         certs.mkdir(parents=True)
         (certs / "hosts.toml").write_text(
-            f'server = "http://{upstream}"\n\n[host."http://{mirror.host}"]\n  capabilities = ["pull", "resolve"]\n'
+            f'server = "http://{upstream}"\n\n'
+            f'[host."http://{mirror.host}"]\n  capabilities = ["pull", "resolve"]\n'
         )
         d = daemon_with(containerd, {"config_path": str(tmp_path / "certs.d")})
         try:

@@ -43,11 +43,25 @@ def setup(containerd: PrivateContainerd) -> Iterator[tuple[Registry, DaemonProce
     reg.close()
 
 
-def run_as_containerd(socket: str, name: str, digest: str, *, stdin: bytes | None = None,
-                      extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def run_as_containerd(
+    socket: str,
+    name: str,
+    digest: str,
+    *,
+    stdin: bytes | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 1234}
     return subprocess.run(
-        [EXE, "-name", name, "-digest", digest, "-stdin-media-type", "application/vnd.oci.descriptor.v1+json"],
+        [
+            EXE,
+            "-name",
+            name,
+            "-digest",
+            digest,
+            "-stdin-media-type",
+            "application/vnd.oci.descriptor.v1+json",
+        ],
         input=json.dumps(desc).encode() if stdin is None else stdin,
         capture_output=True,
         timeout=10,
@@ -85,7 +99,9 @@ def test_fails_closed(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert r.returncode != 0 and "cannot reach imaged" in r.stdout.decode()
     # A descriptor for another digest than -digest is refused.
     other = {"mediaType": "x", "digest": "sha256:" + "0" * 64, "size": 1}
-    r = run_as_containerd(d.socket, f"{reg.host}/other/app:v1", digests["other/app"], stdin=json.dumps(other).encode())
+    r = run_as_containerd(
+        d.socket, f"{reg.host}/other/app:v1", digests["other/app"], stdin=json.dumps(other).encode()
+    )
     assert r.returncode != 0 and "differs" in r.stdout.decode()
     r = subprocess.run([EXE, "-name", "x"], capture_output=True, timeout=10, env={"IMAGED_SOCKET": d.socket})
     assert r.returncode != 0 and "required" in r.stdout.decode()

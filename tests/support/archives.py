@@ -72,7 +72,9 @@ class Layer:
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
-def layer(entries: dict[str, bytes | tuple[str, str]], *, docker: bool = False, compress: bool = True) -> Layer:
+def layer(
+    entries: dict[str, bytes | tuple[str, str]], *, docker: bool = False, compress: bool = True
+) -> Layer:
     raw = tar_bytes(entries)
     if not compress:
         return Layer(raw, raw, OCI_LAYER)
@@ -82,8 +84,10 @@ def layer(entries: dict[str, bytes | tuple[str, str]], *, docker: bool = False, 
 def busybox_layer(*, docker: bool = False) -> Layer:
     with open(BUSYBOX, "rb") as f:
         bb = f.read()
-    return layer({"bin/busybox": bb, "bin/echo": ("symlink", "busybox"), "bin/sh": ("symlink", "busybox")},
-                 docker=docker)
+    return layer(
+        {"bin/busybox": bb, "bin/echo": ("symlink", "busybox"), "bin/sh": ("symlink", "busybox")},
+        docker=docker,
+    )
 
 
 @dataclass
@@ -120,7 +124,9 @@ class Image:
                 "digest": sha(self.config),
                 "size": len(self.config),
             },
-            "layers": [{"mediaType": la.media_type, "digest": la.digest, "size": len(la.blob)} for la in self.layers],
+            "layers": [
+                {"mediaType": la.media_type, "digest": la.digest, "size": len(la.blob)} for la in self.layers
+            ],
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -158,8 +164,11 @@ class Image:
 
 def simple_image(marker: str = "hello", *, docker: bool = False) -> Image:
     """A runnable busybox image plus one small layer that makes it unique per `marker`."""
-    return Image([busybox_layer(docker=docker), layer({"etc/marker": marker.encode()}, docker=docker)],
-                 cmd=["/bin/echo", marker], docker=docker)
+    return Image(
+        [busybox_layer(docker=docker), layer({"etc/marker": marker.encode()}, docker=docker)],
+        cmd=["/bin/echo", marker],
+        docker=docker,
+    )
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -168,7 +177,9 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(ti, io.BytesIO(data))
 
 
-def oci_archive(images: list[tuple[str, Image]], *, name_annotation: str = "io.containerd.image.name") -> bytes:
+def oci_archive(
+    images: list[tuple[str, Image]], *, name_annotation: str = "io.containerd.image.name"
+) -> bytes:
     """An OCI image layout tar; each image named by `name_annotation` in index.json."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:

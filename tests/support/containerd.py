@@ -41,7 +41,7 @@ state = "{self.dir}/state"
 
     def start(self, timeout: float = 30.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        logf = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             ["containerd", "--config", str(self.config)],
             stdout=logf,
@@ -76,11 +76,19 @@ state = "{self.dir}/state"
         self.stop()
         # Snapshots may still be mounted (overlay) if a test left a container behind.
         subprocess.run(["umount", "-R", "-l", str(self.dir / "root")], capture_output=True)
-        subprocess.run(["sh", "-c", f"grep -o ' {self.dir}[^ ]*' /proc/mounts | xargs -r umount -l"], capture_output=True)
+        subprocess.run(
+            ["sh", "-c", f"grep -o ' {self.dir}[^ ]*' /proc/mounts | xargs -r umount -l"], capture_output=True
+        )
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def ctr(self, *args: str, namespace: str = "default", check: bool = True, input: bytes | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def ctr(
+        self,
+        *args: str,
+        namespace: str = "default",
+        check: bool = True,
+        input: bytes | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
             ["ctr", "-a", self.socket, "-n", namespace, *args],
             capture_output=True,

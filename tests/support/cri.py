@@ -21,8 +21,16 @@ def _modules() -> tuple[Any, Any]:
     import grpc_tools
 
     wkt = str(pathlib.Path(grpc_tools.__file__).parent / "_proto")
-    rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{wkt}", f"--python_out={out}",
-                      f"--grpc_python_out={out}", "cri_images.proto"])
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{PROTO_DIR}",
+            f"-I{wkt}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            "cri_images.proto",
+        ]
+    )
     assert rc == 0, "protoc failed for cri_images.proto"
     sys.path.insert(0, str(out))
     try:

@@ -25,13 +25,18 @@ SYSTEM = common_pb2.ContainerdInstance(driver=common_pb2.CONTAINERD, namespace=c
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
 class DaemonProcess:
-    def __init__(self, containerd_socket: str, config: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, containerd_socket: str, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="imd-", dir="/tmp"))
         self.socket = str(self.dir / "imaged.sock")
         self.config_path = self.dir / "config.yaml"
@@ -50,7 +55,10 @@ class DaemonProcess:
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imaged.daemon.main", "--config", str(self.config_path)],
-            stdout=logf, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         logf.close()
         deadline = time.monotonic() + timeout

@@ -73,7 +73,7 @@ class MetricsConfig(Section):
     def _hostport(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"listen must be host:port, got {v!r}")
         return v

@@ -209,7 +209,9 @@ class Writer:
         except errors.FailedPrecondition as e:
             await self.close()
             await finish(self.store.abort(self.ref))
-            raise errors.DataLoss(f"content {self.expected or self.ref} failed verification: {e.message}") from None
+            raise errors.DataLoss(
+                f"content {self.expected or self.ref} failed verification: {e.message}"
+            ) from None
         if self.expected and resp.digest != self.expected:
             await self.close()
             await finish(self.store.abort(self.ref))

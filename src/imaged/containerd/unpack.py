@@ -102,7 +102,10 @@ class Unpacker:
                 await self.ns.call(
                     self.ns.snapshots.Commit,
                     snapshots_pb2.CommitSnapshotRequest(
-                        snapshotter=self.snapshotter, name=chain_id, key=key, labels={L.SNAPSHOT_REF: chain_id}
+                        snapshotter=self.snapshotter,
+                        name=chain_id,
+                        key=key,
+                        labels={L.SNAPSHOT_REF: chain_id},
                     ),
                 )
                 committed = True

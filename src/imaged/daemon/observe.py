@@ -48,9 +48,11 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
         return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
     if error is None:
         return grpc.StatusCode.OK
-    return grpc.StatusCode.CANCELLED if isinstance(error, BaseException) and "Cancel" in type(
-        error
-    ).__name__ else grpc.StatusCode.UNKNOWN
+    return (
+        grpc.StatusCode.CANCELLED
+        if isinstance(error, BaseException) and "Cancel" in type(error).__name__
+        else grpc.StatusCode.UNKNOWN
+    )
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
@@ -65,7 +67,13 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         self.metrics.requests.labels(name, code.name).inc()
         self.metrics.latency.labels(name).observe(elapsed)
         details = context.details() if code != grpc.StatusCode.OK else ""
-        fields = {"method": name, "ref": ref, "code": code.name, "ms": round(elapsed * 1000, 2), "socket": self.role}
+        fields = {
+            "method": name,
+            "ref": ref,
+            "code": code.name,
+            "ms": round(elapsed * 1000, 2),
+            "socket": self.role,
+        }
         level = logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND) else logging.WARNING
         msg = f"{name} ref={ref or '-'} code={code.name} {fields['ms']}ms"
         if details:
@@ -98,7 +106,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     done(method, _ref_of(request), start, context, err)
 
             return grpc.unary_unary_rpc_method_handler(
-                uu, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+                uu,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
@@ -115,7 +125,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     done(method, _ref_of(request), start, context, err)
 
             return grpc.unary_stream_rpc_method_handler(
-                us, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+                us,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
@@ -131,6 +143,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     done(method, "", start, context, err)
 
             return grpc.stream_unary_rpc_method_handler(
-                su, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+                su,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
         return handler

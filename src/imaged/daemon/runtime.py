@@ -77,16 +77,24 @@ class Runtime:
 
     def endpoints(self) -> list[Containerd]:
         cfg = self.config.containerd
-        drivers = [common_pb2.CONTAINERD, common_pb2.CRI] if cfg.cri_socket != cfg.system_socket else [common_pb2.CRI]
+        drivers = (
+            [common_pb2.CONTAINERD, common_pb2.CRI]
+            if cfg.cri_socket != cfg.system_socket
+            else [common_pb2.CRI]
+        )
         return [self.containerd_for(d) for d in drivers]
 
     def reload(self, config: Config) -> list[str]:
         """Apply a new configuration to new calls; return what needs a restart to change."""
         needs_restart = [
-            key for key in ("listen", "containerd", "log", "metrics") if getattr(config, key) != getattr(self.config, key)
+            key
+            for key in ("listen", "containerd", "log", "metrics")
+            if getattr(config, key) != getattr(self.config, key)
         ]
         old_registry = self.registry
-        registry = RegistryClient(config.registries) if config.registries != self.config.registries else old_registry
+        registry = (
+            RegistryClient(config.registries) if config.registries != self.config.registries else old_registry
+        )
         verifier = ImageVerifier(config.verification, registry)  # raises on a bad policy: nothing changed yet
         self.config = config
         self.registry = registry

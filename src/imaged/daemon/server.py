@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import pathlib
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -106,8 +107,8 @@ class Daemon:
             systemd.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -172,5 +173,5 @@ class Daemon:
             await rt.close()
             for sock, _ in self._sockets():
                 with contextlib.suppress(FileNotFoundError):
-                    pathlib.Path(sock.path).unlink()
+                    os.unlink(sock.path)
             log.info("stopped")

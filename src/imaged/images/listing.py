@@ -80,7 +80,9 @@ async def list_images(ns: Namespaced, cache: SizeCache, *filters: str) -> AsyncI
         if size is None:
             async with sem:
                 try:
-                    size = await image_size(content, img.target.media_type, img.target.digest, img.target.size)
+                    size = await image_size(
+                        content, img.target.media_type, img.target.digest, img.target.size
+                    )
                     cache.put(key, size)
                 except errors.ImagedError as e:
                     if isinstance(e, errors.Unavailable):

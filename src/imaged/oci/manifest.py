@@ -91,8 +91,10 @@ def _str_map(v: Any, what: str) -> dict[str, str]:
 def parse_platform(v: Any, what: str) -> Platform | None:
     if v is None:
         return None
-    if not isinstance(v, dict) or not isinstance(v.get("os"), str) or not isinstance(
-        v.get("architecture"), str
+    if (
+        not isinstance(v, dict)
+        or not isinstance(v.get("os"), str)
+        or not isinstance(v.get("architecture"), str)
     ):
         raise InvalidArgument(f"{what}: platform needs string os and architecture")
     return Platform(v["os"], v["architecture"], str(v.get("variant") or ""), str(v.get("os.version") or ""))

@@ -32,9 +32,8 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
 
 def is_layer(media_type: str) -> bool:
-    return (
-        media_type.startswith("application/vnd.oci.image.layer.")
-        or media_type.startswith("application/vnd.docker.image.rootfs.")
+    return media_type.startswith("application/vnd.oci.image.layer.") or media_type.startswith(
+        "application/vnd.docker.image.rootfs."
     )
 
 

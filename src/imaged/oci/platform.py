@@ -71,9 +71,9 @@ def is_attestation(d: Descriptor) -> bool:
     return d.platform is not None and d.platform.os == "unknown" and d.platform.architecture == "unknown"
 
 
-def select(manifests: tuple[Descriptor, ...] | list[Descriptor], want: Platform | None = None) -> list[
-    Descriptor
-]:
+def select(
+    manifests: tuple[Descriptor, ...] | list[Descriptor], want: Platform | None = None
+) -> list[Descriptor]:
     """Entries of an index that run on `want`, best first (exact variant before compatible ones).
 
     Entries without a platform are kept last: nested indexes often have none.

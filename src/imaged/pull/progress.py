@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -34,16 +35,16 @@ class LayerState:
 class Progress:
     """Collects layer states from the pull and hands out what is worth sending."""
 
-    def __init__(self, rate: float = 10.0, clock: type[time.monotonic] | None = None) -> None:
+    def __init__(self, rate: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.min_interval = 1.0 / rate
-        self._clock = clock or time.monotonic  # type: ignore[assignment]
+        self._clock = clock
         self._last_sent: dict[str, tuple[LayerState, float]] = {}
         self._pending: dict[str, LayerState] = {}
         self._out: asyncio.Queue[LayerState | None] = asyncio.Queue()
         self._flusher: asyncio.TimerHandle | None = None
 
     def update(self, state: LayerState) -> None:
-        now = self._clock()  # type: ignore[call-arg]
+        now = self._clock()
         last = self._last_sent.get(state.layer_id)
         if last is not None and last[0] == state:
             return
@@ -63,7 +64,7 @@ class Progress:
 
     def _flush(self) -> None:
         self._flusher = None
-        now = self._clock()  # type: ignore[call-arg]
+        now = self._clock()
         for layer_id, state in list(self._pending.items()):
             last = self._last_sent.get(layer_id)
             if last is None or now - last[1] >= self.min_interval - 1e-3:

@@ -76,7 +76,9 @@ class _Resolved:
 
 
 class Puller:
-    def __init__(self, registry: RegistryClient, options: PullOptions, verify: VerifyHook | None = None) -> None:
+    def __init__(
+        self, registry: RegistryClient, options: PullOptions, verify: VerifyHook | None = None
+    ) -> None:
         self.registry = registry
         self.options = options
         self.verify = verify
@@ -102,7 +104,9 @@ class Puller:
 
     async def _present(self, ns: Namespaced, ref: Reference) -> str | None:
         """The pinned name if the image is recorded and unpacked already (its records refreshed)."""
-        name = ref.tagged() if ref.tag and not ref.digest else ref.pinned()
+        name = ref.pinned() if ref.digest else ref.tagged()
+        if name is None:
+            return None
         image = await ImageStore(ns).get(name)
         if image is None or (ref.digest and image.target.digest != ref.digest):
             return None
@@ -112,13 +116,17 @@ class Puller:
             config = parse_config(await content.read_all(manifest.config.digest, MAX_CONFIG_SIZE))
         except (errors.NotFound, errors.InvalidArgument, errors.ResourceExhausted):
             return None
-        if not await Unpacker(ns, self.options.snapshotter).is_unpacked(manifest.config.digest, config.diff_ids):
+        if not await Unpacker(ns, self.options.snapshotter).is_unpacked(
+            manifest.config.digest, config.diff_ids
+        ):
             return None
         target = Target(image.target.media_type, image.target.digest, image.target.size)
         await create_records(ns, ref, target, manifest.config.digest, dict(image.labels))
         return ref.pinned(image.target.digest)
 
-    async def _local_manifest(self, content: ContentStore, media_type: str, digest: str, depth: int = 0) -> Manifest:
+    async def _local_manifest(
+        self, content: ContentStore, media_type: str, digest: str, depth: int = 0
+    ) -> Manifest:
         data = await content.read_all(digest, mt.MAX_MANIFEST_SIZE)
         if mt.is_index(media_type) or (not mt.is_manifest(media_type) and b'"manifests"' in data):
             if depth >= MAX_INDEX_DEPTH:
@@ -137,7 +145,9 @@ class Puller:
             raise errors.DataLoss(f"registry answered {root.digest} for {ref}")
         pinned = ref.with_digest(root.digest)
         source = distribution_source(ref.domain, ref.path)
-        async with lease(ns, owner=self.options.owner, purpose="pull", expire=self.options.lease_expire) as lns:
+        async with lease(
+            ns, owner=self.options.owner, purpose="pull", expire=self.options.lease_expire
+        ) as lns:
             content = ContentStore(lns)
             resolved = await self._walk(content, pinned, root, source)
             config_desc = resolved.manifest.config
@@ -211,7 +221,9 @@ class Puller:
             nonlocal waited
             waited = True
 
-        w = await content.open_writer(f"{kind}-{desc.digest}", total=desc.size, expected=desc.digest, lock_wait=lock_wait)
+        w = await content.open_writer(
+            f"{kind}-{desc.digest}", total=desc.size, expected=desc.digest, lock_wait=lock_wait
+        )
         if w is None:
             await content.update_labels(desc.digest, labels)
             return waited
@@ -243,7 +255,8 @@ class Puller:
         layers = manifest.layers
         if len(layers) != len(config.diff_ids):
             raise errors.InvalidArgument(
-                f"{ref}: manifest has {len(layers)} layers but the config lists {len(config.diff_ids)} diff_ids"
+                f"{ref}: manifest has {len(layers)} layers "
+                f"but the config lists {len(config.diff_ids)} diff_ids"
             )
         done = [asyncio.Event() for _ in layers]
         downloaded = [False] * len(layers)
@@ -267,7 +280,13 @@ class Puller:
             while True:
                 await asyncio.sleep(0.5)
                 progress.update(
-                    LayerState(layer_id(desc.digest), Status.EXTRACTING, desc.size, desc.size, time.monotonic() - start)
+                    LayerState(
+                        layer_id(desc.digest),
+                        Status.EXTRACTING,
+                        desc.size,
+                        desc.size,
+                        time.monotonic() - start,
+                    )
                 )
 
         def on_event(i: int, event: str, elapsed: float) -> None:
@@ -321,4 +340,3 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-
         if isinstance(e, errors.ImagedError):
             return e
     return flat[0]
-

@@ -21,7 +21,9 @@ from imaged.service.status import streaming, unary
 
 def progress_message(state: LayerState) -> image_pb2.ImageServicePullResponse:
     layer = image_pb2.ImageServicePullLayerProgress(
-        status=int(state.status), offset=state.offset, total=state.total  # type: ignore[arg-type]
+        status=state.status.name,
+        offset=state.offset,
+        total=state.total,  # type: ignore[arg-type]
     )
     if state.elapsed:
         layer.elapsed.FromTimedelta(dt.timedelta(seconds=state.elapsed))
