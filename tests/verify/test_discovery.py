@@ -42,8 +42,9 @@ async def test_c3_multi_layer_sig_manifest() -> None:
     assert [s.where for s in found.signatures] == [
         f"legacy signature {seeds.sig_tag(digest)} layer {i}" for i in range(3)
     ]
-    # the three layers share one payload blob: fetched once per layer, same bytes
+    # the three layers share one payload blob: fetched once
     assert len({s.payload for s in found.signatures if isinstance(s, SimpleSigning)}) == 1
+    assert sum(1 for c in reg.calls if c[0] == "get_blob") == 1
 
 
 @pytest.mark.parametrize("api", [True, False])
@@ -167,7 +168,7 @@ async def test_non_signature_layers_missing_blobs_and_big_layers_are_noted() -> 
     assert sorted(found.notes) == sorted(
         [
             f"{tag} layer 0 is text/plain, not a signature",
-            f"{tag} layer 1 blob sha256:{'2' * 64} is missing",
+            f"{tag} blob sha256:{'2' * 64} is missing",
             f"{tag} layer 2 is {discovery.MAX_BLOB_SIZE + 1} bytes, "
             f"over the {discovery.MAX_BLOB_SIZE} byte limit",
         ]
@@ -178,8 +179,7 @@ async def test_signature_count_is_capped(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(discovery, "MAX_SIGNATURES", 4)
     reg = FakeRegistry()
     repo, digest = "r.io/app", "sha256:" + "3" * 64
-    good = legacy_signature(vdir("C1") / "valid", certificate=None, chain=None, rekor=None)
-    seeds.put_legacy(reg, repo, digest, [good] * 10)
+    seeds.put_legacy(reg, repo, digest, [SimpleSigning(b"payload %d" % i, {}) for i in range(10)])
     found = await discover_legacy(reg, ref(repo, digest), digest)
     assert len(found.signatures) == 4
     assert found.notes == [f"{seeds.sig_tag(digest)} has 10 signatures; only the first 4 are considered"]

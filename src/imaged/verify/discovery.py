@@ -111,22 +111,26 @@ async def _fetch_layers(
     what: str,
     found: Found,
 ) -> list[Signature]:
-    async def fetch(i: int, layer: Descriptor) -> Signature | None:
+    """Fetch the layers' blobs (each distinct digest once) and make signatures of them."""
+    wanted: list[tuple[int, Descriptor]] = []
+    for i, layer in layers:
         if layer.size > MAX_BLOB_SIZE:
             found.notes.append(f"{what} layer {i} is {layer.size} bytes, over the {MAX_BLOB_SIZE} byte limit")
-            return None
-        try:
-            data = await registry.get_blob(ref, layer.digest, max_size=MAX_BLOB_SIZE)
-        except NotFound:
-            found.notes.append(f"{what} layer {i} blob {layer.digest} is missing")
-            return None
-        except ResourceExhausted as e:
-            found.notes.append(f"{what} layer {i}: {e.message}")
-            return None
-        return make(i, layer, data)
+        else:
+            wanted.append((i, layer))
 
-    results = await _gather([functools.partial(fetch, i, layer) for i, layer in layers])
-    return [r for r in results if r is not None]
+    async def fetch(digest: str) -> bytes | None:
+        try:
+            return await registry.get_blob(ref, digest, max_size=MAX_BLOB_SIZE)
+        except NotFound:
+            found.notes.append(f"{what} blob {digest} is missing")
+        except ResourceExhausted as e:
+            found.notes.append(f"{what} blob {digest}: {e.message}")
+        return None
+
+    digests = list(dict.fromkeys(layer.digest for _, layer in wanted))
+    blobs = dict(zip(digests, await _gather([functools.partial(fetch, d) for d in digests]), strict=True))
+    return [make(i, layer, data) for i, layer in wanted if (data := blobs[layer.digest]) is not None]
 
 
 async def _referrer(
