@@ -174,14 +174,16 @@ class Ingest:
         ref = f"imaged-import-{self.op}-{self._seq}"
         writer = await self.store.open_writer(ref, total=member.size, expected=expected or "")
         head = b""
+        # The blob is in another namespace: containerd has its bytes and only wants the commit.
+        send = writer is not None and not (expected and writer.offset == member.size)
         try:
-            if writer is not None and writer.offset:
+            if writer is not None and send and writer.offset:
                 await writer.restart()
             while piece := await tr.read():
                 if len(head) < BLOCK:
                     head += piece[: BLOCK - len(head)]
                 h.update(piece)
-                if writer is not None:
+                if writer is not None and send:
                     await writer.write(piece)
             digest = f"{algorithm}:{h.hexdigest()}"
             if expected and digest != expected:
@@ -222,7 +224,9 @@ class Ingest:
             await self.store.update_labels(digest, labels)
             return
         try:
-            await writer.write(data)
+            if writer.offset != len(data):  # equal: the blob is in another namespace, commit is enough
+                await writer.restart()
+                await writer.write(data)
             await writer.commit(labels)
             await self._hold(digest)
             # A commit that found the blob already present did not set the labels.
