@@ -1,0 +1,94 @@
+"""Verify on pull: the policy runs before anything is fetched; a verified pull is pinned."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from imaged.pb.machine import image_pb2
+from tests.pull.test_pull import leases, pull, run
+from tests.support import archives
+from tests.support.containerd import PrivateContainerd
+from tests.support.daemon import SYSTEM, DaemonProcess
+from tests.support.registry import Registry
+from tests.support.sigstore import OciPusher, PrivateSigstore
+
+
+@pytest.fixture(scope="module")
+def env(containerd: PrivateContainerd) -> Iterator[tuple[Registry, DaemonProcess, PrivateSigstore, object]]:
+    reg = Registry()
+    ps = PrivateSigstore(seed=b"pull-verify")
+    key = ps.static_key()
+    rules = [
+        {"image": f"{reg.host}/signed/*", "publicKey": {"certificate": key.public_pem.decode()}},
+        {"image": f"{reg.host}/denied/*", "deny": True},
+    ]
+    d = DaemonProcess(containerd.socket, {"verification": {"rules": rules}})
+    d.start()
+    yield reg, d, ps, key
+    d.stop()
+    reg.close()
+
+
+def sign(reg: Registry, ps: PrivateSigstore, key: object, repo: str, digest: str) -> None:
+    sig = ps.sign_legacy(digest, f"{reg.host}/{repo}", key, tlog=False)  # type: ignore[arg-type]
+    OciPusher(reg).push_legacy_signatures(repo, digest, [sig])
+
+
+def image_names(cd: PrivateContainerd) -> str:
+    return cd.ctr("images", "ls", namespace="system").stdout
+
+
+def test_verified_pull_is_pinned_and_labelled(env, containerd) -> None:  # type: ignore[no-untyped-def]
+    reg, d, ps, key = env
+    img = archives.simple_image("verified-pull")
+    digest = archives.push(reg, "signed/app", "v1", img)
+    sign(reg, ps, key, "signed/app", digest)
+    name, _ = pull(d, f"{reg.host}/signed/app:v1", SYSTEM)
+    assert name == f"{reg.host}/signed/app@{digest}"
+    listed = {r.name: r for r in d.images.List(image_pb2.ImageServiceListRequest(containerd=SYSTEM))}
+    rec = listed[f"{reg.host}/signed/app:v1"]
+    assert rec.digest == digest
+    assert rec.labels["imaged.dev/verified"].startswith("verified via legacy signature")
+    assert "verified-pull" in run(containerd, "system", f"{reg.host}/signed/app:v1")
+
+
+def test_unsigned_or_denied_pull_fetches_nothing(env, containerd) -> None:  # type: ignore[no-untyped-def]
+    reg, d, ps, key = env
+    unsigned = archives.simple_image("unsigned-pull")
+    archives.push(reg, "signed/unsigned", "v1", unsigned)
+    archives.push(reg, "denied/app", "v1", archives.simple_image("denied-pull"))
+    before = len([r for r in reg.requests() if "/blobs/" in r[1]])
+    for ref, fragment in (
+        (f"{reg.host}/signed/unsigned:v1", "image verification failed"),
+        (f"{reg.host}/denied/app:v1", "denied by matched rule"),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            pull(d, ref, SYSTEM)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert fragment in e.value.details()
+        assert ref not in image_names(containerd)
+    layer_gets = [r for r in reg.requests() if "/blobs/" in r[1] and r[0] == "GET"][before:]
+    assert not [r for r in layer_gets if unsigned.layers[-1].digest in r[1]], "a refused image was downloaded"
+    assert leases(containerd, "system") == []
+
+
+def test_moved_tag_does_not_change_a_verified_pull(env, containerd) -> None:  # type: ignore[no-untyped-def]
+    """Verification pins the digest: what is fetched is what was verified, even if the tag moves."""
+    reg, d, ps, key = env
+    first = archives.simple_image("tag-first")
+    digest = archives.push(reg, "signed/moving", "v1", first)
+    sign(reg, ps, key, "signed/moving", digest)
+    resp = d.images.Verify(image_pb2.ImageServiceVerifyRequest(image_ref=f"{reg.host}/signed/moving:v1"))
+    assert resp.verified and resp.digested_image_ref == f"{reg.host}/signed/moving@{digest}"
+    # The tag moves to an unsigned image after verification: pulling the pinned ref gets the verified one.
+    archives.push(reg, "signed/moving", "v1", archives.simple_image("tag-second"))
+    name, _ = pull(d, resp.digested_image_ref, SYSTEM)
+    assert name == f"{reg.host}/signed/moving@{digest}"
+    assert "tag-first" in run(containerd, "system", resp.digested_image_ref)
+    # And the tag form now points at an unsigned image, which is refused.
+    with pytest.raises(grpc.RpcError) as e:
+        pull(d, f"{reg.host}/signed/moving:v1", SYSTEM)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
