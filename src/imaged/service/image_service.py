@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from imaged import errors
+from imaged.archive.importer import import_archive
 from imaged.daemon.runtime import Runtime
 from imaged.images.listing import list_images
 from imaged.images.remove import remove_image
@@ -95,7 +96,31 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> image_pb2.ImageServiceImportResponse:
         self._writable("Import")
-        raise errors.Unimplemented("Import is not implemented yet")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("request") != "containerd":
+            raise errors.InvalidArgument("containerd instance is required as the first message of Import")
+        ns = self.rt.namespaced(first.containerd)
+        metrics = self.rt.metrics
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.WhichOneof("request") != "image_chunk":
+                    raise errors.InvalidArgument(
+                        "every Import message after the first must be an image_chunk"
+                    )
+                data = msg.image_chunk.bytes
+                metrics.imported_bytes.inc(len(data))
+                yield data
+
+        cfg = self.rt.config.containerd
+        names = await import_archive(
+            ns,
+            chunks(),
+            snapshotter=cfg.snapshotter,
+            owner=self.rt.owner,
+            lease_expire=dt.timedelta(seconds=cfg.lease_expire_seconds),
+        )
+        return image_pb2.ImageServiceImportResponse(name=names[0])
 
     @unary
     async def Verify(
