@@ -9,6 +9,7 @@ import select
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import Iterator
@@ -39,19 +40,24 @@ def run_imagectl(
     full_env = {k: v for k, v in os.environ.items() if k != "IMAGED_SOCKET"}
     full_env.update(env or {})
     r = subprocess.run(
-        [*IMAGECTL, *args], input=input, capture_output=True, env=full_env, timeout=timeout,
+        [*IMAGECTL, *args],
+        input=input,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
     return Result(r.returncode, r.stdout.decode(), r.stderr.decode())
 
 
-def run_pty(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> tuple[int, str]:
-    """imagectl with stdout (and stdin) on a pseudo-terminal of 40x160; returns (status, output)."""
+def run_pty(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Result:
+    """imagectl with stdout and stdin on a pseudo-terminal of 40x160 (stderr apart, on a file)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     full_env = {k: v for k, v in os.environ.items() if k not in ("IMAGED_SOCKET", "COLUMNS", "LINES")}
     full_env.update({"TERM": "xterm-256color", **(env or {})})
-    proc = subprocess.Popen([*IMAGECTL, *args], stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=full_env)
+    errfile = tempfile.TemporaryFile()
+    proc = subprocess.Popen([*IMAGECTL, *args], stdin=slave, stdout=slave, stderr=errfile, env=full_env)
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -74,9 +80,10 @@ def run_pty(*args: str, env: dict[str, str] | None = None, timeout: float = 180)
         rc = proc.wait(timeout=30)
     finally:
         os.close(master)
-        if proc.stderr is not None:
-            proc.stderr.close()
-    return rc, b"".join(chunks).decode(errors="replace")
+    errfile.seek(0)
+    err = errfile.read().decode(errors="replace")
+    errfile.close()
+    return Result(rc, b"".join(chunks).decode(errors="replace"), err)
 
 
 class Ctl:
@@ -88,7 +95,7 @@ class Ctl:
     def __call__(self, *args: str, **kw: object) -> Result:
         return run_imagectl("--socket", self.socket, *args, **kw)  # type: ignore[arg-type]
 
-    def pty(self, *args: str, **kw: object) -> tuple[int, str]:
+    def pty(self, *args: str, **kw: object) -> Result:
         return run_pty("--socket", self.socket, *args, **kw)  # type: ignore[arg-type]
 
 

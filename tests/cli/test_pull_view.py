@@ -18,9 +18,16 @@ def test_describe_forms() -> None:
     assert describe(LayerUpdate(lid, Status.DOWNLOADING, 1_200_000, 3_400_000)) == (
         "layer 1a2b3c4d5e6f downloading 1.2 MB/3.4 MB (35.3%)"
     )
-    assert describe(LayerUpdate(lid, Status.DOWNLOADING, 1_200_000, 0)) == "layer 1a2b3c4d5e6f downloading 1.2 MB"
-    assert describe(LayerUpdate(lid, Status.DOWNLOAD_COMPLETE, 5, 5)) == "layer 1a2b3c4d5e6f download complete"
-    assert describe(LayerUpdate(lid, Status.EXTRACTING, elapsed=1.5)) == "layer 1a2b3c4d5e6f extracting (1.5s)"
+    assert (
+        describe(LayerUpdate(lid, Status.DOWNLOADING, 1_200_000, 0))
+        == "layer 1a2b3c4d5e6f downloading 1.2 MB"
+    )
+    assert (
+        describe(LayerUpdate(lid, Status.DOWNLOAD_COMPLETE, 5, 5)) == "layer 1a2b3c4d5e6f download complete"
+    )
+    assert (
+        describe(LayerUpdate(lid, Status.EXTRACTING, elapsed=1.5)) == "layer 1a2b3c4d5e6f extracting (1.5s)"
+    )
     assert describe(LayerUpdate(lid, Status.EXTRACT_COMPLETE)) == "layer 1a2b3c4d5e6f pull complete"
     assert describe(LayerUpdate(lid, Status.ALREADY_EXISTS)) == "layer 1a2b3c4d5e6f already exists"
     assert describe(LayerUpdate(lid, 9)) == "layer 1a2b3c4d5e6f status 9"

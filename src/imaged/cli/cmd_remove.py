@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 client.images.Remove(req, timeout=args.timeout)
             except grpc.RpcError as e:
-                err = client.error(e, f"cannot remove {ref}")
+                err = client.error(e)
+                if ref not in err.message:
+                    err.message = f"cannot remove {ref}: {err.message}"
                 if err.code == EXIT_USAGE:
                     raise err from None  # the daemon is gone: the other images would fail the same way
                 if e.code() == grpc.StatusCode.NOT_FOUND:

@@ -227,7 +227,7 @@ def zsh(parser: argparse.ArgumentParser) -> str:
         "    [[ -n $_imagectl_socket ]] && args+=(--socket $_imagectl_socket)",
         "    [[ -n $_imagectl_namespace ]] && args+=(--namespace $_imagectl_namespace)",
         '    images=(${(f)"$(command imagectl $args list -q 2>/dev/null)"})',
-        "    _describe -t images 'image' images",
+        "    compadd -a images",  # not _describe: names hold ':' (tags), which it would split on
         "}",
         "",
         "_imagectl() {",
