@@ -75,6 +75,8 @@ class Case:
     extra: list[tuple[str, str]] = field(default_factory=list)
     # A bench.profiling.Profile when the target was missed and the daemon was profiled.
     profile: Any = None
+    # Absolute targets (not ratios): (what, measured value, target, met).
+    checks: list[tuple[str, str, str, bool]] = field(default_factory=list)
 
     def add(self, s: Series) -> Series:
         self.series[s.tool] = s
@@ -94,9 +96,10 @@ class Case:
 
     def met(self) -> bool | None:
         r = self.ratio()
-        if r is None or self.target is None:
-            return None
-        return r <= self.target
+        verdicts = [c[3] for c in self.checks]
+        if r is not None and self.target is not None:
+            verdicts.append(r <= self.target)
+        return all(verdicts) if verdicts else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +110,7 @@ class Case:
             "floor_ratio": self.floor_ratio(),
             "met": self.met(),
             "series": {k: v.to_json() for k, v in self.series.items()},
+            "checks": self.checks,
             "notes": self.notes,
             "extra": self.extra,
         }

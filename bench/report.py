@@ -36,7 +36,12 @@ def case_table(case: Case) -> list[str]:
     fr = case.floor_ratio()
     if fr is not None:
         head += f"; {case.subject} / floor: {_ratio(fr)}"
-    out += [head, ""]
+    if ratio is not None or not case.checks:
+        out += [head, ""]
+    if case.checks:
+        out += ["| target | measured | wanted | met |", "|---|---:|---:|---|"]
+        out += [f"| {w} | {v} | {t} | {'yes' if m else '**NO**'} |" for w, v, t, m in case.checks]
+        out.append("")
     out.append("| tool | median | min | max | runs | CPU s per run (imaged / containerd / client) | note |")
     out.append("|---|---:|---:|---:|---:|---|---|")
     for s in case.series.values():
@@ -89,12 +94,21 @@ def write(
     md += [f"| {k} | {v} |" for k, v in versions.rows()]
     md.append("")
     md += preface
-    md += ["", "## Summary", "", "| scenario | case | ratio | target | met |", "|---|---|---:|---:|---|"]
+    md += [
+        "",
+        "## Summary",
+        "",
+        "| scenario | case | ratio (or value) | target | met |",
+        "|---|---|---:|---:|---|",
+    ]
     for c in cases:
         met = c.met()
         target = "" if c.target is None else f"{c.target:.2f}x"
         verdict = "" if met is None else ("yes" if met else "NO")
-        md.append(f"| {c.scenario} | {c.name} | {_ratio(c.ratio())} | {target} | {verdict} |")
+        if c.ratio() is not None or not c.checks:
+            md.append(f"| {c.scenario} | {c.name} | {_ratio(c.ratio())} | {target} | {verdict} |")
+        for what, value, wanted, ok in c.checks:
+            md.append(f"| {c.scenario} | {c.name}: {what} | {value} | {wanted} | {'yes' if ok else 'NO'} |")
     md += ["", "![ratios](ratios.png)", ""]
     scenarios: list[str] = []
     for c in cases:
