@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import tempfile
@@ -149,8 +150,9 @@ def test_daemon_not_running_names_the_socket() -> None:
                 == f"imagectl: cannot connect to imaged at {stale}: Connection refused (is imaged running?)\n"
             )
     # The default socket is used when neither flag nor environment names one.
-    r = run_imagectl("list")
-    assert r.rc == 2 and "/run/imaged/imaged.sock" in r.err
+    if not os.path.exists("/run/imaged/imaged.sock"):
+        r = run_imagectl("list")
+        assert r.rc == 2 and "/run/imaged/imaged.sock" in r.err
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def test_describe_forms() -> None:
 
 
 def test_rate_bounded_per_layer() -> None:
-    clock, lines = Clock(), []
+    clock, lines = Clock(), list[str]()
     view = PlainPullView(lines.append, clock=clock)
     for i in range(50):  # 5 s of updates every 100 ms for layer a, interleaved with layer b
         clock.now = 100 + i / 10
@@ -57,7 +57,7 @@ def test_rate_bounded_per_layer() -> None:
 
 
 def test_long_extraction_reports_elapsed_each_second() -> None:
-    clock, lines = Clock(), []
+    clock, lines = Clock(), list[str]()
     view = PlainPullView(lines.append, clock=clock)
     for i in range(31):
         clock.now = 100 + i / 10

@@ -49,7 +49,9 @@ class Recorder(image_pb2_grpc.ImageServiceServicer):
         context.add_callback(self.pull_cancelled.set)
         progress = image_pb2.ImageServicePullProgress(
             layer_id="0123456789ab",
-            progress=image_pb2.ImageServicePullLayerProgress(status=0, offset=1, total=10),
+            progress=image_pb2.ImageServicePullLayerProgress(
+                status=image_pb2.ImageServicePullLayerProgress.DOWNLOADING, offset=1, total=10
+            ),
         )
         yield image_pb2.ImageServicePullResponse(pull_progress=progress)
         while context.is_active():
@@ -149,4 +151,4 @@ def test_timeout_names_the_wait(recorder: tuple[Recorder, str]) -> None:
     _, sock = recorder
     r = run_imagectl("--socket", sock, "--timeout", "1", "pull", "slow/image")
     assert r.rc == 1
-    assert r.err == "imagectl: no answer from imaged within 1s\n"
+    assert r.err == "imagectl: imaged did not finish within 1s (--timeout)\n"

@@ -101,7 +101,9 @@ class Client:
         if code == grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _TRANSPORT_MARKERS):
             return CliError(f"cannot connect to imaged at {self.socket}: {details}", EXIT_USAGE)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout is not None:
-            return CliError(f"{prefix}no answer from imaged within {self.timeout:g}s", EXIT_FAILED)
+            return CliError(
+                f"{prefix}imaged did not finish within {self.timeout:g}s (--timeout)", EXIT_FAILED
+            )
         if code == grpc.StatusCode.CANCELLED and not details:
             details = "cancelled"
         return CliError(f"{prefix}{details or code.name.lower().replace('_', ' ')}", EXIT_FAILED)
