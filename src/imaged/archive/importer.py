@@ -80,10 +80,17 @@ async def import_archive(
             raise InvalidArgument("no images imported from archive")
         names = _names(plan)
 
+        written: set[str] = set()
+        for digest in sorted(plan.needed):
+            held = contents.by_digest[digest].data
+            if held is not None:
+                await ingest.write_blob(held, digest, plan.labels.get(digest, {}))
+                written.add(digest)
         for blob in plan.new_blobs.values():
             await ingest.write_blob(blob.data, blob.digest, blob.labels)
         for digest, labels in plan.labels.items():
-            await ingest.store.update_labels(digest, labels)
+            if digest not in written:
+                await ingest.store.update_labels(digest, labels)
 
         unpacker = Unpacker(leased, snapshotter)
         unpacked: set[str] = set()

@@ -9,12 +9,14 @@ Everything is written under the caller's lease, so what no image ends up referen
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 import uuid
 from dataclasses import dataclass, field
 
+from imaged import errors
 from imaged.archive.limits import ImportLimits
 from imaged.archive.stream import ByteReader
 from imaged.archive.tar import BLOCK, Kind, Member, TarReader, checksum_ok
@@ -37,13 +39,14 @@ _BLOB_PATH = re.compile(r"^blobs/([^/]+)/([^/]+)$")
 
 @dataclass(frozen=True, slots=True)
 class Blob:
-    """A member now in the content store."""
+    """A member in the content store, or (small ones) held in memory until an image needs it."""
 
     path: str
     digest: str
     size: int
     # From the first bytes: "gzip", "zstd", "tar", or "" when it is none of them.
     compression: str
+    data: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class Ingest:
         self.limits = limits
         self.op = uuid.uuid4().hex[:12]
         self._seq = 0
+        self._buffered = 0
         self.contents = ArchiveContents()
 
     async def run(self, reader: ByteReader) -> ArchiveContents:
@@ -170,6 +174,16 @@ class Ingest:
         """Stream one member into the content store; checks it against `expected` when the name gives it."""
         algorithm = expected.partition(":")[0] if expected else "sha256"
         h = hashlib.new(algorithm)
+        if (
+            member.size <= self.limits.max_buffered_member
+            and self._buffered + member.size <= self.limits.max_buffered_total
+        ):
+            self._buffered += member.size
+            data = await self._document(tr, member, path)
+            h.update(data)
+            digest = f"{algorithm}:{h.hexdigest()}"
+            self._check(path, expected, digest)
+            return Blob(path, digest, member.size, sniff(data[:BLOCK]), data)
         self._seq += 1
         ref = f"imaged-import-{self.op}-{self._seq}"
         writer = await self.store.open_writer(ref, total=member.size, expected=expected or "")
@@ -186,10 +200,7 @@ class Ingest:
                 if writer is not None and send:
                     await writer.write(piece)
             digest = f"{algorithm}:{h.hexdigest()}"
-            if expected and digest != expected:
-                raise InvalidArgument(
-                    f"archive member {path} does not match its name: its content has digest {digest}"
-                )
+            self._check(path, expected, digest)
             if writer is not None:
                 # Known now even for docker-save members: containerd checks it, and a blob that
                 # already exists is reported with its digest.
@@ -200,9 +211,34 @@ class Ingest:
         except BaseException:
             if writer is not None:
                 await writer.close()
-                await finish(self.store.abort(ref))
+                await finish(self._abort(ref))
             raise
         return Blob(path, digest, member.size, sniff(head))
+
+    @staticmethod
+    def _check(path: str, expected: str | None, digest: str) -> None:
+        if expected and digest != expected:
+            raise InvalidArgument(
+                f"archive member {path} does not match its name: its content has digest {digest}"
+            )
+
+    async def _abort(self, ref: str) -> None:
+        """Remove our ingest; best effort, and never in place of the error that got us here.
+
+        Right after the write stream is cancelled containerd's handler may still be touching the
+        ingest directory ("directory not empty"), so a failed abort is retried for a while.
+        """
+        delay = 0.02
+        for attempt in range(12):
+            try:
+                await self.store.abort(ref)
+                return
+            except errors.ImagedError as e:
+                if attempt == 11:
+                    log.warning("could not abort ingest %s: %s", ref, e.message)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def _hold(self, digest: str) -> None:
         """Put committed content in our lease: a commit that finds the blob present does not."""
@@ -233,5 +269,5 @@ class Ingest:
             await self.store.update_labels(digest, labels)
         except BaseException:
             await writer.close()
-            await finish(self.store.abort(ref))
+            await finish(self._abort(ref))
             raise

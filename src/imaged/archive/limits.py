@@ -26,5 +26,9 @@ class ImportLimits:
     max_header_extension: int = 1024 * 1024
     # Symlinks followed to find one docker-save member.
     max_link_hops: int = 16
+    # Members up to this size are held in memory (up to the total) instead of being written at once:
+    # a content commit costs containerd an fsync, and only what an image references is written.
+    max_buffered_member: int = 256 * 1024
+    max_buffered_total: int = 32 * 1024 * 1024
     # zstd window: the decompressor allocates this much, so it is bounded (zstd -19 needs 8 MiB).
     max_zstd_window: int = 32 * 1024 * 1024

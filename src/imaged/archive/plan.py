@@ -76,6 +76,8 @@ class Plan:
     images: list[PlannedImage] = field(default_factory=list)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # digest -> GC labels
     new_blobs: dict[str, NewBlob] = field(default_factory=dict)
+    # Archive blobs the images reach: those still held in memory must be written before records exist.
+    needed: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +114,25 @@ class Planner:
         self.limits = limits
         self._configs: dict[str, ImageConfig] = {}
         self._visits: dict[tuple[str, bool], _Visit] = {}
+        self._needed: set[str] = set()
 
     async def plan(self) -> Plan:
         docs = self.c.documents
         if OCI_LAYOUT in docs:
-            return await self._oci()
-        if MANIFEST_JSON in docs:
-            return await self._docker()
-        if INDEX_JSON in docs:
+            plan = await self._oci()
+        elif MANIFEST_JSON in docs:
+            plan = await self._docker()
+        elif INDEX_JSON in docs:
             raise InvalidArgument(
                 "the archive has index.json but no oci-layout file, so it is no OCI image layout"
             )
-        raise InvalidArgument(
-            "the archive is not an image archive: it has neither oci-layout and index.json "
-            "(OCI image layout) nor manifest.json (docker save)"
-        )
+        else:
+            raise InvalidArgument(
+                "the archive is not an image archive: it has neither oci-layout and index.json "
+                "(OCI image layout) nor manifest.json (docker save)"
+            )
+        plan.needed = self._needed
+        return plan
 
     # -- shared ------------------------------------------------------------------------------------
 
@@ -139,15 +145,24 @@ class Planner:
                 f"{what}: blob {d.digest} is {blob.size} bytes in the archive, "
                 f"but its descriptor says {d.size}"
             )
+        self._needed.add(d.digest)
         return blob
 
+    def _keep(self, d: Descriptor) -> None:
+        """Keep a blob an image reaches without needing it (another platform's config or layer)."""
+        blob = self.c.by_digest.get(d.digest)
+        if blob is not None and blob.size == d.size:
+            self._needed.add(d.digest)
+
     async def _read(self, d: Descriptor, what: str) -> bytes:
-        self._present(d, what)
+        blob = self._present(d, what)
         if d.size > self.limits.max_metadata:
             raise InvalidArgument(
                 f"{what}: {d.digest} is {d.size} bytes, over the {self.limits.max_metadata} byte limit "
                 "for manifests, indexes and configs"
             )
+        if blob.data is not None:
+            return blob.data
         return await self.store.read_all(d.digest, self.limits.max_metadata)
 
     async def _config(self, d: Descriptor, what: str) -> ImageConfig:
@@ -219,6 +234,8 @@ class Planner:
             platform = config.platform
         host = platform is not None and matches(self.platform, platform)
         visit = _Visit(m.config.digest, None)
+        for blob in (m.config, *m.layers):
+            self._keep(blob)
         if required or host:
             config = config or await self._config(m.config, what)
             for j, layer in enumerate(m.layers):
@@ -252,6 +269,7 @@ class Planner:
             if child.digest not in self.c.by_digest or child.digest in visits:
                 continue  # other platforms may be left out of an archive (docker save does)
             cwhat = f"{what} manifest {j} ({child.digest})"
+            self._keep(child)
             if mt.is_index(child.media_type):
                 visit = await self._index(plan, child, cwhat, depth + 1)
             elif mt.is_manifest(child.media_type):
@@ -341,9 +359,11 @@ class Planner:
                     f"{what}: config {config_path!r} lists {len(config.diff_ids)} diff_ids "
                     f"for {len(layer_paths)} layers"
                 )
+            self._needed.add(config_blob.digest)
             layers = []
             for j, path in enumerate(layer_paths):
                 blob = self._member(path, f"{what} layer {j}")
+                self._needed.add(blob.digest)
                 media_type = _DOCKER_LAYER_TYPES.get(blob.compression)
                 if media_type is None:
                     raise InvalidArgument(

@@ -91,9 +91,10 @@ def checksum_ok(block: bytes) -> bool:
     except ValueError:
         return False
     body = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(body)
-    signed = sum(x - 256 if x > 127 else x for x in body)
-    return want in (unsigned, signed)
+    if sum(body) == want:
+        return True
+    # Some old tars summed signed chars.
+    return sum(x - 256 if x > 127 else x for x in body) == want
 
 
 def _parse_pax(data: bytes, what: str) -> dict[str, str]:
