@@ -11,6 +11,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -152,3 +153,70 @@ def test_timeout_names_the_wait(recorder: tuple[Recorder, str]) -> None:
     r = run_imagectl("--socket", sock, "--timeout", "1", "pull", "slow/image")
     assert r.rc == 1
     assert r.err == "imagectl: imaged did not finish within 1s (--timeout)\n"
+
+
+SERVER = """
+import sys, time
+from concurrent import futures
+import grpc
+from imaged.pb.machine import image_pb2_grpc
+from tests.cli.test_wire import Recorder
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+image_pb2_grpc.add_ImageServiceServicer_to_server(Recorder(), server)
+server.add_insecure_port("unix:" + sys.argv[1])
+server.start()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_daemon_dying_mid_pull(tmp_path: pathlib.Path) -> None:
+    sock = f"/tmp/ictl-die-{os.getpid()}.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, sock],
+        stdout=subprocess.PIPE,
+        cwd=str(pathlib.Path(__file__).parents[2]),
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+        proc = subprocess.Popen(
+            [*IMAGECTL, "--socket", sock, "pull", "x"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().startswith(
+            b"layer 0123456789ab downloading"
+        )
+        server.kill()
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2
+        assert err.decode().startswith(f"imagectl: lost the connection to imaged at {sock}: ")
+        assert err.count(b"\n") == 1
+    finally:
+        server.kill()
+        server.wait()
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+class Unavailable(Recorder):
+    def Remove(self, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(
+            grpc.StatusCode.UNAVAILABLE, "containerd at /run/c.sock unreachable: connect: Connection refused"
+        )
+
+
+def test_daemon_unavailable_is_not_blamed_on_its_socket(tmp_path: pathlib.Path) -> None:
+    sock = f"/tmp/ictl-unav-{os.getpid()}.sock"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    image_pb2_grpc.add_ImageServiceServicer_to_server(Unavailable(), server)
+    server.add_insecure_port(f"unix:{sock}")
+    server.start()
+    try:
+        r = run_imagectl("--socket", sock, "rm", "a")
+        assert (r.rc, r.out) == (1, "")
+        message = "containerd at /run/c.sock unreachable: connect: Connection refused"
+        assert r.err == f"imagectl: cannot remove a: {message}\n"
+    finally:
+        server.stop(grace=None)

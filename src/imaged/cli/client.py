@@ -27,15 +27,11 @@ INSTANCES = {
     "system": (common_pb2.CONTAINERD, common_pb2.NS_SYSTEM),
 }
 
-# Text grpc-core puts in UNAVAILABLE statuses it makes itself, as opposed to ones the daemon sends.
-_TRANSPORT_MARKERS = (
-    "failed to connect to all addresses",
-    "connection refused",
-    "no such file or directory",
-    "socket closed",
-    "connection reset",
-    "broken pipe",
-)
+# Text grpc-core (not the daemon) puts in the UNAVAILABLE statuses it makes itself. Matched narrowly:
+# the daemon's own UNAVAILABLE messages (containerd or a registry unreachable) may well mention
+# sockets and refused connections, and must not be blamed on imaged's socket.
+_CONNECT_FAILED = ("failed to connect to all addresses",)
+_CONNECTION_LOST = ("socket closed", "stream removed", "recvmsg:", "sendmsg:", "connection reset by peer")
 
 
 def resolve_socket(flag: str | None) -> str:
@@ -98,8 +94,12 @@ class Client:
         code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = one_line((e.details() if isinstance(e, grpc.Call) else "") or "")
         prefix = f"{doing}: " if doing else ""
-        if code == grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _TRANSPORT_MARKERS):
-            return CliError(f"cannot connect to imaged at {self.socket}: {details}", EXIT_USAGE)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            low = details.lower()
+            if low.startswith(_CONNECT_FAILED):
+                return CliError(f"cannot connect to imaged at {self.socket}: {details}", EXIT_USAGE)
+            if low.startswith(_CONNECTION_LOST):
+                return CliError(f"lost the connection to imaged at {self.socket}: {details}", EXIT_USAGE)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout is not None:
             return CliError(
                 f"{prefix}imaged did not finish within {self.timeout:g}s (--timeout)", EXIT_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import grpc
@@ -10,6 +11,11 @@ import grpc
 from imaged.cli.client import Client, instance, resolve_socket
 from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, redact
 from imaged.pb.machine import image_pb2
+
+
+def mentions(message: str, ref: str) -> bool:
+    """Whether the daemon's message already names `ref` (so it is not named twice)."""
+    return re.search(rf"(^|[\s'\"]){re.escape(ref)}($|[\s'\":,])", message) is not None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
                 client.images.Remove(req, timeout=args.timeout)
             except grpc.RpcError as e:
                 err = client.error(e)
-                if ref not in err.message:
+                if not mentions(err.message, ref):
                     err.message = f"cannot remove {ref}: {err.message}"
                 if err.code == EXIT_USAGE:
                     raise err from None  # the daemon is gone: the other images would fail the same way

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 _SI_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
 
 
+@functools.lru_cache(maxsize=4096)  # aliases of one image repeat its size: thousands of rows, few sizes
 def human_size(n: int) -> str:
     """SI size as go-humanize's `Bytes` prints it (what talosctl shows): 999 B, 1.2 kB, 83 MB."""
     if n < 10:
@@ -31,12 +33,13 @@ def format_labels(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={labels[k]}" for k in sorted(labels))
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339(seconds: int, nanos: int = 0) -> str | None:
-    """A protobuf timestamp as RFC 3339 in UTC (`2026-01-02T03:04:05Z`); None when unset."""
+    """A protobuf timestamp as RFC 3339 in UTC (`2026-01-02T03:04:05Z`, whole seconds as talosctl
+    prints them); None when unset."""
     if seconds == 0 and nanos == 0:
         return None
-    when = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def percent(done: int, total: int) -> float:
