@@ -3,21 +3,23 @@ and none leaves a lease, an ingest or an image behind."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
 import tarfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
-from imaged.archive import ImportLimits
+from imaged.archive import ImportLimits, import_archive
 from imaged.errors import InvalidArgument
 from imaged.oci import mediatypes as mt
 from imaged.oci.platform import host_platform
 from tests.archive import builders as B
 from tests.archive.builders import M
-from tests.archive.conftest import Importer
+from tests.archive.conftest import OWNER, Importer
 from tests.support import archives as A
 
 NAMESPACE = "k8s.io"
@@ -589,6 +591,32 @@ async def test_malformed_archive_is_refused(importer: Importer, case: Case) -> N
     with pytest.raises(InvalidArgument) as e:
         await importer.run(NAMESPACE, data, limits=case.limits)
     assert fragment in e.value.message, e.value.message
+    assert await importer.leftovers(NAMESPACE) == ([], [])
+
+
+async def test_client_gone_mid_blob_leaves_nothing(importer: Importer) -> None:
+    """Cancelled (the client went away) while a blob streams into an open ingest: all cleaned up."""
+    img = small("cancelled")
+    img.layers[0] = A.layer({"big": os.urandom(600_000)})  # over the in-memory size: streamed to containerd
+    data = B.tar(oci(img))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        big = tf.getmember(B.blob_name(img.layers[0].digest))
+    stalled = asyncio.Event()
+
+    async def client() -> AsyncIterator[bytes]:
+        yield data[: big.offset_data + big.size // 2]
+        stalled.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(
+        import_archive(importer.cd.ns(NAMESPACE), client(), snapshotter="overlayfs", owner=OWNER)
+    )
+    await asyncio.wait_for(stalled.wait(), 30)
+    leases, ingests = await importer.leftovers(NAMESPACE)
+    assert len(leases) == 1 and len(ingests) == 1  # the import holds a lease and an open ingest
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert await importer.leftovers(NAMESPACE) == ([], [])
 
 

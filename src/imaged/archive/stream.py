@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 import zstandard
 
@@ -44,13 +45,13 @@ def detect(head: bytes) -> str:
     return "tar"
 
 
-async def _nonempty(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _nonempty(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     async for chunk in chunks:
         if chunk:
             yield bytes(chunk)
 
 
-async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     d = zlib.decompressobj(wbits=31)
     async for chunk in chunks:
         data = chunk
@@ -73,7 +74,7 @@ async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 break
 
 
-async def _unzstd(chunks: AsyncIterator[bytes], max_window: int) -> AsyncIterator[bytes]:
+async def _unzstd(chunks: AsyncIterator[bytes], max_window: int) -> AsyncGenerator[bytes, None]:
     dctx = zstandard.ZstdDecompressor(max_window_size=max_window)
     d = dctx.decompressobj()
     buf: list[bytes] = []
@@ -118,19 +119,25 @@ async def decompressed(chunks: AsyncIterator[bytes], *, max_zstd_window: int) ->
         raise InvalidArgument("the archive is empty")
     kind = detect(head)
 
-    async def replay() -> AsyncIterator[bytes]:
-        yield head
-        async for chunk in source:
-            yield chunk
+    async def replay() -> AsyncGenerator[bytes, None]:
+        try:
+            yield head
+            async for chunk in source:
+                yield chunk
+        finally:
+            await source.aclose()
 
+    raw = replay()
     if kind == "gzip":
-        inner = _gunzip(replay())
+        inner = _gunzip(raw)
     elif kind == "zstd":
-        inner = _unzstd(replay(), max_zstd_window)
+        inner = _unzstd(raw, max_zstd_window)
     else:
-        inner = replay()
-    async for piece in inner:
-        yield piece
+        inner = raw
+    # Closed in turn when the reader stops early (end-of-archive reached, or an error).
+    async with aclosing(raw), aclosing(inner):
+        async for piece in inner:
+            yield piece
 
 
 class Truncated(Exception):
