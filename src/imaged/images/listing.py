@@ -17,9 +17,7 @@ from imaged import errors
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.images import ImageStore
-from imaged.oci import mediatypes as mt
-from imaged.oci.manifest import parse_index, parse_manifest
-from imaged.oci.platform import select
+from imaged.images.walk import host_manifest
 from imaged.pb.containerd.services.images.v1 import images_pb2
 
 log = logging.getLogger(__name__)
@@ -51,24 +49,6 @@ class SizeCache:
             self._data.popitem(last=False)
 
 
-async def image_size(content: ContentStore, media_type: str, digest: str, size: int, depth: int = 0) -> int:
-    """Size for the host platform; raises NotFound if a needed manifest is missing."""
-    if depth > 4:
-        raise errors.InvalidArgument(f"index nesting too deep at {digest}")
-    data = await content.read_all(digest, mt.MAX_MANIFEST_SIZE)
-    kind = media_type or ""
-    if mt.is_index(kind) or (not mt.is_manifest(kind) and b'"manifests"' in data):
-        index = parse_index(data, f"index {digest}")
-        for d in select(index.manifests):
-            try:
-                return size + await image_size(content, d.media_type, d.digest, d.size, depth + 1)
-            except errors.NotFound:
-                continue
-        raise errors.NotFound(f"no manifest for this platform in {digest}")
-    manifest = parse_manifest(data, f"manifest {digest}")
-    return size + manifest.config.size + sum(layer.size for layer in manifest.layers)
-
-
 async def list_images(ns: Namespaced, cache: SizeCache, *filters: str) -> AsyncIterator[Listed]:
     images = await ImageStore(ns).list(*filters)
     content = ContentStore(ns)
@@ -80,9 +60,8 @@ async def list_images(ns: Namespaced, cache: SizeCache, *filters: str) -> AsyncI
         if size is None:
             async with sem:
                 try:
-                    size = await image_size(
-                        content, img.target.media_type, img.target.digest, img.target.size
-                    )
+                    t = img.target
+                    size = (await host_manifest(content, t.media_type, t.digest, t.size)).size
                     cache.put(key, size)
                 except errors.ImagedError as e:
                     if isinstance(e, errors.Unavailable):
