@@ -3,6 +3,11 @@
 Blobs are written with containerd's own ingest refs (`layer-sha256:...`), so a concurrent pull of
 the same blob by anyone waits on the same ingest instead of downloading it twice, and a pull
 cut short leaves its partial ingest to be resumed with `Range` by the next one.
+
+Those ingests are opened outside the pull's lease: containerd aborts a leased ingest as soon as
+its lease is gone (at the next garbage collection, within a second), while an unleased one lives
+for 24 hours. The blob's digest is put in the lease before its writer opens, so what is committed,
+or found already present, is held by the lease all the same.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from imaged.containerd.images import ImageStore
 from imaged.containerd.leases import lease
 from imaged.containerd.unpack import Unpacker
 from imaged.images.records import Target, create_records
+from imaged.images.walk import MAX_INDEX_DEPTH, host_manifest
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import (
     Descriptor,
@@ -34,6 +40,7 @@ from imaged.oci.manifest import (
     parse_manifest,
 )
 from imaged.oci.platform import host_platform, select
+from imaged.pb.containerd.services.leases.v1 import leases_pb2
 from imaged.pull.progress import LayerState, Progress, Status
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
@@ -41,7 +48,6 @@ from imaged.registry.reference import Reference, parse
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_SIZE = 8 * 1024 * 1024
-MAX_INDEX_DEPTH = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,8 @@ class Puller:
             return None
         content = ContentStore(ns)
         try:
-            manifest = await self._local_manifest(content, image.target.media_type, image.target.digest)
+            t = image.target
+            manifest = (await host_manifest(content, t.media_type, t.digest, t.size)).manifest
             config = parse_config(await content.read_all(manifest.config.digest, MAX_CONFIG_SIZE))
         except (errors.NotFound, errors.InvalidArgument, errors.ResourceExhausted):
             return None
@@ -123,21 +130,6 @@ class Puller:
         target = Target(image.target.media_type, image.target.digest, image.target.size)
         await create_records(ns, ref, target, manifest.config.digest, dict(image.labels))
         return ref.pinned(image.target.digest)
-
-    async def _local_manifest(
-        self, content: ContentStore, media_type: str, digest: str, depth: int = 0
-    ) -> Manifest:
-        data = await content.read_all(digest, mt.MAX_MANIFEST_SIZE)
-        if mt.is_index(media_type) or (not mt.is_manifest(media_type) and b'"manifests"' in data):
-            if depth >= MAX_INDEX_DEPTH:
-                raise errors.InvalidArgument(f"index nesting deeper than {MAX_INDEX_DEPTH} at {digest}")
-            for d in select(parse_index(data, f"index {digest}").manifests):
-                try:
-                    return await self._local_manifest(content, d.media_type, d.digest, depth + 1)
-                except errors.NotFound:
-                    continue
-            raise errors.NotFound(f"no manifest for {host_platform()} in {digest}")
-        return parse_manifest(data, f"manifest {digest}")
 
     async def _pull(self, ns: Namespaced, ref: Reference, progress: Progress, labels: dict[str, str]) -> str:
         root = await self.registry.resolve(ref)
@@ -151,9 +143,9 @@ class Puller:
             content = ContentStore(lns)
             resolved = await self._walk(content, pinned, root, source)
             config_desc = resolved.manifest.config
-            await self._fetch_blob(content, pinned, config_desc, "config", source)
+            await self._fetch_blob(lns, pinned, config_desc, "config", source)
             config = parse_config(await content.read_all(config_desc.digest, MAX_CONFIG_SIZE))
-            await self._layers(lns, content, pinned, resolved.manifest, config, progress, source)
+            await self._layers(lns, pinned, resolved.manifest, config, progress, source)
             target = Target(root.media_type, root.digest, root.size)
             await create_records(lns, ref, target, config_desc.digest, labels)
         return ref.pinned(root.digest)
@@ -174,9 +166,15 @@ class Puller:
             await w.close()
 
     async def _manifest_bytes(self, content: ContentStore, ref: Reference, desc: Descriptor) -> bytes:
+        # Leased before looking: content nothing references (a cancelled pull's) may otherwise be
+        # collected between the look and the read.
+        await _hold(content.ns, desc.digest)
         info = await content.info(desc.digest)
         if info is not None:
-            return await content.read_all(desc.digest, mt.MAX_MANIFEST_SIZE)
+            try:
+                return await content.read_all(desc.digest, mt.MAX_MANIFEST_SIZE)
+            except errors.NotFound:
+                pass
         data, _media_type, _digest = await self.registry.get_manifest(ref, desc.digest)
         return data
 
@@ -207,20 +205,25 @@ class Puller:
 
     async def _fetch_blob(
         self,
-        content: ContentStore,
+        lns: Namespaced,
         ref: Reference,
         desc: Descriptor,
         kind: str,
         labels: dict[str, str],
         on_progress: Callable[[Status, int], None] | None = None,
     ) -> bool:
-        """Stream a blob into the content store; return False if it was there before we looked."""
+        """Stream a blob into the content store; return False if it was there before we looked.
+
+        The digest joins the lease of `lns` first; the ingest itself is unleased (module docstring).
+        """
         waited = False
 
         def lock_wait() -> None:
             nonlocal waited
             waited = True
 
+        await _hold(lns, desc.digest)
+        content = ContentStore(lns.with_lease(None))
         w = await content.open_writer(
             f"{kind}-{desc.digest}", total=desc.size, expected=desc.digest, lock_wait=lock_wait
         )
@@ -245,7 +248,6 @@ class Puller:
     async def _layers(
         self,
         lns: Namespaced,
-        content: ContentStore,
         ref: Reference,
         manifest: Manifest,
         config: ImageConfig,
@@ -269,7 +271,7 @@ class Puller:
                 progress.update(LayerState(lid, status, offset, desc.size))
 
             async with sem:
-                downloaded[i] = await self._fetch_blob(content, ref, desc, "layer", source, report)
+                downloaded[i] = await self._fetch_blob(lns, ref, desc, "layer", source, report)
             report(Status.DOWNLOAD_COMPLETE if downloaded[i] else Status.ALREADY_EXISTS, desc.size)
             done[i].set()
 
@@ -322,6 +324,15 @@ class Puller:
         finally:
             for t in tickers.values():
                 t.cancel()
+
+
+async def _hold(lns: Namespaced, digest: str) -> None:
+    """Put content `digest` in the lease of `lns`, present or not yet: GC keeps it from then on."""
+    assert lns.lease is not None
+    await lns.call(
+        lns.leases.AddResource,
+        leases_pb2.AddResourceRequest(id=lns.lease, resource=leases_pb2.Resource(id=digest, type="content")),
+    )
 
 
 def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
