@@ -184,6 +184,13 @@ def diff_id_count() -> tuple[bytes, str]:
     return B.tar(oci(img)), "lists 1 diff_ids for 2 layers"
 
 
+def bad_layer(blob: bytes) -> tuple[bytes, str]:
+    """A layer blob correctly named by its digest whose bytes containerd cannot apply."""
+    img = small("bad-layer")
+    img.layers[1] = A.Layer(b"not what the blob holds", blob, A.OCI_LAYER_GZIP)
+    return B.tar(oci(img)), f"layer 1 ({img.layers[1].digest}) cannot be unpacked"
+
+
 def host_manifest_missing() -> tuple[bytes, str]:
     host, other = small("idx-host"), B.foreign_image("idx-other")
     index = B.index_json([host.descriptor(), other.descriptor()])
@@ -552,6 +559,11 @@ CASES = [
     Case("schema1-manifest", schema1),
     Case("diff-id-count", diff_id_count),
     Case("layer-diff-id-mismatch", wrong_diff_id),
+    Case("layer-not-a-tar", lambda: bad_layer(b"plain text, no tar " * 64)),
+    Case(
+        "layer-corrupt-gzip",
+        lambda: bad_layer(B.gz(A.tar_bytes({"a": os.urandom(6000)}))[:-400] + bytes(400)),
+    ),
     Case("name-conflict", two_images_one_name),
     Case(
         "name-digest-mismatch",

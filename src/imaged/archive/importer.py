@@ -17,12 +17,12 @@ from contextlib import aclosing
 from imaged.archive.ingest import Ingest
 from imaged.archive.limits import ImportLimits
 from imaged.archive.names import record_name
-from imaged.archive.plan import Plan, Planner
+from imaged.archive.plan import Plan, Planner, UnpackPlan
 from imaged.archive.stream import ByteReader, decompressed
 from imaged.containerd.client import Namespaced
 from imaged.containerd.leases import lease
 from imaged.containerd.unpack import Unpacker
-from imaged.errors import DataLoss, InvalidArgument
+from imaged.errors import DataLoss, Internal, InvalidArgument
 from imaged.images.records import Target, create_records
 from imaged.oci.manifest import Platform
 from imaged.oci.platform import host_platform
@@ -51,6 +51,32 @@ def _names(plan: Plan) -> list[str]:
             owner[name] = image.target.digest
             names.append(name)
     return names
+
+
+# How containerd (Diff.Apply, reported as UNKNOWN) describes a layer whose bytes are no (compressed) tar.
+_LAYER_FAULTS = ("archive/tar:", "unexpected EOF", "gzip:", "flate:", "zstd:", "magic number mismatch")
+
+
+async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan) -> None:
+    """Unpack; the layers are the archive's, so one that cannot be applied is bad input, not our fault."""
+    current = -1
+
+    def on_event(i: int, event: str, _elapsed: float) -> None:
+        nonlocal current
+        if event == "extracting":
+            current = i
+
+    try:
+        await unpacker.unpack(u.config_digest, u.layers, u.diff_ids, on_event=on_event)
+    except (DataLoss, InvalidArgument) as e:  # a layer that does not unpack to its diff_id, ...
+        raise InvalidArgument(f"{what}: {e.message}") from None
+    except Internal as e:
+        if current < 0 or not any(fault in e.message for fault in _LAYER_FAULTS):
+            raise
+        layer = u.layers[current]
+        raise InvalidArgument(
+            f"{what}: layer {current} ({layer.digest}) cannot be unpacked: {e.message}"
+        ) from None
 
 
 async def import_archive(
@@ -98,11 +124,7 @@ async def import_archive(
             u = image.unpack
             if u is None or u.config_digest in unpacked:
                 continue
-            try:
-                await unpacker.unpack(u.config_digest, u.layers, u.diff_ids)
-            except (DataLoss, InvalidArgument) as e:
-                # The layers are the archive's: a layer that does not unpack to its diff_id is bad input.
-                raise InvalidArgument(f"{image.what}: {e.message}") from None
+            await _unpack(unpacker, image.what, u)
             unpacked.add(u.config_digest)
 
         for image in plan.images:
