@@ -322,3 +322,19 @@ async def test_only_referenced_content_is_kept(importer: Importer) -> None:
     target = (await importer.records(namespace))[name]
     stored = set(importer.containerd.ctr("content", "ls", "-q", namespace=namespace).stdout.split())
     assert stored == {target, img.config_digest, *(la.diff_id for la in img.layers)}
+
+
+async def test_concurrent_imports_of_one_archive(
+    importer: Importer, skopeo_archives: dict[str, bytes]
+) -> None:
+    """Two clients importing the same archive at once: both succeed, sharing the blobs."""
+    namespace = "arx-concurrent"
+    for n in range(3):
+        results = await asyncio.gather(
+            importer.run(f"{namespace}-{n}", skopeo_archives["docker"], chunk=32 * 1024),
+            importer.run(f"{namespace}-{n}", skopeo_archives["docker"], chunk=48 * 1024),
+            return_exceptions=True,
+        )
+        assert results == [[SKOPEO_NAME["docker"]]] * 2, results
+        assert await importer.leftovers(f"{namespace}-{n}") == ([], [])
+    assert importer.run_container(f"{namespace}-2", SKOPEO_NAME["docker"]) == "hello\n"

@@ -22,7 +22,7 @@ from imaged.archive.stream import ByteReader, decompressed
 from imaged.containerd.client import Namespaced
 from imaged.containerd.leases import lease
 from imaged.containerd.unpack import Unpacker
-from imaged.errors import DataLoss, Internal, InvalidArgument
+from imaged.errors import AlreadyExists, DataLoss, Internal, InvalidArgument
 from imaged.images.records import Target, create_records
 from imaged.oci.manifest import Platform
 from imaged.oci.platform import host_platform
@@ -54,6 +54,7 @@ def _names(plan: Plan) -> list[str]:
 
 
 # How containerd (Diff.Apply, reported as UNKNOWN) describes a layer whose bytes are no (compressed) tar.
+_UNPACK_ATTEMPTS = 4
 _LAYER_FAULTS = ("archive/tar:", "unexpected EOF", "gzip:", "flate:", "zstd:", "magic number mismatch")
 
 
@@ -67,7 +68,15 @@ async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan) -> None:
             current = i
 
     try:
-        await unpacker.unpack(u.config_digest, u.layers, u.diff_ids, on_event=on_event)
+        for attempt in range(_UNPACK_ATTEMPTS):
+            try:
+                await unpacker.unpack(u.config_digest, u.layers, u.diff_ids, on_event=on_event)
+                break
+            except AlreadyExists:
+                # Another client committed the same snapshot between our Stat and Prepare (containerd
+                # answers "target snapshot ... already exists"); again, the layer is found and skipped.
+                if attempt == _UNPACK_ATTEMPTS - 1:
+                    raise
     except (DataLoss, InvalidArgument) as e:  # a layer that does not unpack to its diff_id, ...
         raise InvalidArgument(f"{what}: {e.message}") from None
     except Internal as e:

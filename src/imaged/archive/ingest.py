@@ -21,7 +21,7 @@ from imaged.archive.limits import ImportLimits
 from imaged.archive.stream import ByteReader
 from imaged.archive.tar import BLOCK, Kind, Member, TarReader, checksum_ok
 from imaged.containerd.client import Namespaced
-from imaged.containerd.content import ContentStore
+from imaged.containerd.content import ContentStore, Writer
 from imaged.containerd.leases import finish
 from imaged.errors import InvalidArgument
 from imaged.pb.containerd.services.leases.v1 import leases_pb2
@@ -184,9 +184,8 @@ class Ingest:
             digest = f"{algorithm}:{h.hexdigest()}"
             self._check(path, expected, digest)
             return Blob(path, digest, member.size, sniff(data[:BLOCK]), data)
-        self._seq += 1
-        ref = f"imaged-import-{self.op}-{self._seq}"
-        writer = await self.store.open_writer(ref, total=member.size, expected=expected or "")
+        ref = self._ref()
+        writer = await self._open(ref, member.size, expected or "")
         head = b""
         # The blob is in another namespace: containerd has its bytes and only wants the commit.
         send = writer is not None and not (expected and writer.offset == member.size)
@@ -251,11 +250,23 @@ class Ingest:
             ),
         )
 
-    async def write_blob(self, data: bytes, digest: str, labels: dict[str, str]) -> None:
-        """Store a blob we made (a synthesized manifest), with its labels."""
+    def _ref(self) -> str:
+        """A fresh ingest ref: ours alone, so an abort never touches another client's ingest."""
         self._seq += 1
-        ref = f"imaged-import-{self.op}-{self._seq}"
-        writer = await self.store.open_writer(ref, total=len(data), expected=digest)
+        return f"imaged-import-{self.op}-{self._seq}"
+
+    async def _open(self, ref: str, total: int, expected: str) -> Writer | None:
+        try:
+            return await self.store.open_writer(ref, total=total, expected=expected)
+        except BaseException:
+            # Cancelled or failed after containerd may have created the ingest.
+            await finish(self._abort(ref))
+            raise
+
+    async def write_blob(self, data: bytes, digest: str, labels: dict[str, str]) -> None:
+        """Store a blob held in memory (a small member, a synthesized manifest) with its labels."""
+        ref = self._ref()
+        writer = await self._open(ref, len(data), digest)
         if writer is None:
             await self.store.update_labels(digest, labels)
             return
