@@ -335,6 +335,6 @@ async def test_concurrent_imports_of_one_archive(
             importer.run(f"{namespace}-{n}", skopeo_archives["docker"], chunk=48 * 1024),
             return_exceptions=True,
         )
-        assert results == [[SKOPEO_NAME["docker"]]] * 2, results
+        assert list(results) == [[SKOPEO_NAME["docker"]]] * 2, results
         assert await importer.leftovers(f"{namespace}-{n}") == ([], [])
     assert importer.run_container(f"{namespace}-2", SKOPEO_NAME["docker"]) == "hello\n"
