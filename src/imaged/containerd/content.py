@@ -205,6 +205,11 @@ class Writer:
         try:
             resp = await self._recv()
         except errors.AlreadyExists:
+            if not self.expected:
+                # containerd does not say which digest exists; callers that hash the bytes set it.
+                raise errors.AlreadyExists(
+                    f"content written as {self.ref} already exists; its digest was not given to the writer"
+                ) from None
             return self.expected
         except errors.FailedPrecondition as e:
             await self.close()

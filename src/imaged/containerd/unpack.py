@@ -76,12 +76,20 @@ class Unpacker:
             await self._hold(chain_id)
             return False
         key = f"extract-{uuid.uuid4().hex[:12]} {chain_id}"
-        resp = await self.ns.call(
-            self.ns.snapshots.Prepare,
-            snapshots_pb2.PrepareSnapshotRequest(
-                snapshotter=self.snapshotter, key=key, parent=parent, labels={L.SNAPSHOT_REF: chain_id}
-            ),
-        )
+        try:
+            resp = await self.ns.call(
+                self.ns.snapshots.Prepare,
+                snapshots_pb2.PrepareSnapshotRequest(
+                    snapshotter=self.snapshotter, key=key, parent=parent, labels={L.SNAPSHOT_REF: chain_id}
+                ),
+            )
+        except errors.AlreadyExists:
+            # Another unpack committed this chain between our Stat and Prepare (the snapshot.ref
+            # label names the target): the layer is done, as containerd's own unpacker treats it.
+            if not await self.exists(chain_id):
+                raise
+            await self._hold(chain_id)
+            return False
         committed = False
         try:
             applied = await self.ns.call(
