@@ -1,0 +1,134 @@
+"""Crash loops shared by the fast suite (3 rounds) and the soak (10): kill -9 the daemon at a random
+moment of a Pull or an Import, restart it, repeat the operation, and check containerd is left clean.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from imaged.pb.common import common_pb2
+from imaged.pb.machine import image_pb2, image_pb2_grpc
+from tests.reliability.hygiene import Report, ctr_remove_all, wait_clean
+from tests.support.containerd import PrivateContainerd
+from tests.support.daemon import SYSTEM, DaemonProcess
+
+Status = image_pb2.ImageServicePullLayerProgress.Status
+PHASES = ("start", "download", "unpack")
+
+
+def channel(d: DaemonProcess) -> grpc.Channel:
+    """A channel of our own: DaemonProcess.kill() closes its shared one before the signal."""
+    return grpc.insecure_channel(f"unix:{d.socket}", options=[("grpc.max_receive_message_length", 64 << 20)])
+
+
+@dataclass
+class PullRun:
+    """A Pull running in a thread; the test watches its progress and decides when to strike."""
+
+    d: DaemonProcess
+    ref: str
+    inst: common_pb2.ContainerdInstance = field(default_factory=lambda: SYSTEM)
+    messages: list[image_pb2.ImageServicePullResponse] = field(default_factory=list)
+    name: str | None = None
+    error: grpc.RpcError | None = None
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._ch = channel(self.d)
+        self.call = image_pb2_grpc.ImageServiceStub(self._ch).Pull(
+            image_pb2.ImageServicePullRequest(containerd=self.inst, image_ref=self.ref), timeout=180
+        )
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for msg in self.call:
+                if msg.WhichOneof("response") == "name":
+                    self.name = msg.name
+                else:
+                    self.messages.append(msg)
+        except grpc.RpcError as e:
+            self.error = e
+
+    @property
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def seen(self, status: int, min_offset: int = 0) -> bool:
+        return any(
+            m.pull_progress.progress.status == status and m.pull_progress.progress.offset >= min_offset
+            for m in list(self.messages)
+        )
+
+    def wait(self, cond: Callable[[], bool], timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.done or time.monotonic() > deadline:
+                return cond()
+            time.sleep(0.005)
+        return True
+
+    def join(self, timeout: float = 120) -> None:
+        self.thread.join(timeout)
+        self._ch.close()
+
+
+def strike(run: PullRun, phase: str, rng: random.Random) -> str:
+    """Wait for `phase` of the pull, then a random extra delay; return what was reached."""
+    if phase == "start":
+        time.sleep(rng.uniform(0, 0.15))
+    elif phase == "download":
+        run.wait(lambda: run.seen(Status.DOWNLOADING, 1))
+        time.sleep(rng.uniform(0, 0.5))
+    else:
+        run.wait(lambda: run.seen(Status.EXTRACTING))
+        time.sleep(rng.uniform(0, 0.15))
+    reached = [Status.Name(m.pull_progress.progress.status) for m in run.messages[-1:]]
+    return f"{phase}{' (pull had already finished)' if run.done else ''} last={reached}"
+
+
+@dataclass
+class RoundResult:
+    phase: str
+    moment: str
+    report: Report
+
+
+def kill_during_pulls(
+    cd: PrivateContainerd,
+    d: DaemonProcess,
+    ref: str,
+    digest: str,
+    *,
+    rounds: int,
+    rng: random.Random,
+    before_each: Callable[[], None] | None = None,
+) -> Iterator[RoundResult]:
+    """`rounds` times: pull `ref`, kill -9 at a random moment, restart, pull again, check, clean up."""
+    ns = "system"
+    for i in range(rounds):
+        phase = PHASES[i % len(PHASES)]
+        if before_each is not None:
+            before_each()
+        run = PullRun(d, ref)
+        moment = strike(run, phase, rng)
+        d.kill()
+        run.join(30)
+        d.start()
+        again = PullRun(d, ref)
+        again.join(180)
+        if again.error is not None:
+            raise AssertionError(f"round {i} ({moment}): the repeated pull failed: {again.error}")
+        assert again.name == f"{ref.rsplit(':', 1)[0]}@{digest}", again.name
+        rep = wait_clean(cd.socket, ns)
+        yield RoundResult(phase, moment, rep)
+        ctr_remove_all(cd.socket, ns)
+        wait_clean(cd.socket, ns)
