@@ -106,8 +106,7 @@ def run_scenario(
     if name == "pull":
         from bench import pull
 
-        cases, _ = pull.run(bench, [sizes.big, sizes.small], runs, out, profile)
-        return cases
+        return pull.run(bench, [sizes.big, sizes.small], runs, out, profile)
     if name == "import":
         from bench import imports
 

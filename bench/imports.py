@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -29,12 +29,12 @@ from bench.measure import (
     CpuMeter,
     Series,
     fmt_bytes,
-    mean_cpu,
     proc_status,
     reset_peak_rss,
     timed_tool,
 )
 from bench.profiling import profile_once
+from bench.runner import NotAvailable, Sample, Tool, compare_cold, floor_tool
 from imaged.pb.common import common_pb2
 from imaged.pb.machine import image_pb2
 from tests.support.archives import Image
@@ -42,10 +42,6 @@ from tests.support.daemon import SYSTEM
 
 TARGET = 0.9
 FORMATS = ("docker-archive", "oci-archive")
-
-
-class Unimplemented(Exception):
-    pass
 
 
 def _requests(path: pathlib.Path, chunk: int) -> Iterator[image_pb2.ImageServiceImportRequest]:
@@ -61,7 +57,7 @@ def imaged_import(bench: Bench, path: pathlib.Path, chunk: int) -> float:
         resp = bench.daemon.images.Import(_requests(path, chunk), timeout=900)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            raise Unimplemented(e.details()) from None
+            raise NotAvailable(f"Import returned UNIMPLEMENTED ({e.details()})") from None
         raise RuntimeError(f"imaged Import of {path.name}: {e.code().name}: {e.details()}") from None
     wall = time.perf_counter() - t0
     if not resp.name:
@@ -105,44 +101,19 @@ def _spec_cases(
         blobs = {stored.config_digest, *(la.digest for la in stored.layers)}
         path = paths[fmt]
         case = Case("import", f"{fmt}, {spec.label} ({fmt_bytes(path.stat().st_size)})", target=TARGET)
-        tools: dict[str, Callable[[], tuple[float, float]]] = {
-            "imaged": lambda path=path: (imaged_import(bench, path, sizes.import_chunk), 0.0),
-            "ctr": lambda path=path: ctr_import(bench, path),
-            "floor": lambda stored=stored: (floor.run(SYSTEM_NS, stored), 0.0),
+        tools: dict[str, Tool] = {
+            "imaged": lambda path=path: Sample(imaged_import(bench, path, sizes.import_chunk)),
+            "ctr": lambda path=path: Sample(*ctr_import(bench, path)),
+            "floor": floor_tool(floor, SYSTEM_NS, stored),
         }
-        series = {name: case.add(Series(name)) for name in tools}
-        cpus: dict[str, list[dict[str, float]]] = {name: [] for name in tools}
-        order = list(tools)
-        for r in range(runs):
-            for name in order[r % len(order) :] + order[: r % len(order)]:
-                if not series[name].available:
-                    continue
-                bench.make_cold(SYSTEM_NS, blobs)
-                meter = CpuMeter(bench.pids())
-                meter.start()
-                try:
-                    wall, child_cpu = tools[name]()
-                except Unimplemented as e:
-                    series[name].available = False
-                    series[name].note = f"Import returned UNIMPLEMENTED ({e})"
-                    log(f"import: imaged Import not available: {e}")
-                    continue
-                used = meter.stop()
-                if name == "ctr":
-                    used["ctr"] = child_cpu
-                series[name].samples.append(wall)
-                cpus[name].append(used)
-                log(f"import {fmt} {spec.key} run {r + 1}/{runs} {name}: {wall:.3f}s")
-        for name in tools:
-            series[name].cpu = mean_cpu(cpus[name])
-        bench.make_cold(SYSTEM_NS, blobs)
+        compare_cold(bench, case, tools, runs, SYSTEM_NS, blobs, f"import {fmt} {spec.key}")
         case.notes.append(
             f"imaged: Import client stream of {sizes.import_chunk >> 10} KiB chunks read from the file "
             "(imagectl uses 32 KiB); ctr reads the same file itself"
         )
         case.notes.append(
             "floor = the blobs containerd ends up holding (for docker-save: the uncompressed layer tars), "
-            "written from memory plus Diff.Apply of each layer"
+            "written from memory, then Diff.Apply of each layer"
         )
         if profile and case.met() is False:
             log(f"import {fmt} {spec.key}: target missed, profiling one more imaged run")
@@ -215,9 +186,9 @@ def rss_cases(bench: Bench, sizes: Sizes, work: pathlib.Path) -> list[Case]:
                 imaged_s.samples.append(imaged_import(bench, big.path, sizes.import_chunk))
                 imaged_s.cpu = meter.stop()
             hwm = proc_status(pid, "VmHWM")
-        except Unimplemented as e:
+        except NotAvailable as e:
             imaged_s.available = False
-            imaged_s.note = f"Import returned UNIMPLEMENTED ({e})"
+            imaged_s.note = str(e)
             hwm = base
         log(f"import rss {fmt}: imaged {imaged_s.samples}, RSS {fmt_bytes(base)} -> peak {fmt_bytes(hwm)}")
         bench.make_cold(SYSTEM_NS, big.blobs)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from bench.env import log
 
+RATE = 200
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -32,14 +33,23 @@ class Profile:
     self_time: list[tuple[str, float]] = field(default_factory=list)
     by_file: list[tuple[str, float]] = field(default_factory=list)
     error: str = ""
+    idle: int = 0
+    other: int = 0
+    other_top: list[tuple[str, int]] = field(default_factory=list)
+    expected: int = 0
 
     def lines(self, top: int = 12) -> list[str]:
         if self.error:
             return [f"profile of {self.label}: {self.error}"]
+        share = f", busy {100 * self.samples / self.expected:.0f}% of the run" if self.expected else ""
         out = [
-            f"py-spy, {self.samples} CPU samples of the daemon over {self.wall:.1f} s ({self.raw_path.name})"
+            f"py-spy over {self.wall:.1f} s (`profiles/{self.raw_path.name}`): {self.samples} samples of the "
+            f"event loop at work{share}; {self.idle} idle samples (waiting); {self.other} in other threads"
+            + (" (" + ", ".join(f"`{k}` {v}" for k, v in self.other_top) + ")" if self.other_top else "")
+            + ". Percentages are of the event loop's busy samples. `Handle._run` at the top is grpc's "
+            "Cython code run as loop callbacks (py-spy sees no deeper without --native).",
+            "",
         ]
-        out.append("")
         out.append("| on stack (inclusive) | % | | at top (self) | % |")
         out.append("|---|---:|---|---|---:|")
         for i in range(top):
@@ -68,13 +78,34 @@ def _name(frame: str) -> tuple[str, str]:
     return f"{m.group('func')} ({file})", file
 
 
-def summarize(label: str, raw: pathlib.Path, wall: float) -> Profile:
-    """Parse py-spy's raw (collapsed stack) output."""
+# Where a thread waits: the event loop's epoll, the executor's queue, locks, the metrics server.
+_IDLE = {
+    ("select", "selectors.py"),
+    ("_worker", "concurrent/futures/thread.py"),
+    ("wait", "threading.py"),
+    ("get", "queue.py"),
+}
+
+
+def _is_idle(top: str) -> bool:
+    func, _, rest = top.partition(" (")
+    return (func.rsplit(".", 1)[-1], rest.rstrip(")")) in _IDLE
+
+
+def summarize(label: str, raw: pathlib.Path, wall: float, rate: int) -> Profile:
+    """Parse py-spy's raw (collapsed stack) output.
+
+    Stacks of the event loop thread (the one running `imaged.daemon.main`) are what the tables
+    show; a stack whose top is the loop's `select` is the loop waiting (idle), not work. Other
+    threads are the grpc poller (C code under `Thread.run`), the metrics HTTP server and the
+    default executor (used by `asyncio.to_thread`); they are counted apart.
+    """
     prof = Profile(label, raw, wall=wall)
     incl: collections.Counter[str] = collections.Counter()
     selfc: collections.Counter[str] = collections.Counter()
     files: collections.Counter[str] = collections.Counter()
-    total = 0
+    other: collections.Counter[str] = collections.Counter()
+    busy = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
@@ -83,19 +114,26 @@ def summarize(label: str, raw: pathlib.Path, wall: float) -> Profile:
         frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
-        total += n
-        seen = set()
-        for f in frames:
-            name, _file = _name(f)
-            if name not in seen:
-                incl[name] += n
-                seen.add(name)
+        names = [_name(f)[0] for f in frames]
         top_name, top_file = _name(frames[-1])
+        if _is_idle(top_name):
+            idle += n
+            continue
+        if not any("imaged/daemon/main.py" in nm or "run_forever" in nm for nm in names):
+            other[top_name] += n
+            continue
+        busy += n
+        for name in set(names):
+            incl[name] += n
         selfc[top_name] += n
         files[top_file or top_name] += n
-    prof.samples = total
-    if total == 0:
-        prof.error = "no samples (the daemon was idle or py-spy could not attach)"
+    prof.samples = busy
+    prof.idle = idle
+    prof.other = sum(other.values())
+    prof.other_top = [(k, v) for k, v in other.most_common(4)]
+    prof.expected = int(wall * rate)
+    if busy == 0:
+        prof.error = "no busy samples of the event loop (the daemon was idle or py-spy could not attach)"
         return prof
     skip = (
         "_run (asyncio/events.py)",
@@ -107,20 +145,21 @@ def summarize(label: str, raw: pathlib.Path, wall: float) -> Profile:
         "run_until_complete",
         "_run_module_as_main",
         "_run_code",
+        "Runner.run",
     )
-    prof.inclusive = [(k, 100 * v / total) for k, v in incl.most_common(60) if not any(s in k for s in skip)][
+    prof.inclusive = [(k, 100 * v / busy) for k, v in incl.most_common(60) if not any(x in k for x in skip)][
         :20
     ]
-    prof.self_time = [(k, 100 * v / total) for k, v in selfc.most_common(20)]
-    prof.by_file = [(k, 100 * v / total) for k, v in files.most_common(15)]
+    prof.self_time = [(k, 100 * v / busy) for k, v in selfc.most_common(20)]
+    prof.by_file = [(k, 100 * v / busy) for k, v in files.most_common(15)]
     return prof
 
 
 @contextmanager
-def pyspy(pid: int, out: pathlib.Path, *, rate: int = 200, idle: bool = False) -> Iterator[None]:
+def pyspy(pid: int, out: pathlib.Path, *, rate: int = 0, idle: bool = True) -> Iterator[None]:
     """Record `pid` while the body runs (stopped with SIGINT, which makes py-spy write its file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["py-spy", "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "-o", str(out)]
+    argv = ["py-spy", "record", "-p", str(pid), "-r", str(rate or RATE), "-f", "raw", "-o", str(out)]
     if idle:
         argv.append("--idle")
     import shutil
@@ -155,4 +194,4 @@ def profile_once(label: str, pid: int, out_dir: pathlib.Path, body: Callable[[],
         return Profile(label, raw, error=f"run under py-spy failed: {e}")
     if not raw.exists():
         return Profile(label, raw, error="py-spy wrote no output")
-    return summarize(label, raw, wall)
+    return summarize(label, raw, wall, RATE)

@@ -1,0 +1,88 @@
+"""The measuring loop shared by pull and import: tools in rotating order, every run cold."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.env import Bench, log
+from bench.floor import Floor
+from bench.measure import Case, CpuMeter, Series, fmt_seconds, mean_cpu
+from tests.support.archives import Image
+
+
+class NotAvailable(Exception):
+    """The tool cannot run here (e.g. the RPC answers UNIMPLEMENTED); reported, not fatal."""
+
+
+@dataclass
+class Sample:
+    wall: float
+    child_cpu: float = 0.0  # CPU of a child process (ctr), measured around it
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+Tool = Callable[[], Sample]
+
+
+def floor_tool(floor: Floor, namespace: str, image: Image) -> Tool:
+    def run() -> Sample:
+        write, apply = floor.run(namespace, image)
+        return Sample(write + apply, parts={"write": write, "apply": apply})
+
+    return run
+
+
+def compare_cold(
+    bench: Bench, case: Case, tools: dict[str, Tool], runs: int, namespace: str, blobs: set[str], label: str
+) -> None:
+    """Run each tool `runs` times, cold each time; fill `case` with the samples and CPU use."""
+    series = {name: case.add(Series(name)) for name in tools}
+    cpus: dict[str, list[dict[str, float]]] = {name: [] for name in tools}
+    parts: dict[str, dict[str, list[float]]] = {name: {} for name in tools}
+    order = list(tools)
+    for r in range(runs):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            if not series[name].available:
+                continue
+            bench.make_cold(namespace, blobs)
+            meter = CpuMeter(bench.pids())
+            meter.start()
+            try:
+                sample = tools[name]()
+            except NotAvailable as e:
+                series[name].available = False
+                series[name].note = str(e)
+                log(f"{label}: {name} not available: {e}")
+                continue
+            used = meter.stop()
+            if sample.child_cpu:
+                used["ctr"] = sample.child_cpu
+            series[name].samples.append(sample.wall)
+            cpus[name].append(used)
+            for k, v in sample.parts.items():
+                parts[name].setdefault(k, []).append(v)
+            log(f"{label} run {r + 1}/{runs} {name}: {sample.wall:.3f}s")
+    for name in tools:
+        series[name].cpu = mean_cpu(cpus[name])
+    bench.make_cold(namespace, blobs)
+    fp = parts.get("floor", {})
+    if fp.get("write") and fp.get("apply"):
+        bound = [max(w, a) for w, a in zip(fp["write"], fp["apply"], strict=True)]
+        write, apply = (
+            fmt_seconds(statistics.median(fp["write"])),
+            fmt_seconds(statistics.median(fp["apply"])),
+        )
+        case.extra += [
+            (
+                "floor: write blobs / apply layers (medians)",
+                f"{write} / {apply}",
+            ),
+            ("pipelined bound max(write, apply) (median)", fmt_seconds(statistics.median(bound))),
+        ]
+        imaged = series.get("imaged")
+        if imaged is not None and imaged.samples:
+            case.extra.append(
+                ("imaged / pipelined bound", f"{imaged.median / statistics.median(bound):.2f}x")
+            )
