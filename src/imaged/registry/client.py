@@ -71,7 +71,7 @@ REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 ENDPOINT_CACHE_SECONDS = 5.0
 # Whether the endpoint being tried has others after it (set by _on_endpoints, per task).
 _FALLBACK_LEFT: contextvars.ContextVar[bool] = contextvars.ContextVar("fallback_left", default=False)
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
 class _Transient(Exception):
@@ -645,7 +645,7 @@ class RegistryClient:
         cap = max_size if max_size is not None else self.config.max_manifest_size
         what = f"fetching manifest {obj} of {ref.repository}"
         is_digest = _is_digest(obj)
-        if not is_digest and not re.fullmatch(r"[\w][\w.-]{0,127}", obj):
+        if not is_digest and not re.fullmatch(r"[\w][\w.-]{0,127}", obj, re.ASCII):
             raise InvalidArgument(f"{what}: {obj!r} is neither a digest nor a tag")
         capability = "pull" if is_digest else "resolve"
         try:
@@ -773,7 +773,7 @@ class RegistryClient:
                     raise self._status_error(r, e, ref, what, f"blob {desc.digest} of {ref.repository}")
                 skip = 0
                 if status == 206:
-                    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
                     if m is None:
                         raise DataLoss(
                             f"{what}: {e.host} sent a partial answer without a valid Content-Range"

@@ -168,7 +168,7 @@ class HostConfig(Section):
             url = m if "://" in m else f"https://{m}"
             scheme, _, rest = url.partition("://")
             host = rest.split("/", 1)[0]
-            if scheme not in ("http", "https") or not host or not _HOST_RE.match(host):
+            if scheme not in ("http", "https") or not host or not _HOST_RE.fullmatch(host):
                 raise ValueError(f"mirror {m!r} is not an http(s) URL with a host")
             out.append(url.rstrip("/"))
         return out
@@ -237,7 +237,7 @@ class RegistriesConfig(Section):
     def _hosts(cls, v: dict[str, HostConfig]) -> dict[str, HostConfig]:
         out: dict[str, HostConfig] = {}
         for key, cfg in v.items():
-            if "://" in key or "/" in key or not _HOST_RE.match(key):
+            if "://" in key or "/" in key or not _HOST_RE.fullmatch(key):
                 raise ValueError(
                     f"hosts key {key!r} must be a registry host like 'docker.io' or '127.0.0.1:5000'"
                 )

@@ -20,7 +20,7 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_RE = re.compile(rf"^(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)  # \w as in Go: [A-Za-z0-9_]
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _SHA256_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 _SHA512_RE = re.compile(r"^sha512:[a-f0-9]{128}$")
@@ -28,10 +28,10 @@ _SHA512_RE = re.compile(r"^sha512:[a-f0-9]{128}$")
 
 def validate_digest(digest: str) -> str:
     """Return `digest` if it is a well-formed sha256/sha512 digest, else raise InvalidArgument."""
-    if _SHA256_RE.match(digest) or _SHA512_RE.match(digest):
+    if _SHA256_RE.fullmatch(digest) or _SHA512_RE.fullmatch(digest):
         return digest
     algorithm = digest.partition(":")[0]
-    if algorithm == "sha256" or not _DIGEST_RE.match(digest):
+    if algorithm == "sha256" or not _DIGEST_RE.fullmatch(digest):
         raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex characters>")
     if algorithm == "sha512":
         raise InvalidArgument(f"invalid digest {digest!r}: expected sha512:<128 lowercase hex characters>")
@@ -112,7 +112,7 @@ def parse(ref: str, *, default_tag: bool = True) -> Reference:
         raise InvalidArgument(f"invalid image reference {ref!r}: contains white space")
     if len(ref) > 4096:
         raise InvalidArgument("invalid image reference: longer than 4096 characters")
-    if _SHA256_RE.match(ref) or re.fullmatch(r"[a-f0-9]{64}", ref):
+    if _SHA256_RE.fullmatch(ref) or re.fullmatch(r"[a-f0-9]{64}", ref):
         raise InvalidArgument(f"invalid image reference {ref!r}: an image id is not a repository name")
     remainder, _, digest = ref.partition("@")
     digest_value: str | None = None
@@ -127,16 +127,16 @@ def parse(ref: str, *, default_tag: bool = True) -> Reference:
     colon = remainder.rfind(":")
     if colon > remainder.rfind("/"):
         name, tag = remainder[:colon], remainder[colon + 1 :]
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise InvalidArgument(f"invalid image reference {ref!r}: bad tag {tag!r}")
     if not name:
         raise InvalidArgument(f"invalid image reference {ref!r}: no repository name")
     if name.startswith("sha256:") or re.fullmatch(r"[a-f0-9]{64}", name):
         raise InvalidArgument(f"invalid image reference {ref!r}: an image id is not a repository name")
     domain, path = _split_domain(name)
-    if not _DOMAIN_RE.match(domain):
+    if not _DOMAIN_RE.fullmatch(domain):
         raise InvalidArgument(f"invalid image reference {ref!r}: bad registry host {domain!r}")
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         if path.lower() != path:
             raise InvalidArgument(f"invalid image reference {ref!r}: repository name must be lowercase")
         raise InvalidArgument(f"invalid image reference {ref!r}: bad repository path {path!r}")
