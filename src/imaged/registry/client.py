@@ -71,6 +71,10 @@ REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 ENDPOINT_CACHE_SECONDS = 5.0
 # Whether the endpoint being tried has others after it (set by _on_endpoints, per task).
 _FALLBACK_LEFT: contextvars.ContextVar[bool] = contextvars.ContextVar("fallback_left", default=False)
+# The total-time limit of the small request running in this task (see _whole_request), if any.
+_REQUEST_LIMIT: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+    "request_limit", default=None
+)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
@@ -481,7 +485,12 @@ class RegistryClient:
                 if basic:
                     h["Authorization"] = basic
                 req = session.get(url, headers=h, allow_redirects=False)
-            async with req as resp:
+            # The token fetch has its own limit; the request waiting for it gets as much more time.
+            limit = self.config.timeouts.request
+            outer = _REQUEST_LIMIT.get()
+            if outer is not None and (when := outer.when()) is not None:
+                outer.reschedule(when + limit)
+            async with asyncio.timeout(limit), req as resp:
                 status = resp.status
                 if status in (401, 403):
                     who = f"user {creds.username!r}" if creds.username else "anonymous access"
@@ -529,7 +538,7 @@ class RegistryClient:
         failures = 0
         while True:
             try:
-                async with self._shared.semaphore(e):
+                async with self._shared.semaphore(e), self._whole_request(e):
                     resp = await self._send(e, method, url, {"Accept": accept}, ref=ref, what=what)
                     try:
                         if resp.status in RETRYABLE_STATUS:
@@ -561,6 +570,23 @@ class RegistryClient:
                 delay = self._backoff(failures, err.retry_after)
                 log.info("%s: %s; retrying in %.1fs", what, err.message, delay)
                 await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def _whole_request(self, e: Endpoint) -> AsyncIterator[None]:
+        """Bound one small request in total (`timeouts.request`), headers and body: the idle
+        timeout alone lets a server that sends a byte now and then hold a call forever."""
+        limit = self.config.timeouts.request
+        try:
+            async with asyncio.timeout(limit) as t:
+                token = _REQUEST_LIMIT.set(t)
+                try:
+                    yield
+                finally:
+                    _REQUEST_LIMIT.reset(token)
+        except TimeoutError:
+            raise _Transient(
+                f"{e.host} timed out: no complete answer within {limit:g}s (registries.timeouts.request)"
+            ) from None
 
     def _status_error(
         self, r: _Response | int, e: Endpoint, ref: Reference, what: str, missing: str
@@ -753,7 +779,8 @@ class RegistryClient:
             headers["Range"] = f"bytes={pos}-"
         want = desc.size - pos
         async with self._shared.semaphore(e):
-            resp = await self._send(e, "GET", url, headers, ref=ref, what=what)
+            async with self._whole_request(e):  # until the headers: the body is bounded by `read`
+                resp = await self._send(e, "GET", url, headers, ref=ref, what=what)
             try:
                 status = resp.status
                 if status in RETRYABLE_STATUS:
@@ -766,7 +793,8 @@ class RegistryClient:
                 if status not in (200, 206):
                     body = b""
                     try:
-                        body = await _read_capped(resp, MAX_ERROR_BODY)
+                        async with asyncio.timeout(self.config.timeouts.request):
+                            body = await _read_capped(resp, MAX_ERROR_BODY)
                     except (_TooLarge, aiohttp.ClientError, TimeoutError):
                         pass
                     r = _Response(status, resp.headers, body, str(resp.url))

@@ -190,11 +190,20 @@ class RetryConfig(Section):
 
 
 class TimeoutConfig(Section):
-    """Network timeouts, seconds. There is no total timeout: a large blob may take long."""
+    """Network timeouts, seconds. Blob downloads have no total timeout (a large blob may take long):
+    they are bounded by `read`. Everything else (manifests, tokens, signatures, tag lists) is also
+    bounded in total by `request`, so that a server trickling bytes cannot hold a call forever."""
 
     connect: float = Field(default=15.0, gt=0, le=600, description="TCP connect plus TLS handshake.")
     read: float = Field(
         default=60.0, gt=0, le=3600, description="Longest wait for more bytes from a response (idle time)."
+    )
+    request: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Longest one manifest, token, signature or tag-list request may take in total "
+        "(each retry gets its own), and the longest wait for a blob download's headers.",
     )
 
 
