@@ -309,7 +309,7 @@ def test_signature_tag_with_thousands_of_layers(bounded: Bounded) -> None:
         return web.Response(status=404)  # no referrers API, no signature blob: each noted and skipped
 
     with HostileRegistry(handler) as reg:
-        code, details, elapsed, grown = bounded.verify(f"{reg.host}/sig/app:v1")
+        code, details, elapsed, _ = bounded.verify(f"{reg.host}/sig/app:v1")
     assert code == grpc.StatusCode.PERMISSION_DENIED, details
     assert reg.host.split(":")[0] in details
     fetched = reg.count("/blobs/") + reg.count("/manifests/sha256:")

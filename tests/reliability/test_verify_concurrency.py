@@ -150,7 +150,10 @@ def storm(d: DaemonProcess, cases: list[Case], n: int, rng: random.Random) -> li
             if case.verified:
                 return f"{case.ref}: expected verified, got {e.code().name}: {e.details()}"
             if e.code() != grpc.StatusCode.PERMISSION_DENIED or case.digest not in e.details():
-                return f"{case.ref}: expected PERMISSION_DENIED about {case.digest}, got {e.code().name}: {e.details()}"
+                return (
+                    f"{case.ref}: expected PERMISSION_DENIED about {case.digest}, got {e.code().name}: "
+                    + str(e.details())
+                )
             return None
         if not case.verified:
             return f"{case.ref}: NEGATIVE CASE ANSWERED verified={resp.verified} ({resp.message})"
