@@ -84,7 +84,7 @@ def versions() -> Versions:
     if rev.returncode == 0:
         imaged_v += f" (git {rev.stdout.strip()})"
     return Versions(
-        containerd=" ".join(cd.split()[1:]) or "unknown",
+        containerd=" ".join(cd.split()[2:3]) or "unknown",
         imaged=imaged_v,
         python=platform.python_version(),
         cores=os.cpu_count() or 0,

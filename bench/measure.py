@@ -168,11 +168,19 @@ def timed_tool(
     argv: list[str], *, timeout: float = 600, env: dict[str, str] | None = None
 ) -> tuple[float, float]:
     """Run a command to the end; return (wall seconds, its CPU seconds). Fails loudly on error."""
+    wall, cpu, _ = timed_tool_output(argv, timeout=timeout, env=env)
+    return wall, cpu
+
+
+def timed_tool_output(
+    argv: list[str], *, timeout: float = 600, env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, standard output) of one command run to completion."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        _out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
@@ -184,7 +192,7 @@ def timed_tool(
             f"{' '.join(argv)} exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
         )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    return wall, cpu, out.decode(errors="replace")
 
 
 def mean_cpu(runs: list[dict[str, float]]) -> dict[str, float]:

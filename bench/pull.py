@@ -10,12 +10,13 @@ each layer as soon as it and its parents are in.
 from __future__ import annotations
 
 import pathlib
+import re
 import time
 
 from bench.data import Spec, make_image
 from bench.env import SYSTEM_NS, Bench, log
 from bench.floor import Floor
-from bench.measure import Case
+from bench.measure import Case, timed_tool_output
 from bench.profiling import profile_once
 from bench.runner import Sample, Tool, compare_cold, floor_tool
 from imaged.pb.machine import image_pb2
@@ -25,17 +26,51 @@ from tests.support.daemon import SYSTEM
 TARGET = 0.8
 
 
-def imaged_pull(bench: Bench, ref: str) -> float:
+DOWNLOAD_COMPLETE = image_pb2.ImageServicePullLayerProgress.DOWNLOAD_COMPLETE
+EXTRACT_COMPLETE = image_pb2.ImageServicePullLayerProgress.EXTRACT_COMPLETE
+
+
+def imaged_pull_timed(bench: Bench, ref: str) -> Sample:
+    """One Pull; parts: when the last layer finished downloading, and unpacking (from the progress)."""
     t0 = time.perf_counter()
     last = None
+    downloaded = unpacked = 0.0
     for resp in bench.daemon.images.Pull(
         image_pb2.ImageServicePullRequest(containerd=SYSTEM, image_ref=ref), timeout=900
     ):
         last = resp
+        if resp.HasField("pull_progress"):
+            status = resp.pull_progress.progress.status
+            if status == DOWNLOAD_COMPLETE:
+                downloaded = time.perf_counter() - t0
+            elif status == EXTRACT_COMPLETE:
+                unpacked = time.perf_counter() - t0
     wall = time.perf_counter() - t0
     if last is None or not last.name:
         raise RuntimeError(f"imaged Pull of {ref} ended without the pinned name")
-    return wall
+    return Sample(wall, parts={"all layers downloaded at": downloaded, "last layer unpacked at": unpacked})
+
+
+def imaged_pull(bench: Bench, ref: str) -> float:
+    return imaged_pull_timed(bench, ref).wall
+
+
+_ELAPSED = re.compile(r"elapsed: ([0-9.]+) ?s")
+_DONE = re.compile(r"done: ([0-9.]+)(ms|s)")
+
+
+def ctr_pull(bench: Bench, ref: str) -> Sample:
+    """`ctr images pull`; parts from its output: the fetch's elapsed time and the unpack's duration."""
+    wall, cpu, out = timed_tool_output(bench.ctr_argv(SYSTEM_NS, "images", "pull", "--plain-http", ref))
+    parts = {}
+    elapsed = _ELAPSED.findall(out)
+    done = _DONE.findall(out)
+    if elapsed:
+        parts["fetch (ctr's elapsed)"] = float(elapsed[-1])
+    if done:
+        value, unit = done[-1]
+        parts["unpack (ctr's done)"] = float(value) / (1000 if unit == "ms" else 1)
+    return Sample(wall, cpu, parts)
 
 
 def run(bench: Bench, specs: list[Spec], runs: int, out_dir: pathlib.Path, profile: bool) -> list[Case]:
@@ -52,8 +87,8 @@ def _case(bench: Bench, floor: Floor, spec: Spec, runs: int, out_dir: pathlib.Pa
     blobs = set(image.blobs())
     case = Case("pull", f"{spec.label} (gzip, {spec.total_label})", target=TARGET)
     tools: dict[str, Tool] = {
-        "imaged": lambda: Sample(imaged_pull(bench, ref)),
-        "ctr": lambda: Sample(*_ctr(bench, ref)),
+        "imaged": lambda: imaged_pull_timed(bench, ref),
+        "ctr": lambda: ctr_pull(bench, ref),
         "floor": floor_tool(floor, SYSTEM_NS, image),
     }
     compare_cold(bench, case, tools, runs, SYSTEM_NS, blobs, f"pull {spec.key}")
@@ -68,9 +103,3 @@ def _case(bench: Bench, floor: Floor, spec: Spec, runs: int, out_dir: pathlib.Pa
         )
         bench.make_cold(SYSTEM_NS, blobs)
     return case
-
-
-def _ctr(bench: Bench, ref: str) -> tuple[float, float]:
-    from bench.measure import timed_tool
-
-    return timed_tool(bench.ctr_argv(SYSTEM_NS, "images", "pull", "--plain-http", ref))

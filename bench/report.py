@@ -170,9 +170,7 @@ def chart(path: pathlib.Path, cases: list[Case], versions: Versions) -> None:
         ax.set_yticklabels(labels, fontsize=8)
         ax.axvline(1.0, color="#666666", linestyle=":", linewidth=1)
         ax.set_xlabel("imaged median / ctr median (lower is better); black tick: target; blue tick: floor")
-    ax.set_title(
-        f"imaged vs ctr, {versions.cores} cores, containerd {versions.containerd.split()[0]}", fontsize=10
-    )
+    ax.set_title(f"imaged vs ctr, {versions.cores} cores, containerd {versions.containerd}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
