@@ -14,7 +14,8 @@ Actions: `status` (answer `status` without asking upstream, with Retry-After if 
 (send `after` body bytes then a TCP RST), `truncate` (send `after` bytes of a body whose full
 Content-Length was announced, then close cleanly), `stall` (send `after` bytes, or nothing at all
 with `after=-1`, then go silent for `seconds`), `corrupt` (flip the body byte at offset `after`:
-same length, wrong bytes). `times` is how many matching requests get the fault (-1: all).
+same length, wrong bytes), `redirect` (307 to `location` + the request's path and query).
+`times` is how many matching requests get the fault (-1: all).
 
 Each answer carries `Connection: close` (one request per connection), which keeps the proxy
 simple and costs nothing that matters on loopback. It runs its own event loop in a thread so
@@ -35,7 +36,7 @@ from typing import Literal
 
 import aiohttp
 
-Action = Literal["status", "reset", "truncate", "stall", "corrupt"]
+Action = Literal["status", "reset", "truncate", "stall", "corrupt", "redirect"]
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
 
 
@@ -54,6 +55,7 @@ class Fault:
     status: int = 500
     retry_after: str | None = None
     seconds: float = 3600.0  # stall duration
+    location: str = ""  # redirect: the base URL the request's path is sent to (307)
     only_from_start: bool = False  # only requests without a Range header (first attempts)
     hits: int = 0
 
@@ -210,6 +212,14 @@ class FaultProxy:
                 f"HTTP/1.1 {fault.status} Injected\r\nContent-Type: application/json\r\n{extra}"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
                 + (payload if method != "HEAD" else b"")
+            )
+            await writer.drain()
+            return
+        if fault is not None and fault.action == "redirect":
+            entry.action, entry.status = f"redirect to {fault.location}", 307
+            writer.write(
+                f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {fault.location}{target}\r\n"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
             )
             await writer.drain()
             return
