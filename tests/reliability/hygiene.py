@@ -121,13 +121,15 @@ def inspect(socket: str, ns: str, *, gc: bool = True) -> Report:
     return rep
 
 
-def wait_clean(socket: str, ns: str, timeout: float = 20.0) -> Report:
-    """The namespace's report once it is clean, or the last one after `timeout` (leases are
-    removed asynchronously: by a cancelled call's cleanup, or a restarted daemon's start-up)."""
+def wait_clean(socket: str, ns: str, timeout: float = 20.0, *, leases_only: bool = False) -> Report:
+    """The namespace's report once it is clean (or, with `leases_only`, once no lease is left),
+    else the last one after `timeout`. Leases go asynchronously: a cancelled call's cleanup, or a
+    restarted daemon's start-up. `leases_only` is for checks where a partial ingest stays on purpose."""
     deadline = time.monotonic() + timeout
     while True:
         rep = inspect(socket, ns)
-        if rep.clean or time.monotonic() > deadline:
+        done = not rep.leases if leases_only else rep.clean
+        if done or time.monotonic() > deadline:
             return rep
         time.sleep(0.3)
 

@@ -161,7 +161,7 @@ def test_containerd_restart_during_pull(proxy, rel_registry) -> None:  # type: i
         again.join(120)
         assert again.error is None, again.error
         assert again.name == f"{proxy.host}/rel/cdrestart@{image.digest}"
-        rep = wait_clean(own.socket, NS)
+        rep = wait_clean(own.socket, NS, timeout=5)
         assert rep.ingests == [] and rep.orphan_content == [], rep
         if rep.leases or rep.orphan_snapshots:
             known_bugs.append(
@@ -207,7 +207,7 @@ def test_client_vanishing_mid_pull_leaves_no_lease(cd, daemon, proxy, rel_regist
     finally:
         client.send_signal(signal.SIGKILL)
         client.wait()
-    rep = wait_clean(cd.socket, NS, timeout=15)
+    rep = wait_clean(cd.socket, NS, timeout=15, leases_only=True)
     assert rep.leases == [], rep
     assert ref not in cd.ctr("images", "ls", "-q", namespace=NS).stdout
     # What had arrived is kept as an ingest and the next pull resumes it.

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from imaged.pb.common import common_pb2
@@ -91,6 +91,9 @@ def test_random_references_never_internal(daemon: DaemonProcess, auth_registry: 
 
     @PROFILE
     @given(st.one_of(any_refs, refs_with_hosts(hosts)), instances)
+    @example("deny.example/a:b", SYSTEM)
+    @example(f"{closed}/a/b:c", SYSTEM)
+    @example("skip.example/a@sha256:" + "0" * 64, SYSTEM)
     def check(ref: str, inst: common_pb2.ContainerdInstance) -> None:
         images = daemon.images
         seen["Pull"].add(

@@ -31,7 +31,7 @@ from tests.support.daemon import SYSTEM, DaemonProcess
 from tests.support.sigstore import StaticKey
 
 MEMORY_BUDGET_KIB = 96 * 1024  # growth of the daemon's peak RSS allowed per hostile case
-TIMEOUTS = {"connect": 2, "read": 2, "request": 6}
+TIMEOUTS = {"connect": 2, "read": 2, "request": 3}
 
 
 @pytest.fixture(scope="module")

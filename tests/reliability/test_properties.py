@@ -30,7 +30,7 @@ from tests.reliability.strategies import (
 )
 
 PROFILE = settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 # -- references ----------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_pattern_checks_never_raise_and_matching_is_total(pattern: str, ref: str
         assert glob.matches(named.repository), (pattern, named.repository)
 
 
-@PROFILE
+@settings(PROFILE, max_examples=100)
 @given(valid_patterns, valid_patterns, st.lists(valid_refs, min_size=1, max_size=8))
 def test_covers_is_sound(a: str, b: str, refs: list[str]) -> None:
     """`covers` drives the 'rule never used' warning: it must never claim coverage that is false."""
@@ -200,7 +200,7 @@ def rule_docs(draw: st.DrawFn) -> dict[str, object]:
     return doc
 
 
-@PROFILE
+@settings(PROFILE, max_examples=100)
 @given(st.lists(rule_docs(), max_size=4), json_values, json_values)
 def test_verification_config_raises_only_validation_errors(
     rules: list[object], no_match: object, cache: object
