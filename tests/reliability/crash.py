@@ -4,6 +4,7 @@ moment of a Pull or an Import, restart it, repeat the operation, and check conta
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -132,3 +133,50 @@ def kill_during_pulls(
         yield RoundResult(phase, moment, rep)
         ctr_remove_all(cd.socket, ns)
         wait_clean(cd.socket, ns)
+
+
+def import_unavailable(d: DaemonProcess) -> str | None:
+    """None if Import works, else why the import half is skipped."""
+    try:
+        image_pb2_grpc.ImageServiceStub(d.channel).Import(
+            iter([image_pb2.ImageServiceImportRequest(containerd=SYSTEM)]), timeout=30
+        )
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return f"Import answers UNIMPLEMENTED ({e.details()}): the import half waits for it"
+    return None
+
+
+def import_chunks(
+    data: bytes, size: int, pause: float = 0.0
+) -> Iterator[image_pb2.ImageServiceImportRequest]:
+    yield image_pb2.ImageServiceImportRequest(containerd=SYSTEM)
+    for i in range(0, len(data), size):
+        if pause:
+            time.sleep(pause)
+        yield image_pb2.ImageServiceImportRequest(image_chunk=common_pb2.Data(bytes=data[i : i + size]))
+
+
+def kill_during_imports(
+    cd: PrivateContainerd, d: DaemonProcess, data: bytes, digest: str, *, rounds: int, rng: random.Random
+) -> Iterator[Report]:
+    """`rounds` times: stream archive `data` slowly, kill -9 at a random moment, restart, import it
+    again, yield the namespace's report, clean up."""
+    ns = "system"
+    for i in range(rounds):
+
+        def go() -> None:
+            with contextlib.suppress(grpc.RpcError), channel(d) as ch:
+                image_pb2_grpc.ImageServiceStub(ch).Import(import_chunks(data, 256 << 10, 0.01), timeout=120)
+
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        time.sleep(rng.uniform(0.05, 0.8))
+        d.kill()
+        t.join(30)
+        d.start()
+        resp = image_pb2_grpc.ImageServiceStub(d.channel).Import(import_chunks(data, 1 << 20), timeout=120)
+        if not resp.name or digest not in cd.ctr("images", "ls", namespace=ns).stdout:
+            raise AssertionError(f"round {i}: the repeated import did not record {digest}: {resp.name!r}")
+        yield wait_clean(cd.socket, ns)
+        ctr_remove_all(cd.socket, ns)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import subprocess
 import time
 import uuid
@@ -23,6 +24,7 @@ from imaged.pb.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from imaged.pb.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -36,10 +38,19 @@ class Report:
     ingests: list[str] = field(default_factory=list)
     orphan_content: list[str] = field(default_factory=list)
     orphan_snapshots: list[str] = field(default_factory=list)
+    # Image records whose host-platform content or unpacked snapshot is missing.
+    incomplete_images: list[str] = field(default_factory=list)
+    images: int = 0
 
     @property
     def clean(self) -> bool:
-        return not (self.leases or self.ingests or self.orphan_content or self.orphan_snapshots)
+        return not (
+            self.leases
+            or self.ingests
+            or self.orphan_content
+            or self.orphan_snapshots
+            or self.incomplete_images
+        )
 
     def leaks(self) -> int:
         return len(self.leases) + len(self.ingests) + len(self.orphan_content) + len(self.orphan_snapshots)
@@ -90,34 +101,56 @@ def inspect(socket: str, ns: str, *, gc: bool = True) -> Report:
 
         reachable: set[str] = set()
         chains: set[str] = set()
+        tops: dict[str, str] = {}  # image name -> top chain id its host manifest needs
 
-        def walk(media_type: str, digest: str) -> None:
-            if digest not in present or digest in reachable:
+        def walk(name: str, media_type: str, digest: str, missing: list[str]) -> None:
+            if digest not in present:
+                missing.append(digest)
                 return
             reachable.add(digest)
             doc = json.loads(read(digest))
             if media_type in INDEX_TYPES or "manifests" in doc:
                 for m in doc.get("manifests", []):
-                    walk(m.get("mediaType", ""), m["digest"])
+                    p = m.get("platform", {})
+                    host = p.get("os") == "linux" and p.get("architecture") == HOST_ARCH
+                    if host or m["digest"] in present:
+                        walk(name, m.get("mediaType", ""), m["digest"], missing if host else [])
                 return
             cfg = doc.get("config", {}).get("digest")
-            if cfg and cfg in present:
+            if cfg not in present:
+                missing.append(str(cfg))
+            else:
                 reachable.add(cfg)
                 diff_ids = json.loads(read(cfg)).get("rootfs", {}).get("diff_ids", [])
-                chains.update(chain_ids(diff_ids))
+                ids = chain_ids(diff_ids)
+                chains.update(ids)
+                if ids:
+                    tops[name] = ids[-1]
             for layer in doc.get("layers", []):
                 if layer["digest"] in present:
                     reachable.add(layer["digest"])
+                else:
+                    missing.append(layer["digest"])
 
         images = images_pb2_grpc.ImagesStub(ch).List(images_pb2.ListImagesRequest(), metadata=md).images
+        rep.images = len(images)
         for img in images:
-            walk(img.target.media_type, img.target.digest)
+            missing: list[str] = []
+            walk(img.name, img.target.media_type, img.target.digest, missing)
+            if missing:
+                rep.incomplete_images.append(f"{img.name}: missing {missing}")
         rep.orphan_content = sorted(present - reachable)
+        committed: set[str] = set()
         snaps = snapshots_pb2_grpc.SnapshotsStub(ch)
         for resp in snaps.List(snapshots_pb2.ListSnapshotsRequest(snapshotter="overlayfs"), metadata=md):
             for info in resp.info:
+                if info.kind == snapshots_pb2.COMMITTED:
+                    committed.add(info.name)
                 if info.kind != snapshots_pb2.COMMITTED or info.name not in chains:
                     rep.orphan_snapshots.append(f"{info.name} ({snapshots_pb2.Kind.Name(info.kind)})")
+        for name, top in tops.items():
+            if top not in committed:
+                rep.incomplete_images.append(f"{name}: not unpacked (no snapshot {top})")
     return rep
 
 

@@ -5,23 +5,26 @@ no content or snapshot that no image references.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from imaged.pb.common import common_pb2
-from imaged.pb.machine import image_pb2, image_pb2_grpc
+from imaged.pb.machine import image_pb2
 from tests.reliability.conftest import FAST_REGISTRIES, unique_image
-from tests.reliability.crash import PullRun, Status, channel, kill_during_pulls
+from tests.reliability.crash import (
+    PullRun,
+    Status,
+    import_unavailable,
+    kill_during_imports,
+    kill_during_pulls,
+)
 from tests.reliability.faultproxy import FaultProxy, blob_path
 from tests.reliability.hygiene import ctr_remove_all, inspect, wait_clean
 from tests.support import archives
@@ -73,57 +76,17 @@ def test_kill_9_at_random_moments_of_a_pull(cd, daemon, proxy, rel_registry) -> 
     assert final.clean and not cd.ctr("content", "ls", "-q", namespace=NS).stdout.split(), final
 
 
-def _import_available(d: DaemonProcess) -> str | None:
-    """None if Import works, else why the import half is skipped."""
-    try:
-        image_pb2_grpc.ImageServiceStub(d.channel).Import(
-            iter([image_pb2.ImageServiceImportRequest(containerd=SYSTEM)]), timeout=30
-        )
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            return f"Import answers UNIMPLEMENTED ({e.details()}): the import half waits for it"
-    return None
-
-
-def import_chunks(
-    data: bytes, size: int, pause: float = 0.0
-) -> Iterator[image_pb2.ImageServiceImportRequest]:
-    yield image_pb2.ImageServiceImportRequest(containerd=SYSTEM)
-    for i in range(0, len(data), size):
-        if pause:
-            time.sleep(pause)
-        yield image_pb2.ImageServiceImportRequest(image_chunk=common_pb2.Data(bytes=data[i : i + size]))
-
-
 def test_kill_9_at_random_moments_of_an_import(cd, daemon) -> None:  # type: ignore[no-untyped-def]
-    reason = _import_available(daemon)
+    reason = import_unavailable(daemon)
     if reason:
         pytest.skip(reason)
     seed = int(os.environ.get("IMAGED_TEST_SEED", time.time_ns() % 1_000_000))
-    rng = random.Random(seed)
     image = unique_image(size=16 << 20)
-    name = "import.test/rel/kill:v1"
-    data = archives.oci_archive([(name, image)])
-    for i in range(3):
-
-        def go() -> None:
-            with contextlib.suppress(grpc.RpcError), channel(daemon) as ch:
-                image_pb2_grpc.ImageServiceStub(ch).Import(import_chunks(data, 256 << 10, 0.01), timeout=120)
-
-        t = threading.Thread(target=go, daemon=True)
-        t.start()
-        time.sleep(rng.uniform(0.05, 0.8))
-        daemon.kill()
-        t.join(30)
-        daemon.start()
-        resp = image_pb2_grpc.ImageServiceStub(daemon.channel).Import(
-            import_chunks(data, 1 << 20), timeout=120
-        )
-        assert resp.name, f"seed {seed} round {i}"
-        assert image.digest in cd.ctr("images", "ls", namespace=NS).stdout
-        rep = wait_clean(cd.socket, NS)
+    data = archives.oci_archive([("import.test/rel/kill:v1", image)])
+    for i, rep in enumerate(
+        kill_during_imports(cd, daemon, data, image.digest, rounds=3, rng=random.Random(seed))
+    ):
         assert rep.clean, f"seed {seed} round {i}: {rep}"
-        ctr_remove_all(cd.socket, NS)
 
 
 def test_containerd_restart_during_pull(proxy, rel_registry) -> None:  # type: ignore[no-untyped-def]
