@@ -46,7 +46,9 @@ class StateColumn(ProgressColumn):
             text = f"{human_size(done)}/{human_size(total)}  {percent(done, total):5.1f}%" if total else ""
             return Text(f"{text}{_speed(task)}  {f.get('layers', '')}".strip(), style="bold")
         style = "green" if state in ("complete", "already exists") else ""
-        return Text(state, style=style)
+        size = int(f.get("size", 0))
+        # A finished layer keeps its size on screen: a fast pull may never draw "downloading".
+        return Text(f"{human_size(size)}  {state}" if size else state, style=style)
 
 
 class RichPullView:
@@ -74,6 +76,8 @@ class RichPullView:
         if task is None:
             task = self._tasks[u.layer_id] = self.progress.add_task(u.layer_id, total=None, state="")
         total = u.total or None
+        if u.total:
+            self.progress.update(task, size=u.total)
         match u.status:
             case Status.DOWNLOADING:
                 self.progress.update(task, total=total, completed=u.offset, state="downloading")
