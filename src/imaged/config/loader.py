@@ -22,17 +22,31 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """The parser's complaint and position, without the snippet of the file it would quote:
+    that line may hold a password."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        where = e.problem_mark or e.context_mark
+        pos = f"line {where.line + 1}, column {where.column + 1}: " if where is not None else ""
+        return f"{pos}{e.problem or e.context or 'syntax error'}"
+    return type(e).__name__
+
+
 def load_text(text: str, source: str = "<config>") -> Config:
     try:
         doc: Any = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     try:
         return Config.model_validate(doc)
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid configuration: nested too deeply") from None
     except ValidationError as e:
         problems = []
         for err in e.errors():

@@ -31,6 +31,8 @@ class Containerd:
         self.address = address
         self.connect_timeout = connect_timeout
         self._channel: grpc.aio.Channel | None = None
+        # (namespace, lease id) whose deletion failed while containerd was away; retried on return.
+        self.orphan_leases: set[tuple[str, str]] = set()
 
     @property
     def channel(self) -> grpc.aio.Channel:

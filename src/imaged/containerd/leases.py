@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from imaged import errors
 from imaged.containerd import labels as L
-from imaged.containerd.client import Namespaced
+from imaged.containerd.client import Containerd, Namespaced
 from imaged.pb.containerd.services.leases.v1 import leases_pb2
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ async def lease(
         try:
             await finish(delete(ns, lease_id, sync=False))
         except errors.ImagedError as e:
-            log.warning("could not delete lease %s: %s", lease_id, e)
+            ns.cd.orphan_leases.add((ns.namespace, lease_id))
+            log.warning("could not delete lease %s (will retry when containerd answers): %s", lease_id, e)
 
 
 async def delete(ns: Namespaced, lease_id: str, *, sync: bool = False) -> None:
@@ -77,3 +78,17 @@ async def remove_stale(ns: Namespaced, *, keep_owner: str) -> int:
             await delete(ns, le.id)
             n += 1
     return n
+
+
+async def retry_orphans(cd: Containerd) -> int:
+    """Delete the leases whose deletion failed earlier; return how many are gone now."""
+    done = 0
+    for namespace, lease_id in sorted(cd.orphan_leases):
+        try:
+            await delete(cd.ns(namespace), lease_id)
+        except errors.ImagedError as e:
+            log.debug("lease %s still not deletable: %s", lease_id, e)
+            continue
+        cd.orphan_leases.discard((namespace, lease_id))
+        done += 1
+    return done

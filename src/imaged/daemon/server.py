@@ -78,6 +78,9 @@ class Daemon:
                 if up and address not in cleaned:
                     cleaned.add(address)
                     await self._remove_stale_leases(rt, address)
+            for cd in rt.endpoints():
+                if states.get(cd.address) and cd.orphan_leases and (n := await leases.retry_orphans(cd)):
+                    log.info("removed %d lease(s) a call could not remove while containerd was away", n)
             ok = all(states.values())
             if ok != self._serving:
                 serving = health_pb2.HealthCheckResponse.SERVING
