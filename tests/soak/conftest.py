@@ -33,3 +33,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(here + os.sep):
             item.add_marker(skip)
+
+
+# Lines the soak tests add; printed at the end of the run, passed or not.
+SUMMARY: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SUMMARY:
+        terminalreporter.section("soak summary")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
