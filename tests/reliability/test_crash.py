@@ -94,7 +94,6 @@ def test_containerd_restart_during_pull(proxy, rel_registry) -> None:  # type: i
     own.start()
     d = DaemonProcess(own.socket, {"registries": FAST_REGISTRIES})
     d.start()
-    known_bugs: list[str] = []
     try:
         image = unique_image(size=24 << 20)
         archives.push(rel_registry, "rel/cdrestart", "v1", image)
@@ -105,8 +104,7 @@ def test_containerd_restart_during_pull(proxy, rel_registry) -> None:  # type: i
         run.join(60)
         assert not run.thread.is_alive(), "the pull in flight must end when containerd goes away"
         assert run.error is not None, "the pull cannot have succeeded"
-        if run.error.code() != grpc.StatusCode.UNAVAILABLE:
-            known_bugs.append(f"pull in flight ended {run.error.code().name}: {run.error.details()}")
+        assert run.error.code() == grpc.StatusCode.UNAVAILABLE, run.error.details()
         deadline = time.monotonic() + 15
         while d.health() != "NOT_SERVING" and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -130,9 +128,6 @@ def test_containerd_restart_during_pull(proxy, rel_registry) -> None:  # type: i
     finally:
         d.stop()
         own.destroy()
-    if known_bugs:
-        # Outside tests/reliability's reach (src/imaged/containerd/client.py); reported. The rest holds.
-        pytest.xfail("; ".join(known_bugs))
 
 
 CLIENT = """

@@ -81,6 +81,9 @@ class Containerd:
         code, details = e.code(), e.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE and "locked" not in details:
             return errors.Unavailable(f"containerd at {self.address} is unavailable: {details}")
+        if code == grpc.StatusCode.INTERNAL and "from Core" in details:
+            # grpc's own error for a stream whose connection died under it (containerd went away).
+            return errors.Unavailable(f"containerd at {self.address} went away during the call: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.Unavailable(f"containerd at {self.address} did not answer in time: {details}")
         if code == grpc.StatusCode.CANCELLED:
