@@ -34,7 +34,7 @@ protos: venv
 run: deps venv
 	$(PY) tools/devrun.py
 
-test: deps venv
+test: deps venv lint
 	$(VENV)/bin/pytest -q
 
 lint: venv

@@ -56,7 +56,7 @@ def test_verified_pull_is_pinned_and_labelled(env, containerd) -> None:  # type:
 
 
 def test_unsigned_or_denied_pull_fetches_nothing(env, containerd) -> None:  # type: ignore[no-untyped-def]
-    reg, d, ps, key = env
+    reg, d, _ps, _key = env
     unsigned = archives.simple_image("unsigned-pull")
     archives.push(reg, "signed/unsigned", "v1", unsigned)
     archives.push(reg, "denied/app", "v1", archives.simple_image("denied-pull"))
