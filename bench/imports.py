@@ -69,6 +69,14 @@ def ctr_import(bench: Bench, path: pathlib.Path) -> tuple[float, float]:
     return timed_tool(bench.ctr_argv(SYSTEM_NS, "images", "import", str(path)))
 
 
+def _imaged_tool(bench: Bench, path: pathlib.Path, chunk: int) -> Tool:
+    return lambda: Sample(imaged_import(bench, path, chunk))
+
+
+def _ctr_tool(bench: Bench, path: pathlib.Path) -> Tool:
+    return lambda: Sample(*ctr_import(bench, path))
+
+
 def run(bench: Bench, sizes: Sizes, runs: int, out_dir: pathlib.Path, profile: bool) -> list[Case]:
     work = pathlib.Path(tempfile.mkdtemp(prefix="imaged-bench-archives-", dir="/tmp"))
     cases: list[Case] = []
@@ -102,8 +110,8 @@ def _spec_cases(
         path = paths[fmt]
         case = Case("import", f"{fmt}, {spec.label} ({fmt_bytes(path.stat().st_size)})", target=TARGET)
         tools: dict[str, Tool] = {
-            "imaged": lambda path=path: Sample(imaged_import(bench, path, sizes.import_chunk)),
-            "ctr": lambda path=path: Sample(*ctr_import(bench, path)),
+            "imaged": _imaged_tool(bench, path, sizes.import_chunk),
+            "ctr": _ctr_tool(bench, path),
             "floor": floor_tool(floor, SYSTEM_NS, stored),
         }
         compare_cold(bench, case, tools, runs, SYSTEM_NS, blobs, f"import {fmt} {spec.key}")
@@ -121,7 +129,7 @@ def _spec_cases(
                 f"import-{fmt}-{spec.key}",
                 bench.daemon_pid,
                 out_dir / "profiles",
-                lambda path=path: imaged_import(bench, path, sizes.import_chunk),
+                _imaged_tool(bench, path, sizes.import_chunk),
             )
             bench.make_cold(SYSTEM_NS, blobs)
         out.append(case)

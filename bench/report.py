@@ -143,8 +143,11 @@ def chart(path: pathlib.Path, cases: list[Case], versions: Versions) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(c, c.ratio()) for c in cases]
-    rows = [(c, r) for c, r in rows if r is not None]
+    rows: list[tuple[Case, float]] = []
+    for c in cases:
+        r = c.ratio()
+        if r is not None:
+            rows.append((c, r))
     fig, ax = plt.subplots(figsize=(10, 0.55 * max(len(rows), 1) + 1.6))
     if not rows:
         ax.text(0.5, 0.5, "no ratios (tools not available)", ha="center", va="center")
