@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[Case] = []
     preface: list[str] = []
     failures: list[str] = []
+    for stale in (args.out / "profiles").glob("*.pyspy.txt"):
+        stale.unlink()  # profiles belong to the run that wrote them
     bench = Bench.start()
     try:
         for name in args.scenarios:
