@@ -138,7 +138,8 @@ class Writer:
         self.expected = expected
         self.offset = 0
         self._pending = 0
-        self._buf = bytearray()
+        self._buf: list[bytes] = []
+        self._buffered = 0
         ns = store.ns
         self._call = ns.content.Write(metadata=ns.metadata)
 
@@ -183,37 +184,38 @@ class Writer:
     async def restart(self) -> None:
         """Discard what the ingest holds and start from byte 0 (WRITE at offset 0 truncates)."""
         self.offset = 0
-        self._buf.clear()
+        self._buf = []
+        self._buffered = 0
 
-    async def _send_piece(self, piece: bytes | bytearray | memoryview) -> None:
-        start = self.offset - len(self._buf)
+    async def _send_piece(self, start: int, piece: bytes) -> None:
         await self._send(
-            content_pb2.WriteContentRequest(
-                action=content_pb2.WRITE, ref=self.ref, offset=start, data=bytes(piece)
-            )
+            content_pb2.WriteContentRequest(action=content_pb2.WRITE, ref=self.ref, offset=start, data=piece)
         )
         await self._drain(WINDOW)
 
     async def write(self, data: bytes) -> None:
-        if not self._buf and len(data) >= CHUNK:
-            # Large writes go out directly, CHUNK at a time, with no copy into the buffer.
-            view = memoryview(data)
-            whole = len(data) - len(data) % CHUNK
-            for i in range(0, whole, CHUNK):
-                await self._send_piece(view[i : i + CHUNK])
-                self.offset += CHUNK
-            data = bytes(view[whole:])
-        self._buf += data
+        """Accept `data`; full CHUNK-sized messages go out as soon as they are complete."""
+        self._buf.append(data)
+        self._buffered += len(data)
         self.offset += len(data)
-        while len(self._buf) >= CHUNK:
-            piece = bytes(self._buf[:CHUNK])
-            await self._send_piece(piece)
-            del self._buf[:CHUNK]
+        if self._buffered >= CHUNK:
+            joined = b"".join(self._buf)  # the one copy: the pieces become one message body
+            start = self.offset - self._buffered
+            whole = len(joined) - len(joined) % CHUNK
+            view = memoryview(joined)
+            for i in range(0, whole, CHUNK):
+                await self._send_piece(
+                    start + i, view[i : i + CHUNK].tobytes() if whole > CHUNK else joined[:CHUNK]
+                )
+            rest = joined[whole:]
+            self._buf = [rest] if rest else []
+            self._buffered = len(rest)
 
     async def flush(self) -> None:
-        if self._buf:
-            await self._send_piece(self._buf)
-            self._buf.clear()
+        if self._buffered:
+            await self._send_piece(self.offset - self._buffered, b"".join(self._buf))
+            self._buf = []
+            self._buffered = 0
 
     async def commit(self, labels: dict[str, str] | None = None) -> str:
         """Commit; return the digest. A digest mismatch aborts the ingest and raises DataLoss."""

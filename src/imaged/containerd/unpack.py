@@ -7,6 +7,7 @@ checked against the config, and the config blob finally gets the
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -70,9 +71,22 @@ class Unpacker:
             ),
         )
 
-    async def apply_layer(self, layer: Descriptor, diff_id: str, parent: str, chain_id: str) -> bool:
-        """Apply one layer; return False if the snapshot already existed."""
-        if await self.exists(chain_id):
+    async def apply_layer(
+        self,
+        layer: Descriptor,
+        diff_id: str,
+        parent: str,
+        chain_id: str,
+        *,
+        checked: bool = False,
+        background: list[asyncio.Task[None]] | None = None,
+    ) -> bool:
+        """Apply one layer; return False if the snapshot already existed.
+
+        `checked`: the caller has just seen that the snapshot does not exist. `background`: the
+        layer's label update is started there instead of awaited, to be awaited by the caller.
+        """
+        if not checked and await self.exists(chain_id):
             await self._hold(chain_id)
             return False
         key = f"extract-{uuid.uuid4().hex[:12]} {chain_id}"
@@ -122,7 +136,11 @@ class Unpacker:
         finally:
             if not committed:
                 await finish(self._remove(key))
-        await self.content.update_labels(layer.digest, {L.UNCOMPRESSED: diff_id})
+        label = self.content.update_labels(layer.digest, {L.UNCOMPRESSED: diff_id})
+        if background is None:
+            await label
+        else:
+            background.append(asyncio.ensure_future(label))
         return committed
 
     async def _remove(self, key: str) -> None:
@@ -149,22 +167,39 @@ class Unpacker:
                 f"image config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
             )
         chains = chain_ids(diff_ids)
+        # One round of concurrent Stats up front: a chain that exists has all its parents, so the
+        # layers up to the last existing chain need no per-layer call on the critical path.
+        present = await asyncio.gather(*(self.exists(c) for c in chains))
+        have = max((i for i, p in enumerate(present) if p), default=-1)
+        await asyncio.gather(*(self._hold(c) for c in chains[: have + 1]))
         applied = existed = 0
-        for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
-            if ready is not None:
-                await ready(i)
-            start = time.monotonic()
-            if on_event:
-                on_event(i, "extracting", 0.0)
-            parent = chains[i - 1] if i else ""
-            if await self.apply_layer(layer, diff_id, parent, chains[i]):
-                applied += 1
+        labels: list[asyncio.Task[None]] = []
+        try:
+            for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
+                if ready is not None:
+                    await ready(i)
+                start = time.monotonic()
+                if i <= have:
+                    existed += 1
+                    if on_event:
+                        on_event(i, "exists", 0.0)
+                    continue
                 if on_event:
-                    on_event(i, "extracted", time.monotonic() - start)
-            else:
-                existed += 1
-                if on_event:
-                    on_event(i, "exists", time.monotonic() - start)
+                    on_event(i, "extracting", 0.0)
+                parent = chains[i - 1] if i else ""
+                if await self.apply_layer(layer, diff_id, parent, chains[i], checked=True, background=labels):
+                    applied += 1
+                    if on_event:
+                        on_event(i, "extracted", time.monotonic() - start)
+                else:
+                    existed += 1
+                    if on_event:
+                        on_event(i, "exists", time.monotonic() - start)
+            await asyncio.gather(*labels)
+        finally:
+            for t in labels:
+                if not t.done():
+                    t.cancel()
         top = chains[-1] if chains else ""
         if top:
             await self.content.update_labels(config_digest, {f"{L.GC_REF_SNAPSHOT}.{self.snapshotter}": top})

@@ -35,7 +35,9 @@ class Runtime:
         self._containerd: dict[str, Containerd] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self.registry = RegistryClient(config.registries)
-        self.verifier = ImageVerifier(config.verification, self.registry)
+        self.verifier = ImageVerifier(
+            config.verification, self.registry, on_cache_hit=self.metrics.cache_hits.inc
+        )
         self.puller = self._puller()
 
     def _puller(self) -> Puller:
@@ -95,7 +97,8 @@ class Runtime:
         registry = (
             RegistryClient(config.registries) if config.registries != self.config.registries else old_registry
         )
-        verifier = ImageVerifier(config.verification, registry)  # raises on a bad policy: nothing changed yet
+        # Raises on a bad policy: nothing has changed yet.
+        verifier = ImageVerifier(config.verification, registry, on_cache_hit=self.metrics.cache_hits.inc)
         self.config = config
         self.registry = registry
         self.verifier = verifier

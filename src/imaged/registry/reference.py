@@ -6,6 +6,7 @@ Follows the grammar of distribution/reference (the one docker, containerd and CR
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -105,7 +106,19 @@ def parse(ref: str, *, default_tag: bool = True) -> Reference:
     """Parse and normalize `ref`; raise InvalidArgument naming the problem.
 
     With `default_tag`, a reference with neither tag nor digest gets `latest` (pull semantics).
+    Results are cached (references are immutable and Verify parses the same ones again and again).
     """
+    if not isinstance(ref, str):
+        raise InvalidArgument("image reference is empty")
+    return _parse_cached(ref, default_tag)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(ref: str, default_tag: bool) -> Reference:
+    return _parse(ref, default_tag=default_tag)
+
+
+def _parse(ref: str, *, default_tag: bool = True) -> Reference:
     if not isinstance(ref, str) or not ref:
         raise InvalidArgument("image reference is empty")
     if ref != ref.strip() or any(c.isspace() for c in ref):

@@ -146,8 +146,10 @@ class ImageVerifier:
         registry: RegistryClientLike,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_cache_hit: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
+        self._on_cache_hit = on_cache_hit
         self._clock = clock
         self._policy = _compile(config, None)
         self._cache = self._new_cache(config)
@@ -215,12 +217,24 @@ class ImageVerifier:
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
         key = (ref.repository, digest, matched.fingerprint)
-        outcome = await self._cache.get(
-            key, lambda: self._verify_digest(registry, pinned_ref, digest, matched)
-        )
+
+        async def compute() -> Outcome:
+            # Logged where a verification is really made, not on every cache hit (hot path).
+            outcome = await self._verify_digest(registry, pinned_ref, digest, matched)
+            log.info(
+                "%s %s@%s: %s",
+                "verified" if outcome.verified else "refused",
+                ref.repository,
+                digest,
+                outcome.message,
+            )
+            return outcome
+
+        if self._cache.peek(key) is not None and self._on_cache_hit is not None:
+            self._on_cache_hit()
+        outcome = await self._cache.get(key, compute)
         if not outcome.verified:
             raise PermissionDenied(_truncate(f"image verification failed: {outcome.message}"))
-        log.info("verified %s@%s: %s", ref.repository, digest, outcome.message)
         return Verdict(True, outcome.message, pinned_ref.pinned())
 
     async def _maybe_refresh_trust(self, matched: MatchedRule) -> MatchedRule:
