@@ -32,6 +32,10 @@ class Metrics:
         self.pulled_bytes = Counter("imaged_pulled_bytes", "Bytes of layers pulled", registry=r)
         self.imported_bytes = Counter("imaged_imported_bytes", "Bytes of archives imported", registry=r)
         self.verdicts = Counter("imaged_verifications", "Verification outcomes", ["outcome"], registry=r)
+        # Bound once: these are counted on every Verify.
+        self.verified = self.verdicts.labels("verified")
+        self.unverified = self.verdicts.labels("unverified")
+        self.refused = self.verdicts.labels("refused")
         self.cache_hits = Counter("imaged_verification_cache_hits", "Verdicts served from cache", registry=r)
 
 

@@ -58,7 +58,7 @@ class Runtime:
         if self.verifier.match(ref) is None and self.config.verification.no_match == "allow":
             return None
         verdict = await self.verifier.verify(str(ref))
-        self.metrics.verdicts.labels("verified" if verdict.verified else "unverified").inc()
+        (self.metrics.verified if verdict.verified else self.metrics.unverified).inc()
         if not verdict.verified:
             return None
         digest = parse(verdict.digested_ref).digest

@@ -133,9 +133,9 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         try:
             verdict = await self.rt.verifier.verify(request.image_ref, creds)
         except errors.PermissionDenied:
-            self.rt.metrics.verdicts.labels("refused").inc()
+            self.rt.metrics.refused.inc()
             raise
-        self.rt.metrics.verdicts.labels("verified" if verdict.verified else "unverified").inc()
+        (self.rt.metrics.verified if verdict.verified else self.rt.metrics.unverified).inc()
         return image_pb2.ImageServiceVerifyResponse(
             verified=verdict.verified,
             message=verdict.message,
