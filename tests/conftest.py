@@ -23,6 +23,17 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"missing tools {missing}: run `make test`, which installs them")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """Whatever a test started and did not stop (a failure between start and its `finally`)."""
+    yield
+    for d in DaemonProcess.instances:
+        d.stop(timeout=10)
+    for cd in PrivateContainerd.instances:
+        if cd.proc is not None and cd.proc.poll() is None:
+            cd.destroy()
+
+
 @pytest.fixture(scope="session")
 def containerd() -> Iterator[PrivateContainerd]:
     cd = PrivateContainerd()

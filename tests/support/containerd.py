@@ -9,12 +9,16 @@ import signal
 import subprocess
 import tempfile
 import time
+from typing import ClassVar
 
 
 class PrivateContainerd:
     """Starts `containerd` with its own config; `stop()`/`start()` simulate an outage."""
 
+    instances: ClassVar[list[PrivateContainerd]] = []
+
     def __init__(self, base: str | None = None) -> None:
+        PrivateContainerd.instances.append(self)
         self.dir = pathlib.Path(base or tempfile.mkdtemp(prefix="icd-", dir="/tmp"))
         self.socket = str(self.dir / "c.sock")
         self.config = self.dir / "config.toml"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import yaml
@@ -34,6 +34,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 class DaemonProcess:
+    # Every instance of this session, so a session finalizer can stop what a test left running.
+    instances: ClassVar[list[DaemonProcess]] = []
+
     def __init__(
         self, containerd_socket: str, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
     ) -> None:
@@ -50,6 +53,7 @@ class DaemonProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
+        DaemonProcess.instances.append(self)
 
     def start(self, timeout: float = 30.0, wait_serving: bool = True) -> None:
         logf = open(self.log_path, "ab")
@@ -68,6 +72,8 @@ class DaemonProcess:
             if os.path.exists(self.socket) and (not wait_serving or self.health() == "SERVING"):
                 return
             time.sleep(0.05)
+        # Never leave a half-started daemon behind: the caller's `finally` may not cover start().
+        self.stop(timeout=10)
         raise RuntimeError(f"imaged did not become ready: {self.logs()[-3000:]}")
 
     def logs(self) -> str:
