@@ -117,25 +117,30 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         done = self._done
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        def returning(inner: Callable[[Any, Any], Awaitable[Any]], streamed_request: bool) -> Any:
+            """Unary-unary and stream-unary: one awaited result (a stream has no ref to log)."""
 
-            async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 start, err = time.monotonic(), None
                 try:
-                    return await inner_uu(request, context)
+                    return await inner(request, context)
                 except BaseException as e:
                     err = e
                     raise
                 finally:
-                    done(method, _ref_of(request), start, context, err)
+                    done(method, "" if streamed_request else _ref_of(request), start, context, err)
 
-            return grpc.unary_unary_rpc_method_handler(
-                uu,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return observed
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(returning(handler.unary_unary, False), **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(returning(handler.stream_unary, True), **codec)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
 
@@ -150,27 +155,5 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     done(method, _ref_of(request), start, context, err)
 
-            return grpc.unary_stream_rpc_method_handler(
-                us,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def su(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                start, err = time.monotonic(), None
-                try:
-                    return await inner_su(request_iterator, context)
-                except BaseException as e:
-                    err = e
-                    raise
-                finally:
-                    done(method, "", start, context, err)
-
-            return grpc.stream_unary_rpc_method_handler(
-                su,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return grpc.unary_stream_rpc_method_handler(us, **codec)
         return handler
