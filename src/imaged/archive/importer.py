@@ -9,9 +9,11 @@ content goes with the next GC), aborts the ingest that was open, and records not
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 
 from imaged.archive.ingest import Ingest
@@ -88,6 +90,31 @@ async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan) -> None:
         ) from None
 
 
+WRITE_CONCURRENCY = 8
+
+
+async def _bounded(aws: list[Awaitable[None]], limit: int) -> None:
+    """Await all, `limit` at a time; the first failure cancels the rest and is raised as is."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(aw: Awaitable[None]) -> None:
+        async with sem:
+            await aw
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(aw)) for aw in aws]
+    except BaseExceptionGroup as eg:
+        failures = [e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None]
+        raise (failures[0] if failures else eg) from None
+    finally:
+        for aw in aws:
+            # Coroutines never started (cancelled while queued) must be closed, not leaked.
+            if inspect.iscoroutine(aw) and inspect.getcoroutinestate(aw) == inspect.CORO_CREATED:
+                aw.close()
+
+
 async def import_archive(
     ns: Namespaced,
     chunks: AsyncIterator[bytes],
@@ -115,17 +142,21 @@ async def import_archive(
             raise InvalidArgument("no images imported from archive")
         names = _names(plan)
 
+        # Independent small writes, each a few containerd round trips: run them side by side.
+        writes: list[Awaitable[None]] = []
         written: set[str] = set()
         for digest in sorted(plan.needed):
             held = contents.by_digest[digest].data
             if held is not None:
-                await ingest.write_blob(held, digest, plan.labels.get(digest, {}))
+                writes.append(ingest.write_blob(held, digest, plan.labels.get(digest, {})))
                 written.add(digest)
-        for blob in plan.new_blobs.values():
-            await ingest.write_blob(blob.data, blob.digest, blob.labels)
-        for digest, labels in plan.labels.items():
-            if digest not in written:
-                await ingest.store.update_labels(digest, labels)
+        writes.extend(ingest.write_blob(b.data, b.digest, b.labels) for b in plan.new_blobs.values())
+        writes.extend(
+            ingest.store.update_labels(digest, labels)
+            for digest, labels in plan.labels.items()
+            if digest not in written
+        )
+        await _bounded(writes, WRITE_CONCURRENCY)
 
         unpacker = Unpacker(leased, snapshotter)
         unpacked: set[str] = set()
