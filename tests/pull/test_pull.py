@@ -169,18 +169,14 @@ def test_invalid_reference(daemon) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_corrupted_layer_data_loss(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]
-    push_test_image(registry, "pull/corrupt", "v1", layers=1)
-    ref = f"{registry.host}/pull/corrupt:v1"
-    # Flip bytes of the small extra layer in the registry's storage (the registry serves it as is).
-    import json
-    import urllib.request
+    from tests.support import archives
 
-    req = urllib.request.Request(
-        f"{registry.url}/v2/pull/corrupt/manifests/v1",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-    )
-    manifest = json.loads(urllib.request.urlopen(req).read())
-    layer = manifest["layers"][-1]["digest"]
+    # A layer no other test has, so it must be downloaded (not found in containerd already).
+    image = archives.simple_image(f"corrupt-{uuid.uuid4().hex}")
+    archives.push(registry, "pull/corrupt", "v1", image)
+    ref = f"{registry.host}/pull/corrupt:v1"
+    layer = image.layers[-1].digest
+    # Flip a byte of that layer in the registry's storage (the registry serves it as is).
     blob = (
         pathlib.Path(registry.dir) / "data/docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
     )
