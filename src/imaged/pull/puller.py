@@ -13,6 +13,7 @@ or found already present, is held by the lease all the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -241,6 +242,12 @@ class Puller:
                     if on_progress:
                         on_progress(Status.DOWNLOADING, w.offset)
             await w.commit(labels)
+        except errors.ImagedError as e:
+            if not isinstance(e, errors.DataLoss):
+                # Keep every byte received in the ingest, so the next pull resumes right there.
+                with contextlib.suppress(errors.ImagedError):
+                    await w.flush()
+            raise
         finally:
             await w.close()
         return True

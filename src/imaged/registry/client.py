@@ -61,9 +61,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHUNK = 64 * 1024
-# Blob bodies: aiohttp hands out what is buffered up to this, so a busy loop takes fewer, larger
-# pieces (each piece costs Python work on the way to containerd).
-BLOB_CHUNK = 1024 * 1024
+# Blob bodies are read in CHUNK pieces too: when a connection breaks, aiohttp raises before it
+# hands out what it still buffered, so a smaller piece keeps more received bytes for the resume.
 MAX_ERROR_BODY = 64 * 1024
 MAX_TOKEN_BODY = 1024 * 1024
 MAX_REDIRECTS = 10
@@ -827,7 +826,7 @@ class RegistryClient:
                     )
                 sent = 0
                 try:
-                    async for chunk in resp.content.iter_chunked(BLOB_CHUNK):
+                    async for chunk in resp.content.iter_chunked(CHUNK):
                         if skip:
                             if len(chunk) <= skip:
                                 skip -= len(chunk)
