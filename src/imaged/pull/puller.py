@@ -149,7 +149,19 @@ class Puller:
             await self._layers(lns, pinned, resolved.manifest, config, progress, source)
             target = Target(root.media_type, root.digest, root.size)
             await create_records(lns, ref, target, config_desc.digest, labels)
+        await self._drop_stale_ingests(ContentStore(ns), [config_desc, *resolved.manifest.layers])
         return ref.pinned(root.digest)
+
+    async def _drop_stale_ingests(self, content: ContentStore, blobs: list[Descriptor]) -> None:
+        """Ingests of this image's blobs left by an earlier, cut-short pull (a writer opened just
+        before the cancel): the blobs are committed now, so those ingests are garbage."""
+        refs = {f"{kind}-{d.digest}" for d in blobs for kind in ("layer", "config")}
+        try:
+            stale = [st.ref for st in await content.statuses() if st.ref in refs]
+            for r in stale:
+                await content.abort(r)
+        except errors.ImagedError as e:
+            log.debug("could not drop stale ingests: %s", e)
 
     async def _write_bytes(
         self, content: ContentStore, kind: str, desc: Descriptor, data: bytes, labels: dict[str, str]
