@@ -36,14 +36,6 @@ NS = "system"
 
 
 @pytest.fixture(scope="module")
-def cd() -> Iterator[PrivateContainerd]:
-    c = PrivateContainerd()
-    c.start()
-    yield c
-    c.destroy()
-
-
-@pytest.fixture(scope="module")
 def proxy(rel_registry: Registry) -> Iterator[FaultProxy]:
     # 24 MiB/s stretches a 24 MiB layer over about a second: room for a random moment.
     with FaultProxy(rel_registry.host, rate=24 << 20) as p:

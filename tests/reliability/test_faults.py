@@ -27,14 +27,6 @@ NS = "system"
 
 
 @pytest.fixture(scope="module")
-def cd() -> Iterator[PrivateContainerd]:
-    c = PrivateContainerd()
-    c.start()
-    yield c
-    c.destroy()
-
-
-@pytest.fixture(scope="module")
 def proxy(rel_registry: Registry) -> Iterator[FaultProxy]:
     with FaultProxy(rel_registry.host) as p:
         yield p
