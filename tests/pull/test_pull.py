@@ -219,3 +219,46 @@ def test_cancel_mid_download_then_resume(daemon, containerd, registry, tmp_path)
     assert name.endswith(big)
     assert ingests(containerd, "system") == []
     assert leases(containerd, "system") == []
+
+
+def content_labels(cd: PrivateContainerd, ns: str) -> dict[str, str]:
+    """digest -> the LABELS column of `ctr content ls`."""
+    out = {}
+    for line in cd.ctr("content", "ls", namespace=ns).stdout.splitlines()[1:]:
+        cols = line.split()
+        out[cols[0]] = cols[-1] if "=" in cols[-1] else ""
+    return out
+
+
+def test_layers_committed_with_uncompressed_label(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]
+    """The diffID label is set at commit (no label update per layer), as containerd's unpacker leaves it."""
+    from tests.support import archives
+
+    image = archives.Image([archives.busybox_layer(), archives.layer({f"m-{uuid.uuid4().hex}": b"x" * 100})])
+    archives.push(registry, "pull/labels", "v1", image)
+    pull(daemon, f"{registry.host}/pull/labels:v1", SYSTEM)
+    labels = content_labels(containerd, "system")
+    for la in image.layers:
+        assert f"containerd.io/uncompressed={la.diff_id}" in labels[la.digest]
+    assert f"containerd.io/gc.ref.content.l.1={image.layers[1].digest}" in labels[image.digest]
+
+
+def test_wrong_diff_id_is_data_loss_and_leaves_nothing(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]
+    """A config whose diffID does not match the layer: refused, no record, no lease, no blob."""
+    from tests.support import archives
+
+    real = archives.layer({f"real-{uuid.uuid4().hex}": b"y" * 100})
+    claimed = archives.tar_bytes({"something-else": b"z"})
+    image = archives.Image([archives.busybox_layer(), archives.Layer(claimed, real.blob, real.media_type)])
+    archives.push(registry, "pull/diffid", "v1", image)
+    ref = f"{registry.host}/pull/diffid:v1"
+    with pytest.raises(grpc.RpcError) as e:
+        pull(daemon, ref, SYSTEM)
+    assert e.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "image config says" in e.value.details()
+    assert ref not in containerd.ctr("images", "ls", "-q", namespace="system").stdout
+    assert leases(containerd, "system") == []
+    deadline = time.monotonic() + 10
+    while real.digest in content_labels(containerd, "system") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the GC after the lease's deletion is asynchronous
+    assert real.digest not in content_labels(containerd, "system")

@@ -80,11 +80,14 @@ class Unpacker:
         *,
         checked: bool = False,
         background: list[asyncio.Task[None]] | None = None,
+        labelled: bool = False,
     ) -> bool:
         """Apply one layer; return False if the snapshot already existed.
 
         `checked`: the caller has just seen that the snapshot does not exist. `background`: the
         layer's label update is started there instead of awaited, to be awaited by the caller.
+        `labelled`: the blob was committed with its `containerd.io/uncompressed` label already
+        (one metadata transaction less per layer); it is removed again if the diffID is wrong.
         """
         if not checked and await self.exists(chain_id):
             await self._hold(chain_id)
@@ -116,6 +119,8 @@ class Unpacker:
                 ),
             )
             if applied.applied.digest != diff_id:
+                if labelled:
+                    await finish(self.content.update_labels(layer.digest, {L.UNCOMPRESSED: ""}))
                 raise errors.DataLoss(
                     f"layer {layer.digest} unpacks to {applied.applied.digest}, "
                     f"but the image config says {diff_id}"
@@ -136,6 +141,8 @@ class Unpacker:
         finally:
             if not committed:
                 await finish(self._remove(key))
+        if labelled:
+            return committed
         label = self.content.update_labels(layer.digest, {L.UNCOMPRESSED: diff_id})
         if background is None:
             await label
@@ -160,8 +167,12 @@ class Unpacker:
         *,
         ready: Callable[[int], Awaitable[None]] | None = None,
         on_event: UnpackEvent | None = None,
+        labelled: bool = False,
     ) -> UnpackResult:
-        """Apply `layers` in order; `ready(i)` waits until layer i's blob is in the content store."""
+        """Apply `layers` in order; `ready(i)` waits until layer i's blob is in the content store.
+
+        `labelled`: every layer blob already carries its `containerd.io/uncompressed` label.
+        """
         if len(layers) != len(diff_ids):
             raise errors.InvalidArgument(
                 f"image config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
@@ -187,7 +198,9 @@ class Unpacker:
                 if on_event:
                     on_event(i, "extracting", 0.0)
                 parent = chains[i - 1] if i else ""
-                if await self.apply_layer(layer, diff_id, parent, chains[i], checked=True, background=labels):
+                if await self.apply_layer(
+                    layer, diff_id, parent, chains[i], checked=True, background=labels, labelled=labelled
+                ):
                     applied += 1
                     if on_event:
                         on_event(i, "extracted", time.monotonic() - start)

@@ -6,8 +6,12 @@ cut short leaves its partial ingest to be resumed with `Range` by the next one.
 
 Those ingests are opened outside the pull's lease: containerd aborts a leased ingest as soon as
 its lease is gone (at the next garbage collection, within a second), while an unleased one lives
-for 24 hours. The blob's digest is put in the lease before its writer opens, so what is committed,
-or found already present, is held by the lease all the same.
+for 24 hours. What is committed, or found already present, is held all the same: the manifest is
+in the lease before any layer is fetched, and its `gc.ref.content` labels name the config and
+every layer, so containerd's GC keeps them through it. That costs no metadata transaction per
+blob; layers are also committed with their `containerd.io/uncompressed` label (the diffID from the
+config), which saves the label update after unpacking. containerd serializes every metadata
+write and syncs it to disk, so those transactions, not bytes, bound a pull of many small layers.
 """
 
 from __future__ import annotations
@@ -227,7 +231,7 @@ class Puller:
     ) -> bool:
         """Stream a blob into the content store; return False if it was there before we looked.
 
-        The digest joins the lease of `lns` first; the ingest itself is unleased (module docstring).
+        The ingest is unleased; the blob is held through the leased manifest (module docstring).
         """
         waited = False
 
@@ -235,7 +239,6 @@ class Puller:
             nonlocal waited
             waited = True
 
-        await _hold(lns, desc.digest)
         content = ContentStore(lns.with_lease(None))
         w = await content.open_writer(
             f"{kind}-{desc.digest}", total=desc.size, expected=desc.digest, lock_wait=lock_wait
@@ -289,8 +292,9 @@ class Puller:
             def report(status: Status, offset: int) -> None:
                 progress.update(LayerState(lid, status, offset, desc.size))
 
+            labels = {**source, L.UNCOMPRESSED: config.diff_ids[i]}
             async with sem:
-                downloaded[i] = await self._fetch_blob(lns, ref, desc, "layer", source, report)
+                downloaded[i] = await self._fetch_blob(lns, ref, desc, "layer", labels, report)
             report(Status.DOWNLOAD_COMPLETE if downloaded[i] else Status.ALREADY_EXISTS, desc.size)
             done[i].set()
 
@@ -335,7 +339,12 @@ class Puller:
                     tg.create_task(download(i, desc))
                 tg.create_task(
                     unpacker.unpack(
-                        manifest.config.digest, layers, config.diff_ids, ready=wait_ready, on_event=on_event
+                        manifest.config.digest,
+                        layers,
+                        config.diff_ids,
+                        ready=wait_ready,
+                        on_event=on_event,
+                        labelled=True,
                     )
                 )
         except BaseExceptionGroup as eg:
