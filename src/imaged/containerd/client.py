@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
 
 from imaged import errors
-from imaged.pb.containerd.services.content.v1 import content_pb2_grpc
+from imaged.pb.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from imaged.pb.containerd.services.diff.v1 import diff_pb2_grpc
 from imaged.pb.containerd.services.images.v1 import images_pb2_grpc
 from imaged.pb.containerd.services.introspection.v1 import introspection_pb2_grpc
@@ -24,6 +25,43 @@ T = TypeVar("T")
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
+def _pass_bytes(message: Any) -> bytes:
+    """Serializer that lets pre-encoded messages through (see `content.write_message`)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stubs:
+    """The service stubs of one channel, built once: views (a lease, a namespace) only change metadata."""
+
+    images: images_pb2_grpc.ImagesStub
+    content: content_pb2_grpc.ContentStub
+    leases: leases_pb2_grpc.LeasesStub
+    snapshots: snapshots_pb2_grpc.SnapshotsStub
+    diff: diff_pb2_grpc.DiffStub
+    namespaces: namespace_pb2_grpc.NamespacesStub
+    introspection: introspection_pb2_grpc.IntrospectionStub
+    # Content.Write taking either a WriteContentRequest or its encoding as bytes.
+    content_write: grpc.aio.StreamStreamMultiCallable
+
+    @classmethod
+    def on(cls, ch: grpc.aio.Channel) -> _Stubs:
+        return cls(
+            images_pb2_grpc.ImagesStub(ch),
+            content_pb2_grpc.ContentStub(ch),
+            leases_pb2_grpc.LeasesStub(ch),
+            snapshots_pb2_grpc.SnapshotsStub(ch),
+            diff_pb2_grpc.DiffStub(ch),
+            namespace_pb2_grpc.NamespacesStub(ch),
+            introspection_pb2_grpc.IntrospectionStub(ch),
+            ch.stream_stream(
+                "/containerd.services.content.v1.Content/Write",
+                request_serializer=_pass_bytes,
+                response_deserializer=content_pb2.WriteContentResponse.FromString,
+            ),
+        )
+
+
 class Containerd:
     """One containerd endpoint. The channel is created lazily and survives containerd restarts."""
 
@@ -31,6 +69,7 @@ class Containerd:
         self.address = address
         self.connect_timeout = connect_timeout
         self._channel: grpc.aio.Channel | None = None
+        self._stubs: _Stubs | None = None
         # (namespace, lease id) whose deletion failed while containerd was away; retried on return.
         self.orphan_leases: set[tuple[str, str]] = set()
 
@@ -49,6 +88,12 @@ class Containerd:
                 ],
             )
         return self._channel
+
+    @property
+    def stubs(self) -> _Stubs:
+        if self._stubs is None or self._channel is None:
+            self._stubs = _Stubs.on(self.channel)
+        return self._stubs
 
     def ns(self, namespace: str) -> Namespaced:
         return Namespaced(self, namespace)
@@ -69,6 +114,7 @@ class Containerd:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+            self._stubs = None
 
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await a containerd RPC, translating its failure into a domain error."""
@@ -102,14 +148,15 @@ class Namespaced:
         if lease:
             md.append(("containerd-lease", lease))
         self.metadata = tuple(md)
-        ch = cd.channel
-        self.images = images_pb2_grpc.ImagesStub(ch)
-        self.content = content_pb2_grpc.ContentStub(ch)
-        self.leases = leases_pb2_grpc.LeasesStub(ch)
-        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(ch)
-        self.diff = diff_pb2_grpc.DiffStub(ch)
-        self.namespaces = namespace_pb2_grpc.NamespacesStub(ch)
-        self.introspection = introspection_pb2_grpc.IntrospectionStub(ch)
+        s = cd.stubs
+        self.images = s.images
+        self.content = s.content
+        self.leases = s.leases
+        self.snapshots = s.snapshots
+        self.diff = s.diff
+        self.namespaces = s.namespaces
+        self.introspection = s.introspection
+        self.content_write = s.content_write
 
     def with_lease(self, lease: str | None) -> Namespaced:
         return Namespaced(self.cd, self.namespace, lease)
