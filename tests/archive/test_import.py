@@ -204,6 +204,10 @@ async def test_multiplatform_index(importer: Importer) -> None:
     assert host_config is not None and other_config is not None
     assert f"{L.GC_REF_SNAPSHOT}.overlayfs" in host_config.labels
     assert f"{L.GC_REF_SNAPSHOT}.overlayfs" not in other_config.labels
+    # The unpacked (host) layers carry their diffID, as containerd's own unpacker leaves them.
+    for la in host.layers:
+        layer_info = await store.info(la.digest)
+        assert layer_info is not None and layer_info.labels[L.UNCOMPRESSED] == la.diff_id
     assert importer.run_container(namespace, name) == "multi-host\n"
     # A synchronous garbage collection keeps everything the index reaches (the import's lease is gone).
     importer.gc(namespace)

@@ -21,6 +21,7 @@ from imaged.archive.limits import ImportLimits
 from imaged.archive.names import record_name
 from imaged.archive.plan import Plan, Planner, UnpackPlan
 from imaged.archive.stream import ByteReader, decompressed
+from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.leases import lease
 from imaged.containerd.unpack import Unpacker
@@ -60,7 +61,7 @@ _UNPACK_ATTEMPTS = 4
 _LAYER_FAULTS = ("archive/tar:", "unexpected EOF", "gzip:", "flate:", "zstd:", "magic number mismatch")
 
 
-async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan) -> None:
+async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan, labelled: set[str]) -> None:
     """Unpack; the layers are the archive's, so one that cannot be applied is bad input, not our fault."""
     current = -1
 
@@ -72,7 +73,9 @@ async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan) -> None:
     try:
         for attempt in range(_UNPACK_ATTEMPTS):
             try:
-                await unpacker.unpack(u.config_digest, u.layers, u.diff_ids, on_event=on_event)
+                await unpacker.unpack(
+                    u.config_digest, u.layers, u.diff_ids, on_event=on_event, labelled=labelled
+                )
                 break
             except AlreadyExists:
                 # Another client committed the same snapshot between our Stat and Prepare (containerd
@@ -141,6 +144,14 @@ async def import_archive(
         if not plan.images:
             raise InvalidArgument("no images imported from archive")
         names = _names(plan)
+        # The diffIDs are known now: layers get their uncompressed label with the labels they are
+        # written or updated with, instead of one update each after unpacking.
+        labelled: set[str] = set()
+        for image in plan.images:
+            if image.unpack is not None:
+                for layer, diff_id in zip(image.unpack.layers, image.unpack.diff_ids, strict=True):
+                    plan.labels.setdefault(layer.digest, {})[L.UNCOMPRESSED] = diff_id
+                    labelled.add(layer.digest)
 
         # Independent small writes, each a few containerd round trips: run them side by side.
         writes: list[Awaitable[None]] = []
@@ -164,7 +175,7 @@ async def import_archive(
             u = image.unpack
             if u is None or u.config_digest in unpacked:
                 continue
-            await _unpack(unpacker, image.what, u)
+            await _unpack(unpacker, image.what, u, labelled)
             unpacked.add(u.config_digest)
 
         for image in plan.images:

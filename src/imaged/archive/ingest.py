@@ -205,8 +205,9 @@ class Ingest:
                 # already exists is reported with its digest.
                 writer.expected = digest
                 await writer.commit()
-                writer = None
-                await self._hold(digest)
+                existed, writer = writer.existed, None
+                if existed:
+                    await self._hold(digest)
         except BaseException:
             if writer is not None:
                 await writer.close()
@@ -240,7 +241,8 @@ class Ingest:
             delay = min(delay * 2, 0.5)
 
     async def _hold(self, digest: str) -> None:
-        """Put committed content in our lease: a commit that finds the blob present does not."""
+        """Put content in our lease: needed only when a commit found the blob present (a commit
+        that creates it, or a writer that finds it on opening, leases it in the same transaction)."""
         if not self.ns.lease:
             return
         await self.ns.call(
@@ -275,9 +277,10 @@ class Ingest:
                 await writer.restart()
                 await writer.write(data)
             await writer.commit(labels)
-            await self._hold(digest)
-            # A commit that found the blob already present did not set the labels.
-            await self.store.update_labels(digest, labels)
+            if writer.existed:
+                # A commit that found the blob already present neither leased it nor set the labels.
+                await self._hold(digest)
+                await self.store.update_labels(digest, labels)
         except BaseException:
             await writer.close()
             await finish(self._abort(ref))

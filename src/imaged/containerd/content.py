@@ -160,6 +160,9 @@ class Writer:
         self.total = total
         self.expected = expected
         self.offset = 0
+        # Set by commit when containerd already had the blob: then the commit neither put it in
+        # the writer's lease nor set the labels (a commit that creates the blob does both).
+        self.existed = False
         self._pending = 0
         self._buf: list[bytes] = []
         self._buffered = 0
@@ -259,6 +262,7 @@ class Writer:
         try:
             resp = await self._recv()
         except errors.AlreadyExists:
+            self.existed = True
             if not self.expected:
                 # containerd does not say which digest exists; callers that hash the bytes set it.
                 raise errors.AlreadyExists(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from imaged import errors
@@ -167,11 +167,12 @@ class Unpacker:
         *,
         ready: Callable[[int], Awaitable[None]] | None = None,
         on_event: UnpackEvent | None = None,
-        labelled: bool = False,
+        labelled: Collection[str] = (),
     ) -> UnpackResult:
         """Apply `layers` in order; `ready(i)` waits until layer i's blob is in the content store.
 
-        `labelled`: every layer blob already carries its `containerd.io/uncompressed` label.
+        `labelled`: digests of layer blobs that already carry their `containerd.io/uncompressed`
+        label (set at commit, which saves a metadata transaction per layer).
         """
         if len(layers) != len(diff_ids):
             raise errors.InvalidArgument(
@@ -198,8 +199,9 @@ class Unpacker:
                 if on_event:
                     on_event(i, "extracting", 0.0)
                 parent = chains[i - 1] if i else ""
+                done = layer.digest in labelled
                 if await self.apply_layer(
-                    layer, diff_id, parent, chains[i], checked=True, background=labels, labelled=labelled
+                    layer, diff_id, parent, chains[i], checked=True, background=labels, labelled=done
                 ):
                     applied += 1
                     if on_event:

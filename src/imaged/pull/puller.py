@@ -344,7 +344,7 @@ class Puller:
                         config.diff_ids,
                         ready=wait_ready,
                         on_event=on_event,
-                        labelled=True,
+                        labelled={d.digest for d in layers},
                     )
                 )
         except BaseExceptionGroup as eg:
