@@ -59,6 +59,26 @@ class Unpacker:
         top = chain_ids(diff_ids)[-1]
         return info.labels.get(f"{L.GC_REF_SNAPSHOT}.{self.snapshotter}") == top and await self.exists(top)
 
+    async def _deepest_present(self, chains: list[str]) -> int:
+        """Index of the last chain whose snapshot exists (-1: none).
+
+        A chain that exists has all its parents, so existence is monotonic along the chain: a
+        binary search finds the boundary, and the usual cases (nothing, or everything, unpacked
+        yet) cost two Stats and one, instead of a Stat per layer.
+        """
+        if not chains:
+            return -1
+        if await self.exists(chains[-1]):
+            return len(chains) - 1
+        lo, hi = -1, len(chains) - 1  # chains[lo] exists (or lo == -1); chains[hi] does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2 if lo >= 0 else 0
+            if await self.exists(chains[mid]):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     async def _hold(self, chain_id: str) -> None:
         """Put an existing snapshot in our lease so GC cannot take it before the records exist."""
         if not self.ns.lease:
@@ -179,10 +199,7 @@ class Unpacker:
                 f"image config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
             )
         chains = chain_ids(diff_ids)
-        # One round of concurrent Stats up front: a chain that exists has all its parents, so the
-        # layers up to the last existing chain need no per-layer call on the critical path.
-        present = await asyncio.gather(*(self.exists(c) for c in chains))
-        have = max((i for i, p in enumerate(present) if p), default=-1)
+        have = await self._deepest_present(chains)
         await asyncio.gather(*(self._hold(c) for c in chains[: have + 1]))
         applied = existed = 0
         labels: list[asyncio.Task[None]] = []
