@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 from imaged.archive.ingest import Ingest
@@ -25,7 +25,7 @@ from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.leases import lease
 from imaged.containerd.unpack import Unpacker
-from imaged.errors import AlreadyExists, DataLoss, Internal, InvalidArgument
+from imaged.errors import AlreadyExists, DataLoss, Internal, InvalidArgument, first_error
 from imaged.images.records import Target, create_records
 from imaged.oci.manifest import Platform
 from imaged.oci.platform import host_platform
@@ -61,9 +61,41 @@ _UNPACK_ATTEMPTS = 4
 _LAYER_FAULTS = ("archive/tar:", "unexpected EOF", "gzip:", "flate:", "zstd:", "magic number mismatch")
 
 
-async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan, labelled: set[str]) -> None:
-    """Unpack; the layers are the archive's, so one that cannot be applied is bad input, not our fault."""
+def _unpack_plans(plan: Plan) -> list[tuple[str, UnpackPlan]]:
+    """What to unpack, once per config (two names of one image unpack once)."""
+    seen: set[str] = set()
+    out = []
+    for image in plan.images:
+        u = image.unpack
+        if u is not None and u.config_digest not in seen:
+            seen.add(u.config_digest)
+            out.append((image.what, u))
+    return out
+
+
+def _unpack_order(unpacks: list[tuple[str, UnpackPlan]]) -> list[str]:
+    """Digests in the order the unpacking needs them: every config, then the layers."""
+    order = [u.config_digest for _, u in unpacks]
+    order += [layer.digest for _, u in unpacks for layer in u.layers]
+    return list(dict.fromkeys(order))
+
+
+async def _unpack(
+    unpacker: Unpacker,
+    what: str,
+    u: UnpackPlan,
+    labelled: set[str],
+    ready: Callable[[str], Awaitable[None]],
+) -> None:
+    """Unpack; the layers are the archive's, so one that cannot be applied is bad input, not our fault.
+
+    `ready(digest)` waits until that blob (the config, a layer) is written and labelled.
+    """
+    await ready(u.config_digest)
     current = -1
+
+    async def layer_ready(i: int) -> None:
+        await ready(u.layers[i].digest)
 
     def on_event(i: int, event: str, _elapsed: float) -> None:
         nonlocal current
@@ -74,7 +106,12 @@ async def _unpack(unpacker: Unpacker, what: str, u: UnpackPlan, labelled: set[st
         for attempt in range(_UNPACK_ATTEMPTS):
             try:
                 await unpacker.unpack(
-                    u.config_digest, u.layers, u.diff_ids, on_event=on_event, labelled=labelled
+                    u.config_digest,
+                    u.layers,
+                    u.diff_ids,
+                    ready=layer_ready,
+                    on_event=on_event,
+                    labelled=labelled,
                 )
                 break
             except AlreadyExists:
@@ -153,30 +190,56 @@ async def import_archive(
                     plan.labels.setdefault(layer.digest, {})[L.UNCOMPRESSED] = diff_id
                     labelled.add(layer.digest)
 
-        # Independent small writes, each a few containerd round trips: run them side by side.
-        writes: list[Awaitable[None]] = []
+        # Independent small writes, each a few containerd round trips: run them side by side, and
+        # unpack meanwhile. Configs and layers go first, in unpack order; a layer is applied once
+        # its own write or label update is done (`settled`), the config's label once it is written.
+        unpacks = _unpack_plans(plan)
+        rank = {d: i for i, d in enumerate(_unpack_order(unpacks))}
+        settled: dict[str, asyncio.Event] = {}
+
+        def tracked(digest: str, aw: Awaitable[None]) -> tuple[int, str, Awaitable[None]]:
+            event = settled.setdefault(digest, asyncio.Event())
+
+            async def run() -> None:
+                await aw
+                event.set()
+
+            return rank.get(digest, len(rank)), digest, run()
+
+        ops: list[tuple[int, str, Awaitable[None]]] = []
         written: set[str] = set()
         for digest in sorted(plan.needed):
             held = contents.by_digest[digest].data
             if held is not None:
-                writes.append(ingest.write_blob(held, digest, plan.labels.get(digest, {})))
+                ops.append(tracked(digest, ingest.write_blob(held, digest, plan.labels.get(digest, {}))))
                 written.add(digest)
-        writes.extend(ingest.write_blob(b.data, b.digest, b.labels) for b in plan.new_blobs.values())
-        writes.extend(
-            ingest.store.update_labels(digest, labels)
+        ops.extend(
+            tracked(b.digest, ingest.write_blob(b.data, b.digest, b.labels)) for b in plan.new_blobs.values()
+        )
+        ops.extend(
+            tracked(digest, ingest.store.update_labels(digest, labels))
             for digest, labels in plan.labels.items()
             if digest not in written
         )
-        await _bounded(writes, WRITE_CONCURRENCY)
+        ops.sort(key=lambda op: op[:2])
+
+        async def ready(digest: str) -> None:
+            event = settled.get(digest)
+            if event is not None:
+                await event.wait()
 
         unpacker = Unpacker(leased, snapshotter)
-        unpacked: set[str] = set()
-        for image in plan.images:
-            u = image.unpack
-            if u is None or u.config_digest in unpacked:
-                continue
-            await _unpack(unpacker, image.what, u, labelled)
-            unpacked.add(u.config_digest)
+
+        async def unpack_all() -> None:
+            for what, u in unpacks:
+                await _unpack(unpacker, what, u, labelled, ready)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_bounded([aw for _, _, aw in ops], WRITE_CONCURRENCY))
+                tg.create_task(unpack_all())
+        except BaseExceptionGroup as eg:
+            raise first_error(eg) from None
 
         for image in plan.images:
             target = Target(image.target.media_type, image.target.digest, image.target.size)
@@ -188,7 +251,7 @@ async def import_archive(
             ns.namespace,
             contents.members,
             len(plan.images),
-            len(unpacked),
+            len(unpacks),
             ", ".join(names),
         )
         return names

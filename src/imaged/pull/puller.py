@@ -348,7 +348,7 @@ class Puller:
                     )
                 )
         except BaseExceptionGroup as eg:
-            raise _first_error(eg) from None
+            raise errors.first_error(eg) from None
         finally:
             for t in tickers.values():
                 t.cancel()
@@ -361,21 +361,3 @@ async def _hold(lns: Namespaced, digest: str) -> None:
         lns.leases.AddResource,
         leases_pb2.AddResourceRequest(id=lns.lease, resource=leases_pb2.Resource(id=digest, type="content")),
     )
-
-
-def _first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
-    """The most meaningful error of a failed task group: a domain error before anything else."""
-    flat: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for sub in e.exceptions:
-                walk(sub)
-        else:
-            flat.append(e)
-
-    walk(eg)
-    for e in flat:
-        if isinstance(e, errors.ImagedError):
-            return e
-    return flat[0]
