@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHUNK = 64 * 1024
-# Blob bodies are read in CHUNK pieces too: when a connection breaks, aiohttp raises before it
-# hands out what it still buffered, so a smaller piece keeps more received bytes for the resume.
 MAX_ERROR_BODY = 64 * 1024
 MAX_TOKEN_BODY = 1024 * 1024
 MAX_REDIRECTS = 10
@@ -826,7 +824,10 @@ class RegistryClient:
                     )
                 sent = 0
                 try:
-                    async for chunk in resp.content.iter_chunked(CHUNK):
+                    # Each piece as the socket delivered it: no re-slicing copy, and nothing
+                    # received is held back (when a connection breaks, aiohttp raises before it
+                    # hands out what it still buffered, and the resume starts after the last piece).
+                    async for chunk in resp.content.iter_any():
                         if skip:
                             if len(chunk) <= skip:
                                 skip -= len(chunk)
