@@ -50,7 +50,9 @@ class DaemonProcess:
         }
         self.config = deep_merge(cfg, config or {})
         self.config_path.write_text(yaml.safe_dump(self.config))
-        self.env = {**os.environ, **(env or {})}
+        # A proxy of the machine running the tests must not reach the daemon unless a test says so.
+        inherited = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        self.env = {**inherited, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
         DaemonProcess.instances.append(self)

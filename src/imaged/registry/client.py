@@ -21,7 +21,7 @@ import re
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -54,6 +54,7 @@ from imaged.registry.auth import (
 )
 from imaged.registry.config import RegistriesConfig, normalize_host
 from imaged.registry.hosts import Endpoint, endpoints
+from imaged.registry.proxy import ProxyRules
 from imaged.registry.reference import Reference, validate_digest
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class _Shared:
         self.ssl_contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
         self.endpoint_cache: dict[str, tuple[float, list[Endpoint]]] = {}
         self.closed = False
+        self.proxies = ProxyRules.from_environment()
 
     def get_session(self) -> aiohttp.ClientSession:
         if self.closed:
@@ -362,6 +364,9 @@ class RegistryClient:
                 auth = self._auth_header(e, scope, creds)
                 if auth:
                     h["Authorization"] = auth
+            proxy = self._shared.proxies.for_url(current)
+            if proxy and current.startswith("http:"):
+                h.update(proxy.headers)  # plain http is proxied per request, https through CONNECT
             try:
                 resp = await session.request(
                     method,
@@ -369,6 +374,8 @@ class RegistryClient:
                     headers=h,
                     allow_redirects=False,
                     ssl=self._shared.ssl_for(e) if same_origin else True,
+                    proxy=proxy.url if proxy else None,
+                    proxy_headers=proxy.headers if proxy else None,
                 )
             except (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError) as err:
                 reason = getattr(err, "certificate_error", None) or err
@@ -384,7 +391,8 @@ class RegistryClient:
                         f"{what}: {netloc} speaks HTTPS but was asked in plain HTTP; set "
                         f"registries.hosts.{ref.domain}.plain_http to false or give it a tls section"
                     ) from None
-                raise _Transient(f"cannot reach {netloc}: {type(err).__name__}: {err}") from None
+                via = f" through proxy {proxy}" if proxy else ""
+                raise _Transient(f"cannot reach {netloc}{via}: {type(err).__name__}: {err}") from None
             log.debug("%s %s -> %d", method, redact_url(current), resp.status)
 
             if resp.status in REDIRECT_STATUS:
@@ -407,6 +415,16 @@ class RegistryClient:
                 await self._authenticate(e, challenges, scope, creds, ref=ref, what=what)
                 continue
             return resp
+
+    def _via(self, url: str, headers: MutableMapping[str, str]) -> dict[str, Any]:
+        """aiohttp's proxy arguments for `url` (none when it is reached directly). Plain http is
+        proxied per request, so the proxy's credentials join `headers`; https uses CONNECT."""
+        proxy = self._shared.proxies.for_url(url)
+        if proxy is None:
+            return {}
+        if url.startswith("http:"):
+            headers.update(proxy.headers)
+        return {"proxy": proxy.url, "proxy_headers": proxy.headers}
 
     async def _authenticate(
         self,
@@ -476,7 +494,10 @@ class RegistryClient:
                     "client_id": "imaged",
                     "access_type": "offline",
                 }
-                req = session.post(URL(realm, encoded=True), data=form, headers=h, allow_redirects=False)
+                via = self._via(realm, h)
+                req = session.post(
+                    URL(realm, encoded=True), data=form, headers=h, allow_redirects=False, **via
+                )
             else:
                 query: list[tuple[str, str]] = [("service", service)] if service else []
                 query += [("scope", s) for s in scopes]
@@ -484,7 +505,8 @@ class RegistryClient:
                 basic = creds.basic()
                 if basic:
                     h["Authorization"] = basic
-                req = session.get(url, headers=h, allow_redirects=False)
+                via = self._via(realm, h)
+                req = session.get(url, headers=h, allow_redirects=False, **via)
             # The token fetch has its own limit; the request waiting for it gets as much more time.
             limit = self.config.timeouts.request
             outer = _REQUEST_LIMIT.get()
