@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
-from imaged.archive.ingest import Ingest
+from imaged.archive.ingest import ArchiveContents, Ingest
 from imaged.archive.limits import ImportLimits
 from imaged.archive.names import record_name
 from imaged.archive.plan import Plan, Planner, UnpackPlan
@@ -181,65 +182,7 @@ async def import_archive(
         if not plan.images:
             raise InvalidArgument("no images imported from archive")
         names = _names(plan)
-        # The diffIDs are known now: layers get their uncompressed label with the labels they are
-        # written or updated with, instead of one update each after unpacking.
-        labelled: set[str] = set()
-        for image in plan.images:
-            if image.unpack is not None:
-                for layer, diff_id in zip(image.unpack.layers, image.unpack.diff_ids, strict=True):
-                    plan.labels.setdefault(layer.digest, {})[L.UNCOMPRESSED] = diff_id
-                    labelled.add(layer.digest)
-
-        # Independent small writes, each a few containerd round trips: run them side by side, and
-        # unpack meanwhile. Configs and layers go first, in unpack order; a layer is applied once
-        # its own write or label update is done (`settled`), the config's label once it is written.
-        unpacks = _unpack_plans(plan)
-        rank = {d: i for i, d in enumerate(_unpack_order(unpacks))}
-        settled: dict[str, asyncio.Event] = {}
-
-        def tracked(digest: str, aw: Awaitable[None]) -> tuple[int, str, Awaitable[None]]:
-            event = settled.setdefault(digest, asyncio.Event())
-
-            async def run() -> None:
-                await aw
-                event.set()
-
-            return rank.get(digest, len(rank)), digest, run()
-
-        ops: list[tuple[int, str, Awaitable[None]]] = []
-        written: set[str] = set()
-        for digest in sorted(plan.needed):
-            held = contents.by_digest[digest].data
-            if held is not None:
-                ops.append(tracked(digest, ingest.write_blob(held, digest, plan.labels.get(digest, {}))))
-                written.add(digest)
-        ops.extend(
-            tracked(b.digest, ingest.write_blob(b.data, b.digest, b.labels)) for b in plan.new_blobs.values()
-        )
-        ops.extend(
-            tracked(digest, ingest.store.update_labels(digest, labels))
-            for digest, labels in plan.labels.items()
-            if digest not in written
-        )
-        ops.sort(key=lambda op: op[:2])
-
-        async def ready(digest: str) -> None:
-            event = settled.get(digest)
-            if event is not None:
-                await event.wait()
-
-        unpacker = Unpacker(leased, snapshotter)
-
-        async def unpack_all() -> None:
-            for what, u in unpacks:
-                await _unpack(unpacker, what, u, labelled, ready)
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(_bounded([aw for _, _, aw in ops], WRITE_CONCURRENCY))
-                tg.create_task(unpack_all())
-        except BaseExceptionGroup as eg:
-            raise first_error(eg) from None
+        unpacked = await _write_and_unpack(ingest, contents, plan, Unpacker(leased, snapshotter))
 
         for image in plan.images:
             target = Target(image.target.media_type, image.target.digest, image.target.size)
@@ -251,7 +194,66 @@ async def import_archive(
             ns.namespace,
             contents.members,
             len(plan.images),
-            len(unpacks),
+            unpacked,
             ", ".join(names),
         )
         return names
+
+
+async def _write_and_unpack(ingest: Ingest, contents: ArchiveContents, plan: Plan, unpacker: Unpacker) -> int:
+    """Write what the archive held in memory, set the planned labels, and unpack meanwhile; return
+    how many images were unpacked.
+
+    The writes are independent and small, a few containerd round trips each, so they run side by
+    side. Configs and layers go first, in unpack order, and a layer is applied as soon as its own
+    write or label update is done. The diffIDs are known now, so layers get their uncompressed
+    label with the labels they are written or updated with, not in one update each after unpacking.
+    """
+    labelled: set[str] = set()
+    for image in plan.images:
+        if image.unpack is not None:
+            for layer, diff_id in zip(image.unpack.layers, image.unpack.diff_ids, strict=True):
+                plan.labels.setdefault(layer.digest, {})[L.UNCOMPRESSED] = diff_id
+                labelled.add(layer.digest)
+    unpacks = _unpack_plans(plan)
+    rank = {d: i for i, d in enumerate(_unpack_order(unpacks))}
+    ops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    written: set[str] = set()
+    for digest in sorted(plan.needed):
+        held = contents.by_digest[digest].data
+        if held is not None:
+            ops.append(
+                (digest, functools.partial(ingest.write_blob, held, digest, plan.labels.get(digest, {})))
+            )
+            written.add(digest)
+    ops += [
+        (b.digest, functools.partial(ingest.write_blob, b.data, b.digest, b.labels))
+        for b in plan.new_blobs.values()
+    ]
+    ops += [
+        (digest, functools.partial(ingest.store.update_labels, digest, labels))
+        for digest, labels in plan.labels.items()
+        if digest not in written
+    ]
+    ops.sort(key=lambda op: (rank.get(op[0], len(rank)), op[0]))
+    settled = {digest: asyncio.Event() for digest, _ in ops}
+
+    async def run(digest: str, start: Callable[[], Awaitable[None]]) -> None:
+        await start()
+        settled[digest].set()
+
+    async def ready(digest: str) -> None:
+        if digest in settled:
+            await settled[digest].wait()
+
+    async def unpack_all() -> None:
+        for what, u in unpacks:
+            await _unpack(unpacker, what, u, labelled, ready)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_bounded([run(d, start) for d, start in ops], WRITE_CONCURRENCY))
+            tg.create_task(unpack_all())
+    except BaseExceptionGroup as eg:
+        raise first_error(eg) from None
+    return len(unpacks)
