@@ -88,6 +88,14 @@ class Case:
             return None
         return a.median / b.median
 
+    def paired_ratios(self) -> list[float]:
+        """subject / reference run by run: the tools take turns in each round, so run i of one
+        and run i of the other saw the same machine; their spread shows how far to trust the median."""
+        a, b = self.series.get(self.subject), self.series.get(self.reference)
+        if a is None or b is None or not a.available or not b.available:
+            return []
+        return [x / y for x, y in zip(a.samples, b.samples, strict=False) if y > 0]
+
     def floor_ratio(self) -> float | None:
         a, f = self.series.get(self.subject), self.series.get("floor")
         if a is None or f is None or not a.samples or not f.samples:
@@ -107,6 +115,7 @@ class Case:
             "name": self.name,
             "target": self.target,
             "ratio": self.ratio(),
+            "paired_ratios": self.paired_ratios(),
             "floor_ratio": self.floor_ratio(),
             "met": self.met(),
             "series": {k: v.to_json() for k, v in self.series.items()},

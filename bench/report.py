@@ -30,6 +30,9 @@ def case_table(case: Case) -> list[str]:
     out = [f"### {case.scenario}: {case.name}", ""]
     ratio, met = case.ratio(), case.met()
     head = f"**{case.subject} / {case.reference} (medians): {_ratio(ratio)}**"
+    pairs = case.paired_ratios()
+    if len(pairs) > 1:
+        head += f" (run by run: {_ratio(min(pairs))} to {_ratio(max(pairs))})"
     if case.target is not None:
         verdict = "n/a" if met is None else ("met" if met else "**MISSED**")
         head += f"; target at most {case.target:.2f}x: {verdict}"
