@@ -131,7 +131,10 @@ async def _unpack(
         ) from None
 
 
-WRITE_CONCURRENCY = 8
+# The writes only need to stay ahead of the unpacking, which is the critical path; more of them
+# at once slow it down through containerd's contention (4 against 8: 5-9% faster imports of 40
+# small layers, in three A/B comparisons of both formats).
+WRITE_CONCURRENCY = 4
 
 
 async def _bounded(aws: list[Awaitable[None]], limit: int) -> None:
