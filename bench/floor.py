@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from imaged.containerd import Containerd
+from imaged.containerd import labels as L
 from imaged.containerd.content import ContentStore
 from imaged.containerd.leases import lease
 from imaged.containerd.unpack import Unpacker
@@ -57,13 +58,13 @@ def prepare(image: Image) -> Prepared:
     return Prepared(image.config_digest, tuple(blobs))
 
 
-async def _write(content: ContentStore, blob: Blob) -> None:
+async def _write(content: ContentStore, blob: Blob, labels: dict[str, str]) -> None:
     w = await content.open_writer(f"{blob.kind}-{blob.digest}", total=len(blob.data), expected=blob.digest)
     if w is None:
         raise RuntimeError(f"floor: {blob.digest} already in the content store (not a cold run)")
     try:
         await w.write(blob.data)
-        await w.commit()
+        await w.commit(labels)
     finally:
         await w.close()
 
@@ -96,10 +97,12 @@ class Floor:
         async with lease(ns, owner="bench-floor", purpose="floor") as lns:
             content = ContentStore(lns)
             sem = asyncio.Semaphore(WRITERS)
+            # Layers committed with their diffID label, as imaged's pull and import commit them.
+            labels = {la.digest: {L.UNCOMPRESSED: la.diff_id} for la in image.layers}
 
             async def one(blob: Blob) -> None:
                 async with sem:
-                    await _write(content, blob)
+                    await _write(content, blob, labels.get(blob.digest, {}))
 
             t0 = time.perf_counter()
             async with asyncio.TaskGroup() as tg:

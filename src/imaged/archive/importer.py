@@ -85,7 +85,6 @@ async def _unpack(
     unpacker: Unpacker,
     what: str,
     u: UnpackPlan,
-    labelled: set[str],
     ready: Callable[[str], Awaitable[None]],
 ) -> None:
     """Unpack; the layers are the archive's, so one that cannot be applied is bad input, not our fault.
@@ -112,7 +111,6 @@ async def _unpack(
                     u.diff_ids,
                     ready=layer_ready,
                     on_event=on_event,
-                    labelled=labelled,
                 )
                 break
             except AlreadyExists:
@@ -212,13 +210,10 @@ async def _write_and_unpack(ingest: Ingest, contents: ArchiveContents, plan: Pla
     write or label update is done. The diffIDs are known now, so layers get their uncompressed
     label with the labels they are written or updated with, not in one update each after unpacking.
     """
-    labelled: set[str] = set()
-    for image in plan.images:
-        if image.unpack is not None:
-            for layer, diff_id in zip(image.unpack.layers, image.unpack.diff_ids, strict=True):
-                plan.labels.setdefault(layer.digest, {})[L.UNCOMPRESSED] = diff_id
-                labelled.add(layer.digest)
     unpacks = _unpack_plans(plan)
+    for _, u in unpacks:
+        for layer, diff_id in zip(u.layers, u.diff_ids, strict=True):
+            plan.labels.setdefault(layer.digest, {})[L.UNCOMPRESSED] = diff_id
     rank = {d: i for i, d in enumerate(_unpack_order(unpacks))}
     ops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
     written: set[str] = set()
@@ -251,7 +246,7 @@ async def _write_and_unpack(ingest: Ingest, contents: ArchiveContents, plan: Pla
 
     async def unpack_all() -> None:
         for what, u in unpacks:
-            await _unpack(unpacker, what, u, labelled, ready)
+            await _unpack(unpacker, what, u, ready)
 
     try:
         async with asyncio.TaskGroup() as tg:

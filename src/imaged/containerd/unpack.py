@@ -3,6 +3,10 @@
 Each layer is applied on top of its parent's chain ID with Diff.Apply; the resulting diffID is
 checked against the config, and the config blob finally gets the
 `containerd.io/gc.ref.snapshot.<snapshotter>` label, which is what containerd calls "unpacked".
+
+Layer blobs are expected to carry their `containerd.io/uncompressed` label already: writers set it
+when they commit a layer (the diffID is in the config), which saves containerd's unpacker's label
+update per layer. A layer that does not unpack to its diffID has the label removed again.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from imaged import errors
@@ -99,15 +103,10 @@ class Unpacker:
         chain_id: str,
         *,
         checked: bool = False,
-        background: list[asyncio.Task[None]] | None = None,
-        labelled: bool = False,
     ) -> bool:
         """Apply one layer; return False if the snapshot already existed.
 
-        `checked`: the caller has just seen that the snapshot does not exist. `background`: the
-        layer's label update is started there instead of awaited, to be awaited by the caller.
-        `labelled`: the blob was committed with its `containerd.io/uncompressed` label already
-        (one metadata transaction less per layer); it is removed again if the diffID is wrong.
+        `checked`: the caller has just seen that the snapshot does not exist.
         """
         if not checked and await self.exists(chain_id):
             await self._hold(chain_id)
@@ -139,8 +138,7 @@ class Unpacker:
                 ),
             )
             if applied.applied.digest != diff_id:
-                if labelled:
-                    await finish(self.content.update_labels(layer.digest, {L.UNCOMPRESSED: ""}))
+                await finish(self.content.update_labels(layer.digest, {L.UNCOMPRESSED: ""}))
                 raise errors.DataLoss(
                     f"layer {layer.digest} unpacks to {applied.applied.digest}, "
                     f"but the image config says {diff_id}"
@@ -161,13 +159,6 @@ class Unpacker:
         finally:
             if not committed:
                 await finish(self._remove(key))
-        if labelled:
-            return committed
-        label = self.content.update_labels(layer.digest, {L.UNCOMPRESSED: diff_id})
-        if background is None:
-            await label
-        else:
-            background.append(asyncio.ensure_future(label))
         return committed
 
     async def _remove(self, key: str) -> None:
@@ -187,13 +178,8 @@ class Unpacker:
         *,
         ready: Callable[[int], Awaitable[None]] | None = None,
         on_event: UnpackEvent | None = None,
-        labelled: Collection[str] = (),
     ) -> UnpackResult:
-        """Apply `layers` in order; `ready(i)` waits until layer i's blob is in the content store.
-
-        `labelled`: digests of layer blobs that already carry their `containerd.io/uncompressed`
-        label (set at commit, which saves a metadata transaction per layer).
-        """
+        """Apply `layers` in order; `ready(i)` waits until layer i's blob is in the content store."""
         if len(layers) != len(diff_ids):
             raise errors.InvalidArgument(
                 f"image config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
@@ -202,36 +188,26 @@ class Unpacker:
         have = await self._deepest_present(chains)
         await asyncio.gather(*(self._hold(c) for c in chains[: have + 1]))
         applied = existed = 0
-        labels: list[asyncio.Task[None]] = []
-        try:
-            for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
-                if ready is not None:
-                    await ready(i)
-                start = time.monotonic()
-                if i <= have:
-                    existed += 1
-                    if on_event:
-                        on_event(i, "exists", 0.0)
-                    continue
+        for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
+            if ready is not None:
+                await ready(i)
+            start = time.monotonic()
+            if i <= have:
+                existed += 1
                 if on_event:
-                    on_event(i, "extracting", 0.0)
-                parent = chains[i - 1] if i else ""
-                done = layer.digest in labelled
-                if await self.apply_layer(
-                    layer, diff_id, parent, chains[i], checked=True, background=labels, labelled=done
-                ):
-                    applied += 1
-                    if on_event:
-                        on_event(i, "extracted", time.monotonic() - start)
-                else:
-                    existed += 1
-                    if on_event:
-                        on_event(i, "exists", time.monotonic() - start)
-            await asyncio.gather(*labels)
-        finally:
-            for t in labels:
-                if not t.done():
-                    t.cancel()
+                    on_event(i, "exists", 0.0)
+                continue
+            if on_event:
+                on_event(i, "extracting", 0.0)
+            parent = chains[i - 1] if i else ""
+            if await self.apply_layer(layer, diff_id, parent, chains[i], checked=True):
+                applied += 1
+                if on_event:
+                    on_event(i, "extracted", time.monotonic() - start)
+            else:
+                existed += 1
+                if on_event:
+                    on_event(i, "exists", time.monotonic() - start)
         top = chains[-1] if chains else ""
         if top:
             await self.content.update_labels(config_digest, {f"{L.GC_REF_SNAPSHOT}.{self.snapshotter}": top})

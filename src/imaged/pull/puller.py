@@ -344,7 +344,6 @@ class Puller:
                         config.diff_ids,
                         ready=wait_ready,
                         on_event=on_event,
-                        labelled={d.digest for d in layers},
                     )
                 )
         except BaseExceptionGroup as eg:
