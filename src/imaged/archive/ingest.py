@@ -22,9 +22,8 @@ from imaged.archive.stream import ByteReader
 from imaged.archive.tar import BLOCK, Kind, Member, TarReader, checksum_ok
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore, Writer
-from imaged.containerd.leases import finish
+from imaged.containerd.leases import finish, hold
 from imaged.errors import InvalidArgument
-from imaged.pb.containerd.services.leases.v1 import leases_pb2
 from imaged.registry.reference import validate_digest
 
 log = logging.getLogger(__name__)
@@ -207,7 +206,9 @@ class Ingest:
                 await writer.commit()
                 existed, writer = writer.existed, None
                 if existed:
-                    await self._hold(digest)
+                    # Only then is the blob not in our lease yet: a commit that creates it, or a
+                    # writer that finds it on opening, leases it in the same transaction.
+                    await hold(self.ns, digest)
         except BaseException:
             if writer is not None:
                 await writer.close()
@@ -240,18 +241,6 @@ class Ingest:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _hold(self, digest: str) -> None:
-        """Put content in our lease: needed only when a commit found the blob present (a commit
-        that creates it, or a writer that finds it on opening, leases it in the same transaction)."""
-        if not self.ns.lease:
-            return
-        await self.ns.call(
-            self.ns.leases.AddResource,
-            leases_pb2.AddResourceRequest(
-                id=self.ns.lease, resource=leases_pb2.Resource(id=digest, type="content")
-            ),
-        )
-
     def _ref(self) -> str:
         """A fresh ingest ref: ours alone, so an abort never touches another client's ingest."""
         self._seq += 1
@@ -279,7 +268,7 @@ class Ingest:
             await writer.commit(labels)
             if writer.existed:
                 # A commit that found the blob already present neither leased it nor set the labels.
-                await self._hold(digest)
+                await hold(self.ns, digest)
                 await self.store.update_labels(digest, labels)
         except BaseException:
             await writer.close()

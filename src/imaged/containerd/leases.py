@@ -58,6 +58,17 @@ async def lease(
             log.warning("could not delete lease %s (will retry when containerd answers): %s", lease_id, e)
 
 
+async def hold(ns: Namespaced, resource_id: str, kind: str = "content") -> None:
+    """Put a resource (a blob digest, or a snapshot with kind `snapshots/<snapshotter>`) in the
+    lease of `ns`, present or not yet: GC keeps it from then on. Without a lease, nothing to do."""
+    if not ns.lease:
+        return
+    await ns.call(
+        ns.leases.AddResource,
+        leases_pb2.AddResourceRequest(id=ns.lease, resource=leases_pb2.Resource(id=resource_id, type=kind)),
+    )
+
+
 async def delete(ns: Namespaced, lease_id: str, *, sync: bool = False) -> None:
     try:
         await ns.call(ns.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=sync))

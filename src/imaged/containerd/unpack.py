@@ -21,10 +21,9 @@ from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.leases import finish
+from imaged.containerd.leases import finish, hold
 from imaged.oci.manifest import Descriptor, chain_ids
 from imaged.pb.containerd.services.diff.v1 import diff_pb2
-from imaged.pb.containerd.services.leases.v1 import leases_pb2
 from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2
 from imaged.pb.containerd.types import descriptor_pb2
 
@@ -85,15 +84,7 @@ class Unpacker:
 
     async def _hold(self, chain_id: str) -> None:
         """Put an existing snapshot in our lease so GC cannot take it before the records exist."""
-        if not self.ns.lease:
-            return
-        await self.ns.call(
-            self.ns.leases.AddResource,
-            leases_pb2.AddResourceRequest(
-                id=self.ns.lease,
-                resource=leases_pb2.Resource(id=chain_id, type=f"snapshots/{self.snapshotter}"),
-            ),
-        )
+        await hold(self.ns, chain_id, f"snapshots/{self.snapshotter}")
 
     async def apply_layer(
         self,

@@ -30,7 +30,7 @@ from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.gclabels import distribution_source, index_labels, manifest_labels
 from imaged.containerd.images import ImageStore
-from imaged.containerd.leases import lease
+from imaged.containerd.leases import hold, lease
 from imaged.containerd.unpack import Unpacker
 from imaged.images.records import Target, create_records
 from imaged.images.walk import MAX_INDEX_DEPTH, host_manifest
@@ -45,7 +45,6 @@ from imaged.oci.manifest import (
     parse_manifest,
 )
 from imaged.oci.platform import host_platform, select
-from imaged.pb.containerd.services.leases.v1 import leases_pb2
 from imaged.pull.progress import LayerState, Progress, Status
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
@@ -185,7 +184,7 @@ class Puller:
     async def _manifest_bytes(self, content: ContentStore, ref: Reference, desc: Descriptor) -> bytes:
         # Leased before looking: content nothing references (a cancelled pull's) may otherwise be
         # collected between the look and the read.
-        await _hold(content.ns, desc.digest)
+        await hold(content.ns, desc.digest)
         info = await content.info(desc.digest)
         if info is not None:
             try:
@@ -351,12 +350,3 @@ class Puller:
         finally:
             for t in tickers.values():
                 t.cancel()
-
-
-async def _hold(lns: Namespaced, digest: str) -> None:
-    """Put content `digest` in the lease of `lns`, present or not yet: GC keeps it from then on."""
-    assert lns.lease is not None
-    await lns.call(
-        lns.leases.AddResource,
-        leases_pb2.AddResourceRequest(id=lns.lease, resource=leases_pb2.Resource(id=digest, type="content")),
-    )
