@@ -364,9 +364,7 @@ class RegistryClient:
                 auth = self._auth_header(e, scope, creds)
                 if auth:
                     h["Authorization"] = auth
-            proxy = self._shared.proxies.for_url(current)
-            if proxy and current.startswith("http:"):
-                h.update(proxy.headers)  # plain http is proxied per request, https through CONNECT
+            via = self._via(current, h)
             try:
                 resp = await session.request(
                     method,
@@ -374,8 +372,7 @@ class RegistryClient:
                     headers=h,
                     allow_redirects=False,
                     ssl=self._shared.ssl_for(e) if same_origin else True,
-                    proxy=proxy.url if proxy else None,
-                    proxy_headers=proxy.headers if proxy else None,
+                    **via,
                 )
             except (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError) as err:
                 reason = getattr(err, "certificate_error", None) or err
@@ -391,8 +388,8 @@ class RegistryClient:
                         f"{what}: {netloc} speaks HTTPS but was asked in plain HTTP; set "
                         f"registries.hosts.{ref.domain}.plain_http to false or give it a tls section"
                     ) from None
-                via = f" through proxy {proxy}" if proxy else ""
-                raise _Transient(f"cannot reach {netloc}{via}: {type(err).__name__}: {err}") from None
+                through = f" through proxy {via['proxy']}" if via else ""
+                raise _Transient(f"cannot reach {netloc}{through}: {type(err).__name__}: {err}") from None
             log.debug("%s %s -> %d", method, redact_url(current), resp.status)
 
             if resp.status in REDIRECT_STATUS:

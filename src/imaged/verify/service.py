@@ -230,9 +230,12 @@ class ImageVerifier:
             )
             return outcome
 
-        if self._cache.peek(key) is not None and self._on_cache_hit is not None:
-            self._on_cache_hit()
-        outcome = await self._cache.get(key, compute)
+        outcome = self._cache.peek(key)
+        if outcome is not None:
+            if self._on_cache_hit is not None:
+                self._on_cache_hit()
+        else:
+            outcome = await self._cache.get(key, compute)
         if not outcome.verified:
             raise PermissionDenied(_truncate(f"image verification failed: {outcome.message}"))
         return Verdict(True, outcome.message, pinned_ref.pinned())
