@@ -297,6 +297,23 @@ async def test_success_is_cached_until_its_ttl() -> None:
     assert await v.verify(ref) == first and len(reg.calls) > n
 
 
+async def test_cache_hits_are_reported_once_each_for_success_and_failure() -> None:
+    """The daemon's cache-hit metric: called for a verdict served from cache, never for a computed one."""
+    reg, clock, hits = FakeRegistry(), Clock(), []
+    _, digest = seeds.a2(reg)
+    wrong = {"image": "docker.io/phbelitz/other", "keyless": {"issuer": "x", "subject": "y"}}
+    config = VerificationConfig.model_validate({"rules": [wrong, A2_RULE]})
+    v = ImageVerifier(config, reg, clock=clock, on_cache_hit=lambda: hits.append(1))
+    ref = f"phbelitz/rekor-test@{digest}"
+    first = await v.verify(ref)
+    assert hits == []
+    assert await v.verify(ref) == first
+    assert hits == [1]
+    await denied(v, f"phbelitz/other@{digest}")
+    await denied(v, f"phbelitz/other@{digest}")
+    assert hits == [1, 1]
+
+
 async def test_tags_are_resolved_every_time_even_when_cached() -> None:
     reg = FakeRegistry()
     seeds.a2(reg)
