@@ -48,3 +48,12 @@ def daemon(containerd: PrivateContainerd) -> Iterator[DaemonProcess]:
     d.start()
     yield d
     d.stop()
+
+
+@pytest.fixture(scope="module")
+def cd() -> Iterator[PrivateContainerd]:
+    """A private containerd per module, for cases that stop it, crash against it or load it."""
+    c = PrivateContainerd()
+    c.start()
+    yield c
+    c.destroy()

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import archives
-from tests.support.containerd import PrivateContainerd
 from tests.support.registry import Registry
 
 # Fast retries and short timeouts: faults must resolve in seconds, not minutes.
@@ -17,15 +16,6 @@ FAST_REGISTRIES = {
     "retries": {"attempts": 4, "base_delay": 0.05, "max_delay": 0.2},
     "timeouts": {"connect": 2, "read": 1.5},
 }
-
-
-@pytest.fixture(scope="module")
-def cd() -> Iterator[PrivateContainerd]:
-    """A private containerd per module, for cases that stop it or inspect it after a crash."""
-    c = PrivateContainerd()
-    c.start()
-    yield c
-    c.destroy()
 
 
 @pytest.fixture(scope="session")

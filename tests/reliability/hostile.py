@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -13,15 +12,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.support.archives import OCI_CONFIG, OCI_MANIFEST, sha
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def compact(doc: object) -> bytes:

@@ -15,17 +15,10 @@ import pytest
 from aiohttp import web
 
 from imaged.pb.machine import image_pb2
-from tests.reliability.hostile import (
-    OCI_INDEX,
-    OCI_MANIFEST,
-    SIMPLE_SIGNING,
-    HostileRegistry,
-    compact,
-    manifest_response,
-    sha,
-    small_image,
-)
+from imaged.verify.material import SIMPLE_SIGNING_MEDIA_TYPE as SIMPLE_SIGNING
+from tests.reliability.hostile import HostileRegistry, compact, manifest_response, small_image
 from tests.reliability.hygiene import rss_kib
+from tests.support.archives import OCI_INDEX, OCI_MANIFEST, sha
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import SYSTEM, DaemonProcess
 from tests.support.sigstore import StaticKey

@@ -75,6 +75,19 @@ def socket_dir() -> Iterator[pathlib.Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+def check_config_fails(path: pathlib.Path, text: str) -> str:
+    """Write `text` to `path`, run `imaged --check-config` on it, expect a refusal; its output."""
+    path.write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "imaged.daemon.main", "--config", str(path), "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0
+    return r.stdout + r.stderr
+
+
 @pytest.mark.parametrize(
     ("admin", "readonly", "admin_for_nobody"),
     [
@@ -258,16 +271,7 @@ def test_no_secret_in_logs_errors_or_redirects(
     ]
     check_outputs = []
     for i, text in enumerate(bad_configs):
-        path = tmp_path / f"bad{i}.yaml"
-        path.write_text(text)
-        r = subprocess.run(
-            [sys.executable, "-m", "imaged.daemon.main", "--config", str(path), "--check-config"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert r.returncode != 0
-        check_outputs.append(r.stdout + r.stderr)
+        check_outputs.append(check_config_fails(tmp_path / f"bad{i}.yaml", text))
 
     texts = {f"log of daemon {i}": d.logs() for i, d in enumerate(daemons)}
     texts.update({f"error {i}": e for i, e in enumerate(errors)})
@@ -289,15 +293,6 @@ def test_unterminated_quote_in_a_secret_stays_out_of_config_errors(tmp_path: pat
     text = (
         f'registries:\n  hosts:\n    r.example:\n      auth: {{username: x, password: "{SECRETS["wrong"]}\n'
     )
-    path = tmp_path / "broken.yaml"
-    path.write_text(text)
-    r = subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", "--config", str(path), "--check-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode != 0
-    out = r.stdout + r.stderr
+    out = check_config_fails(tmp_path / "broken.yaml", text)
     assert "broken.yaml" in out
     assert SECRETS["wrong"] not in out, out

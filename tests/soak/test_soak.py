@@ -41,14 +41,6 @@ RSS_LIMIT_MIB = 768
 
 
 @pytest.fixture(scope="module")
-def cd() -> Iterator[PrivateContainerd]:
-    c = PrivateContainerd()
-    c.start()
-    yield c
-    c.destroy()
-
-
-@pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
     with Registry() as reg:
         yield reg
