@@ -48,6 +48,16 @@ def _run(containerd: PrivateContainerd, body: Callable[[ContentStore], Awaitable
     asyncio.run(main())
 
 
+async def _leave_partial(store: ContentStore, ref: str, data: bytes, total: int, digest: str) -> None:
+    """An ingest holding `data` (acknowledged by containerd), its writer gone: a cut-short write."""
+    w = await store.open_writer(ref, total=total, expected=digest)
+    assert w is not None
+    await w.write(data)
+    await w.flush()
+    await w._drain()
+    await w.close()
+
+
 @pytest.mark.parametrize("piece", [1000, 64 * 1024, CHUNK - 1, 3 * CHUNK + 17])
 def test_pieces_of_any_size_commit_the_same_blob(containerd: PrivateContainerd, piece: int) -> None:
     data = os.urandom(2 * CHUNK + 12345)
@@ -76,12 +86,7 @@ def test_resume_an_ingest(containerd: PrivateContainerd) -> None:
     ref = f"t-resume-{digest}"
 
     async def body(store: ContentStore) -> None:
-        w = await store.open_writer(ref, total=len(data), expected=digest)
-        assert w is not None
-        await w.write(data[:7000])
-        await w.flush()
-        await w._drain()
-        await w.close()
+        await _leave_partial(store, ref, data[:7000], len(data), digest)
         # Resume where the ingest left off; the rest (under CHUNK) rides on the COMMIT.
         w = await store.open_writer(ref, total=len(data), expected=digest)
         assert w is not None and w.offset == 7000
@@ -101,12 +106,7 @@ def test_restart_truncates_what_the_ingest_holds(containerd: PrivateContainerd) 
     ref = f"t-restart-{digest}"
 
     async def body(store: ContentStore) -> None:
-        w = await store.open_writer(ref, total=len(data), expected=digest)
-        assert w is not None
-        await w.write(b"garbage" * 100)
-        await w.flush()
-        await w._drain()
-        await w.close()
+        await _leave_partial(store, ref, b"garbage" * 100, len(data), digest)
         w = await store.open_writer(ref, total=len(data), expected=digest)
         assert w is not None and w.offset == 700
         await w.restart()
