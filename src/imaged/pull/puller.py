@@ -46,6 +46,7 @@ from imaged.oci.manifest import (
 )
 from imaged.oci.platform import host_platform, select
 from imaged.pull.progress import LayerState, Progress, Status
+from imaged.pull.turns import Turns
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
 
@@ -227,10 +228,12 @@ class Puller:
         kind: str,
         labels: dict[str, str],
         on_progress: Callable[[Status, int], None] | None = None,
+        turns: tuple[Turns, int] | None = None,
     ) -> bool:
         """Stream a blob into the content store; return False if it was there before we looked.
 
         The ingest is unleased; the blob is held through the leased manifest (module docstring).
+        `turns`: the gate and this blob's place in it, when blobs take turns writing (turns.py).
         """
         waited = False
 
@@ -252,7 +255,11 @@ class Puller:
                 on_progress(Status.DOWNLOADING, w.offset)
             if w.offset < desc.size:
                 async for chunk in self.registry.fetch_blob(ref, desc, offset=w.offset):
-                    await w.write(chunk)
+                    if turns is None:
+                        await w.write(chunk)
+                    else:
+                        async with turns[0].turn(turns[1]):
+                            await w.write(chunk)
                     if on_progress:
                         on_progress(Status.DOWNLOADING, w.offset)
             await w.commit(labels)
@@ -284,6 +291,8 @@ class Puller:
         done = [asyncio.Event() for _ in layers]
         downloaded = [False] * len(layers)
         sem = asyncio.Semaphore(self.options.max_concurrent_downloads)
+        # One layer writes at a time, the earliest first, so layers complete in unpacking order.
+        turns = Turns(1)
 
         async def download(i: int, desc: Descriptor) -> None:
             lid = layer_id(desc.digest)
@@ -293,7 +302,7 @@ class Puller:
 
             labels = {**source, L.UNCOMPRESSED: config.diff_ids[i]}
             async with sem:
-                downloaded[i] = await self._fetch_blob(lns, ref, desc, "layer", labels, report)
+                downloaded[i] = await self._fetch_blob(lns, ref, desc, "layer", labels, report, (turns, i))
             report(Status.DOWNLOAD_COMPLETE if downloaded[i] else Status.ALREADY_EXISTS, desc.size)
             done[i].set()
 

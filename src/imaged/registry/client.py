@@ -63,6 +63,10 @@ T = TypeVar("T")
 
 CHUNK = 64 * 1024
 MAX_ERROR_BODY = 64 * 1024
+# aiohttp's per-connection read buffer (it stops reading the socket at twice this). Its 64 KiB
+# default stalls a blob download each time the writer into containerd waits on a 1 MiB message;
+# 1 MiB kept the socket flowing (a 256 MiB pull 5-10% faster), for at most 2 MiB per connection.
+READ_BUFFER = 1024 * 1024
 MAX_TOKEN_BODY = 1024 * 1024
 MAX_REDIRECTS = 10
 MAX_PAGES = 20
@@ -178,6 +182,7 @@ class _Shared:
                 connector=aiohttp.TCPConnector(limit=128, ttl_dns_cache=60),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read),
                 auto_decompress=False,
+                read_bufsize=READ_BUFFER,
                 headers={"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
             )
         return self.session
