@@ -86,13 +86,32 @@ async def test_a_turn_granted_to_a_cancelled_waiter_is_passed_on() -> None:
     granted = asyncio.create_task(turns.acquire(1))
     nxt = asyncio.create_task(turns.acquire(2))
     await _settle()
-    turns.release()  # hands the turn to `granted`'s future...
+    turns.release()
+    await asyncio.sleep(0)  # the turn is handed to `granted`'s future...
     granted.cancel()  # ...whose task is cancelled before it resumes
     await _settle()
     assert granted.cancelled()
     await asyncio.wait_for(nxt, 1)  # the turn was passed on, not lost
     turns.release()
     await asyncio.wait_for(turns.acquire(3), 1)
+
+
+async def test_the_earliest_coming_back_keeps_the_turn() -> None:
+    """Layer 0 gives its turn back between pieces and asks again at once: a later layer waiting
+    meanwhile does not get it (handing it on at once made the two earliest layers alternate)."""
+    turns = Turns(1)
+    order: list[int] = []
+
+    async def layer(i: int, pieces: int) -> None:
+        for _ in range(pieces):
+            async with turns.turn(i):
+                order.append(i)
+                await asyncio.sleep(0)
+
+    first = asyncio.create_task(layer(0, 3))  # takes the turn first...
+    later = asyncio.create_task(layer(1, 2))  # ...and this one waits for it from then on
+    await asyncio.gather(first, later)
+    assert order == [0, 0, 0, 1, 1]
 
 
 def test_needs_a_slot() -> None:

@@ -7,6 +7,10 @@ downloads finished in two bursts and the unpacking ran mostly after them. Giving
 layer the write path whenever it has bytes makes layers complete in order at the same total rate,
 so each is applied while the next ones download; the other downloads fill the gaps while the
 earliest waits on its network, and hold back (TCP flow control) otherwise.
+
+The priority is strict: a turn given back is handed on at the next loop step, not at once, so the
+earliest layer coming straight back with its next piece keeps the write path. Handing it on at once
+had the two earliest layers alternate piece by piece and complete in pairs.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ class Turns:
         self._free = slots
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()  # ties: first come, first served
+        self._granting = False
 
     async def acquire(self, index: int) -> None:
-        if self._free and not self._waiters:
+        if self._free and (not self._waiters or index < self._waiters[0][0]):
             self._free -= 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -42,12 +47,18 @@ class Turns:
             raise
 
     def release(self) -> None:
-        while self._waiters:
+        self._free += 1
+        if self._waiters and not self._granting:
+            self._granting = True
+            asyncio.get_running_loop().call_soon(self._grant)
+
+    def _grant(self) -> None:
+        self._granting = False
+        while self._free and self._waiters:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():  # a cancelled waiter's future is done: skip it
                 fut.set_result(None)
-                return
-        self._free += 1
+                self._free -= 1
 
     @asynccontextmanager
     async def turn(self, index: int) -> AsyncIterator[None]:
