@@ -25,21 +25,20 @@ class ImageStore:
             return None
         return resp.image
 
-    async def put(
-        self, name: str, target: descriptor_pb2.Descriptor, labels: dict[str, str]
-    ) -> images_pb2.Image:
-        """Create the record, or point an existing one at `target` with these labels."""
+    async def put(self, name: str, target: descriptor_pb2.Descriptor, labels: dict[str, str]) -> bool:
+        """Create the record, or point an existing one at `target` with these labels; return
+        whether it was created (a caller undoing its work must not delete what it only updated)."""
         image = images_pb2.Image(name=name, target=target, labels=labels)
         try:
-            resp = await self.ns.call(self.ns.images.Create, images_pb2.CreateImageRequest(image=image))
-            return resp.image
+            await self.ns.call(self.ns.images.Create, images_pb2.CreateImageRequest(image=image))
+            return True
         except errors.AlreadyExists:
             pass
         mask = field_mask_pb2.FieldMask(paths=["target", *(f"labels.{k}" for k in labels)])
-        upd = await self.ns.call(
+        await self.ns.call(
             self.ns.images.Update, images_pb2.UpdateImageRequest(image=image, update_mask=mask)
         )
-        return upd.image
+        return False
 
     async def delete(self, name: str, *, sync: bool = True) -> None:
         await self.ns.call(self.ns.images.Delete, images_pb2.DeleteImageRequest(name=name, sync=sync))

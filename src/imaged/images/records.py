@@ -7,15 +7,19 @@ reference implementation's aliases, which are the same three names.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.images import ImageStore
+from imaged.containerd.leases import finish
 from imaged.pb.containerd.types import descriptor_pb2
 from imaged.registry.reference import Reference
 
 CRI_NAMESPACE = "k8s.io"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +54,33 @@ async def create_records(
     config_digest: str,
     extra_labels: dict[str, str] | None = None,
 ) -> list[str]:
-    """Create (or repoint) the records; the tag record is written last so it appears complete."""
+    """Create (or repoint) the records; the tag record is written last so it appears complete.
+
+    containerd has no transaction over several records, so a failure or cancel part way deletes
+    the records this call created: a pull or import that fails leaves no image behind, not even
+    its aliases. Records that existed before are left as they are (a repoint is not undone).
+    """
     labels = dict(extra_labels or {})
     if ns.namespace == CRI_NAMESPACE:
         labels[L.CRI_MANAGED] = "managed"
     store = ImageStore(ns)
     names = record_names(ref, target.digest, config_digest)
-    for name in reversed(names):
-        await store.put(name, target.pb(), labels)
+    created: list[str] = []
+    try:
+        for name in reversed(names):
+            if await store.put(name, target.pb(), labels):
+                created.append(name)
+    except BaseException:
+        await finish(_undo(store, created))
+        raise
     return names
+
+
+async def _undo(store: ImageStore, names: list[str]) -> None:
+    for name in reversed(names):
+        try:
+            await store.delete(name, sync=False)
+        except errors.NotFound:
+            pass
+        except errors.ImagedError as e:
+            log.warning("could not remove record %s of a failed image creation: %s", name, e)
