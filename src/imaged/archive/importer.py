@@ -136,20 +136,18 @@ WRITE_CONCURRENCY = 4
 
 
 async def _bounded(aws: list[Awaitable[None]], limit: int) -> None:
-    """Await all, `limit` at a time; the first failure cancels the rest and is raised as is."""
+    """Await all, `limit` at a time; the first failure cancels the rest (raised in a group, which
+    the caller's `first_error` unwraps with its own)."""
     sem = asyncio.Semaphore(limit)
 
     async def one(aw: Awaitable[None]) -> None:
         async with sem:
             await aw
 
-    tasks: list[asyncio.Task[None]] = []
     try:
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(one(aw)) for aw in aws]
-    except BaseExceptionGroup as eg:
-        failures = [e for t in tasks if t.done() and not t.cancelled() and (e := t.exception()) is not None]
-        raise (failures[0] if failures else eg) from None
+            for aw in aws:
+                tg.create_task(one(aw))
     finally:
         for aw in aws:
             # Coroutines never started (cancelled while queued) must be closed, not leaked.
