@@ -1,8 +1,14 @@
 """Per-layer progress with change-only, rate-bounded updates.
 
 The reference re-sends every layer's state every 100 ms; a 10 GB pull must not flood the client,
-so here a state is sent only when it changed, at most `rate` times a second per layer while
-downloading, and a status change (and so each layer's final state) is always sent at once.
+and a pull of many small layers must not spend its time reporting. So:
+
+- a completion (download complete, extract complete, already exists) is sent at once, so every
+  layer's final state and each finished download reach the client as they happen;
+- an ongoing state (downloading, extracting) waits up to one interval (`1/rate` s) and is replaced
+  by anything newer for that layer meanwhile: a step that ends within the interval is reported
+  only by its completion, one that lasts is reported after the interval and then at most `rate`
+  times a second. A small layer thus costs two messages, not four.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ class Status(enum.IntEnum):
     ALREADY_EXISTS = 4
 
 
+ONGOING = frozenset({Status.DOWNLOADING, Status.EXTRACTING})
+
+
 @dataclass(frozen=True, slots=True)
 class LayerState:
     layer_id: str
@@ -39,47 +48,65 @@ class Progress:
         self.min_interval = 1.0 / rate
         self._clock = clock
         self._last_sent: dict[str, tuple[LayerState, float]] = {}
-        self._pending: dict[str, LayerState] = {}
+        # Held ongoing states: layer id -> (newest state, when it is due).
+        self._pending: dict[str, tuple[LayerState, float]] = {}
         self._out: asyncio.Queue[LayerState | None] = asyncio.Queue()
         self._flusher: asyncio.TimerHandle | None = None
+        self._flush_at = 0.0
 
     def update(self, state: LayerState) -> None:
         now = self._clock()
-        last = self._last_sent.get(state.layer_id)
+        lid = state.layer_id
+        last = self._last_sent.get(lid)
+        held = self._pending.pop(lid, None)
         if last is not None and last[0] == state:
             return
-        if last is None or last[0].status != state.status or now - last[1] >= self.min_interval:
-            self._pending.pop(state.layer_id, None)
+        if state.status not in ONGOING:
             self._emit(state, now)
             return
-        # Same status, too soon: keep the newest state and send it when the interval is up.
-        self._pending[state.layer_id] = state
-        if self._flusher is None:
-            delay = max(0.0, self.min_interval - (now - last[1]))
-            self._flusher = asyncio.get_running_loop().call_later(delay, self._flush)
+        if last is not None and last[0].status == state.status:
+            due = last[1] + self.min_interval
+        elif held is not None and held[0].status == state.status:
+            due = held[1]
+        else:
+            due = now + self.min_interval
+        if due <= now:
+            self._emit(state, now)
+            return
+        self._pending[lid] = (state, due)
+        self._schedule(due, now)
 
     def _emit(self, state: LayerState, now: float) -> None:
         self._last_sent[state.layer_id] = (state, now)
         self._out.put_nowait(state)
 
+    def _schedule(self, due: float, now: float) -> None:
+        if self._flusher is not None:
+            if self._flush_at <= due:
+                return
+            self._flusher.cancel()
+        self._flush_at = due
+        self._flusher = asyncio.get_running_loop().call_later(max(0.0, due - now), self._flush)
+
     def _flush(self) -> None:
         self._flusher = None
         now = self._clock()
-        for layer_id, state in list(self._pending.items()):
-            last = self._last_sent.get(layer_id)
-            if last is None or now - last[1] >= self.min_interval - 1e-3:
-                del self._pending[layer_id]
+        # A timer may fire a hair early by this clock; what is due within a millisecond goes now.
+        for lid, (state, due) in list(self._pending.items()):
+            if due <= now + 1e-3:
+                del self._pending[lid]
                 self._emit(state, now)
-        if self._pending and self._flusher is None:
-            self._flusher = asyncio.get_running_loop().call_later(self.min_interval, self._flush)
+        if self._pending:
+            self._schedule(min(due for _, due in self._pending.values()), now)
 
     def close(self) -> None:
-        """Send what is pending (final states) and mark the end of the stream."""
+        """Send what is held (the newest states) and mark the end of the stream."""
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
-        for state in self._pending.values():
-            self._emit(state, self._clock())  # type: ignore[call-arg]
+        now = self._clock()
+        for state, _ in self._pending.values():
+            self._emit(state, now)
         self._pending.clear()
         self._out.put_nowait(None)
 

@@ -1,0 +1,118 @@
+"""Progress (pure logic): completions go out at once, ongoing states are held one interval and
+replaced by anything newer, so a quick step costs no message; a lasting one is rate-bounded.
+
+The clock is fake: what is sent is decided by it alone, the real timer only says when to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from imaged.pull.progress import LayerState, Progress, Status
+
+INTERVAL = 0.01  # rate 100/s: the real timers below fire within a few milliseconds
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def state(status: Status, offset: int = 0, layer: str = "a", elapsed: float = 0.0) -> LayerState:
+    return LayerState(layer, status, offset, 100, elapsed)
+
+
+async def sent(progress: Progress) -> list[LayerState]:
+    progress.close()
+    out = []
+    while (s := await progress.next()) is not None:
+        out.append(s)
+    return out
+
+
+async def fire_timers() -> None:
+    await asyncio.sleep(INTERVAL * 3)
+
+
+async def test_a_quick_step_is_reported_by_its_completion_alone() -> None:
+    clock = Clock()
+    p = Progress(1 / INTERVAL, clock)
+    p.update(state(Status.DOWNLOADING, 0))
+    clock.now = 0.004
+    p.update(state(Status.DOWNLOADING, 60))
+    p.update(state(Status.DOWNLOAD_COMPLETE, 100))
+    clock.now = 0.006
+    p.update(state(Status.EXTRACTING, 100))
+    clock.now = 0.009
+    p.update(state(Status.EXTRACT_COMPLETE, 100, elapsed=0.003))
+    clock.now = 1.0
+    await fire_timers()
+    assert await sent(p) == [
+        state(Status.DOWNLOAD_COMPLETE, 100),
+        state(Status.EXTRACT_COMPLETE, 100, elapsed=0.003),
+    ]
+
+
+async def test_a_lasting_step_is_reported_after_one_interval_with_its_newest_state() -> None:
+    clock = Clock()
+    p = Progress(1 / INTERVAL, clock)
+    p.update(state(Status.DOWNLOADING, 0))
+    clock.now = 0.005
+    p.update(state(Status.DOWNLOADING, 10))
+    await fire_timers()  # the timer fired, but by the clock nothing is due yet
+    clock.now = INTERVAL
+    await fire_timers()
+    p.update(state(Status.DOWNLOAD_COMPLETE, 100))
+    assert await sent(p) == [state(Status.DOWNLOADING, 10), state(Status.DOWNLOAD_COMPLETE, 100)]
+
+
+async def test_an_ongoing_state_is_sent_at_most_once_per_interval() -> None:
+    clock = Clock()
+    p = Progress(1 / INTERVAL, clock)
+    p.update(state(Status.DOWNLOADING, 0))
+    clock.now = INTERVAL
+    await fire_timers()
+    for offset in (20, 30, 40):  # within the next interval: only the newest goes, when it is due
+        clock.now += 0.002
+        p.update(state(Status.DOWNLOADING, offset))
+    await fire_timers()
+    clock.now = 2 * INTERVAL
+    await fire_timers()
+    clock.now = 2 * INTERVAL + 0.001
+    p.update(state(Status.DOWNLOADING, 50))
+    p.update(state(Status.DOWNLOADING, 50))  # unchanged: nothing new
+    clock.now = 3 * INTERVAL
+    await fire_timers()
+    assert [s.offset for s in await sent(p)] == [0, 40, 50]
+
+
+async def test_layers_are_held_and_released_independently() -> None:
+    clock = Clock()
+    p = Progress(1 / INTERVAL, clock)
+    p.update(state(Status.DOWNLOADING, 5, layer="slow"))
+    clock.now = 0.008
+    p.update(state(Status.DOWNLOADING, 5, layer="late"))  # due at 0.018, not with "slow"
+    clock.now = INTERVAL
+    await fire_timers()
+    p.update(state(Status.ALREADY_EXISTS, 100, layer="late"))
+    assert await sent(p) == [
+        state(Status.DOWNLOADING, 5, layer="slow"),
+        state(Status.ALREADY_EXISTS, 100, layer="late"),
+    ]
+
+
+async def test_close_sends_what_is_held_then_ends() -> None:
+    clock = Clock()
+    p = Progress(1 / INTERVAL, clock)
+    p.update(state(Status.DOWNLOADING, 7))  # a pull that failed mid-download: its last state
+    assert await sent(p) == [state(Status.DOWNLOADING, 7)]
+
+
+async def test_a_completion_repeated_is_sent_once() -> None:
+    p = Progress(1 / INTERVAL, Clock())
+    p.update(state(Status.DOWNLOAD_COMPLETE, 100))
+    p.update(state(Status.DOWNLOAD_COMPLETE, 100))
+    assert await sent(p) == [state(Status.DOWNLOAD_COMPLETE, 100)]
