@@ -34,7 +34,7 @@ class Sizes:
     def full(cls) -> Sizes:
         return cls(
             big=Spec("big", 8, 32 * MiB, seed=1),
-            small=Spec("small", 40, 64 * KiB, seed=2),
+            small=Spec("small", 40, 64 * KiB, seed=2, repeat=3),
             rss_layers=32,
             rss_layer_size=32 * MiB,
             list_images=2000,

@@ -22,12 +22,17 @@ from tests.support.archives import Image, Layer
 
 @dataclass(frozen=True)
 class Spec:
-    """`layers` layers of `layer_size` random bytes each, one file per layer."""
+    """`layers` layers of `layer_size` random bytes each, one file per layer.
+
+    `repeat` multiplies the runs of a cheap case: on this shared machine a half-second run moves
+    by ±20% from minute to minute, and more rounds cost little there.
+    """
 
     key: str
     layers: int
     layer_size: int
     seed: int
+    repeat: int = 1
 
     @property
     def label(self) -> str:

@@ -114,7 +114,7 @@ def _spec_cases(
             "ctr": _ctr_tool(bench, path),
             "floor": floor_tool(floor, SYSTEM_NS, stored),
         }
-        compare_cold(bench, case, tools, runs, SYSTEM_NS, blobs, f"import {fmt} {spec.key}")
+        compare_cold(bench, case, tools, runs * spec.repeat, SYSTEM_NS, blobs, f"import {fmt} {spec.key}")
         case.notes.append(
             f"imaged: Import client stream of {sizes.import_chunk >> 10} KiB chunks read from the file "
             "(imagectl uses 32 KiB); ctr reads the same file itself"

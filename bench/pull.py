@@ -91,7 +91,7 @@ def _case(bench: Bench, floor: Floor, spec: Spec, runs: int, out_dir: pathlib.Pa
         "ctr": lambda: ctr_pull(bench, ref),
         "floor": floor_tool(floor, SYSTEM_NS, image),
     }
-    compare_cold(bench, case, tools, runs, SYSTEM_NS, blobs, f"pull {spec.key}")
+    compare_cold(bench, case, tools, runs * spec.repeat, SYSTEM_NS, blobs, f"pull {spec.key}")
     case.notes.append(
         "floor = the same blobs written from memory into containerd's content store, then Diff.Apply of "
         "each layer (imaged.containerd client in the bench process); no registry, no verification, no records"

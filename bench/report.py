@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 import pathlib
+import statistics
 from typing import Any
 
 from bench.env import Versions
@@ -32,7 +33,10 @@ def case_table(case: Case) -> list[str]:
     head = f"**{case.subject} / {case.reference} (medians): {_ratio(ratio)}**"
     pairs = case.paired_ratios()
     if len(pairs) > 1:
-        head += f" (run by run: {_ratio(min(pairs))} to {_ratio(max(pairs))})"
+        head += (
+            f" (run by run: {_ratio(min(pairs))} to {_ratio(max(pairs))}, "
+            f"median {_ratio(statistics.median(pairs))})"
+        )
     if case.target is not None:
         verdict = "n/a" if met is None else ("met" if met else "**MISSED**")
         head += f"; target at most {case.target:.2f}x: {verdict}"
