@@ -96,6 +96,15 @@ class Case:
             return []
         return [x / y for x, y in zip(a.samples, b.samples, strict=False) if y > 0]
 
+    def drift(self) -> float | None:
+        """The reference's median over the last third of the rounds against the first third: how
+        far the machine itself moved during the case (the tools share it, so ratios hold up better)."""
+        b = self.series.get(self.reference)
+        if b is None or not b.available or len(b.samples) < 6:
+            return None
+        third = len(b.samples) // 3
+        return statistics.median(b.samples[-third:]) / statistics.median(b.samples[:third])
+
     def floor_ratio(self) -> float | None:
         a, f = self.series.get(self.subject), self.series.get("floor")
         if a is None or f is None or not a.samples or not f.samples:

@@ -37,6 +37,9 @@ def case_table(case: Case) -> list[str]:
             f" (run by run: {_ratio(min(pairs))} to {_ratio(max(pairs))}, "
             f"median {_ratio(statistics.median(pairs))})"
         )
+    drift = case.drift()
+    if drift is not None and abs(drift - 1) >= 0.1:
+        head += f" [the machine drifted: {case.reference}'s last third of runs {drift - 1:+.0%} on its first]"
     if case.target is not None:
         verdict = "n/a" if met is None else ("met" if met else "**MISSED**")
         head += f"; target at most {case.target:.2f}x: {verdict}"
