@@ -116,3 +116,10 @@ async def test_a_completion_repeated_is_sent_once() -> None:
     p.update(state(Status.DOWNLOAD_COMPLETE, 100))
     p.update(state(Status.DOWNLOAD_COMPLETE, 100))
     assert await sent(p) == [state(Status.DOWNLOAD_COMPLETE, 100)]
+
+
+def test_status_values_are_the_wire_enum() -> None:
+    from imaged.pb.machine import image_pb2
+
+    wire = image_pb2.ImageServicePullLayerProgress.Status
+    assert {s.name: s.value for s in Status} == {n: wire.Value(n) for n in wire.keys()}

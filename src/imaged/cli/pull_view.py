@@ -5,23 +5,15 @@ Pure (no grpc, no rich): the plain view is what scripts and CI logs see, so it i
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from imaged.cli.formatting import human_size, percent
+from imaged.pull.progress import Status
 
-
-class Status(enum.IntEnum):
-    """Wire values of machine.ImageServicePullLayerProgress.Status."""
-
-    DOWNLOADING = 0
-    DOWNLOAD_COMPLETE = 1
-    EXTRACTING = 2
-    EXTRACT_COMPLETE = 3
-    ALREADY_EXISTS = 4
+__all__ = ["FINAL", "LayerUpdate", "PlainPullView", "PullView", "Status", "describe"]
 
 
 FINAL = (Status.EXTRACT_COMPLETE, Status.ALREADY_EXISTS)
