@@ -61,6 +61,13 @@ def docker_with_layer_member(new: M) -> tuple[bytes, str]:
     return B.tar(replace(members, first, M(first, new.data, new.type, new.linkname))), first
 
 
+def oci_with_layer_blob(new: M) -> tuple[bytes, str]:
+    """An OCI layout whose first layer blob is `new` (a link, device, FIFO, ...)."""
+    img = small("oci-blob-kind")
+    name = B.blob_name(img.layers[0].digest)
+    return B.tar(replace(oci(img), name, M(name, new.data, new.type, new.linkname))), name
+
+
 def truncated_mid_blob() -> tuple[bytes, str]:
     img = small("truncated")
     data = B.tar(oci(img))
@@ -277,53 +284,29 @@ CASES = [
     Case(
         "blob-symlink",
         lambda: (
-            B.tar(
-                replace(
-                    oci(img := small("bsym")),
-                    n := B.blob_name(img.layers[0].digest),
-                    M(n, type=tarfile.SYMTYPE, linkname="/etc/passwd"),
-                )
-            ),
-            f"archive member '{n}' is a symbolic link to '/etc/passwd'; blobs must be regular files",
+            (r := oci_with_layer_blob(M("", type=tarfile.SYMTYPE, linkname="/etc/passwd")))[0],
+            f"archive member '{r[1]}' is a symbolic link to '/etc/passwd'; blobs must be regular files",
         ),
     ),
     Case(
         "blob-hardlink",
         lambda: (
-            B.tar(
-                replace(
-                    oci(img := small("bhard")),
-                    n := B.blob_name(img.layers[0].digest),
-                    M(n, type=tarfile.LNKTYPE, linkname="oci-layout"),
-                )
-            ),
-            f"archive member '{n}' is a hard link",
+            (r := oci_with_layer_blob(M("", type=tarfile.LNKTYPE, linkname="oci-layout")))[0],
+            f"archive member '{r[1]}' is a hard link",
         ),
     ),
     Case(
         "blob-char-device",
         lambda: (
-            B.tar(
-                replace(
-                    oci(img := small("bchr")),
-                    n := B.blob_name(img.layers[0].digest),
-                    M(n, type=tarfile.CHRTYPE),
-                )
-            ),
-            f"archive member '{n}' is a character device",
+            (r := oci_with_layer_blob(M("", type=tarfile.CHRTYPE)))[0],
+            f"archive member '{r[1]}' is a character device",
         ),
     ),
     Case(
         "blob-fifo",
         lambda: (
-            B.tar(
-                replace(
-                    oci(img := small("bfifo")),
-                    n := B.blob_name(img.layers[0].digest),
-                    M(n, type=tarfile.FIFOTYPE),
-                )
-            ),
-            f"archive member '{n}' is a FIFO",
+            (r := oci_with_layer_blob(M("", type=tarfile.FIFOTYPE)))[0],
+            f"archive member '{r[1]}' is a FIFO",
         ),
     ),
     Case(
