@@ -1,6 +1,7 @@
 """The containerd behaviour the puller relies on instead of leasing each blob (one metadata
 transaction per layer saved): a leased manifest's `gc.ref.content` labels keep layers that were
-committed outside any lease, through a garbage collection, until the lease goes."""
+committed outside any lease, through a garbage collection, until the lease goes. Likewise for
+snapshots: the unpack holds only the deepest one it found, and its parents stay with it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ import asyncio
 import datetime as dt
 import hashlib
 import os
+from contextlib import AbstractAsyncContextManager
 
 from imaged.containerd.client import Containerd, Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.leases import delete, lease
+from imaged.containerd.unpack import Unpacker, UnpackResult
+from imaged.oci.manifest import Descriptor, chain_ids
 from imaged.pb.containerd.services.leases.v1 import leases_pb2
+from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2
+from tests.support import archives as A
 from tests.support.containerd import PrivateContainerd
+
+SNAPSHOTTER = "overlayfs"
 
 
 def _digest(data: bytes) -> str:
@@ -58,6 +66,70 @@ def test_leased_manifest_holds_unleased_layers(containerd: PrivateContainerd) ->
                 assert await store.info(dropped) is None, "unreferenced unleased content must be collected"
             await _collect(ns)
             assert await ContentStore(ns).info(held) is None, "once the lease is gone the layer goes too"
+        finally:
+            await cd.close()
+
+    asyncio.run(scenario())
+
+
+class _CollectedAfterLook(Unpacker):
+    """The race a failed pull leaves behind: its snapshots are unreferenced, and GC may take the
+    deepest one after the search saw it and before the unpack holds it. Simulated by removing it."""
+
+    def __init__(self, ns: Namespaced, snapshotter: str, victim: str) -> None:
+        super().__init__(ns, snapshotter)
+        self.victim = victim
+        self.searches = 0
+
+    async def _deepest_present(self, chains: list[str]) -> int:
+        have = await super()._deepest_present(chains)
+        self.searches += 1
+        if self.searches == 1 and have >= 0 and chains[have] == self.victim:
+            await self.ns.call(
+                self.ns.snapshots.Remove,
+                snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=self.victim),
+            )
+        return have
+
+
+async def _stack(store: ContentStore) -> tuple[list[Descriptor], list[str], str]:
+    """Two layers and a config in the content store: (descriptors, diffIDs, config digest)."""
+    layers = [A.layer({"etc/one": os.urandom(64)}), A.layer({"etc/two": os.urandom(64)})]
+    descs = []
+    for la in layers:
+        descs.append(Descriptor(la.media_type, await _write(store, la.blob, {}), len(la.blob)))
+    config = await _write(store, b'{"rootfs": "test"}', {})
+    return descs, [la.diff_id for la in layers], config
+
+
+def _leased(ns: Namespaced, purpose: str) -> AbstractAsyncContextManager[Namespaced]:
+    return lease(ns, owner="test", purpose=purpose, expire=dt.timedelta(minutes=5))
+
+
+def test_unpack_holds_what_it_found_or_looks_again(containerd: PrivateContainerd) -> None:
+    async def scenario() -> None:
+        cd = Containerd(containerd.socket)
+        ns = cd.ns(f"unpackhold-{os.getpid()}")
+        try:
+            async with _leased(ns, "blobs") as blobs, _leased(ns, "first") as first:
+                descs, diff_ids, config = await _stack(ContentStore(blobs))
+                chains = chain_ids(diff_ids)
+                assert await Unpacker(first, SNAPSHOTTER).apply_layer(descs[0], diff_ids[0], "", chains[0])
+                async with _leased(ns, "pull") as lns:
+                    u = _CollectedAfterLook(lns, SNAPSHOTTER, chains[0])
+                    result = await u.unpack(config, descs, tuple(diff_ids))
+                    # The layer found was gone by the hold: searched again, and both applied.
+                    assert (result.applied, result.existed, u.searches) == (2, 0, 2)
+                    assert await u.exists(chains[1])
+                async with _leased(ns, "pull again") as lns:
+                    again = Unpacker(lns, SNAPSHOTTER)
+                    result = await again.unpack(config, descs, tuple(diff_ids))
+                    assert result == UnpackResult(chains[1], 0, 2)
+                    # Only the deepest snapshot is held; it keeps its parent through a collection.
+                    await _collect(ns)
+                    assert await again.exists(chains[0]) and await again.exists(chains[1])
+            await _collect(ns)
+            assert not await Unpacker(ns, SNAPSHOTTER).exists(chains[1]), "nothing holds them any more"
         finally:
             await cd.close()
 

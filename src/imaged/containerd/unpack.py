@@ -11,7 +11,6 @@ update per layer. A layer that does not unpack to its diffID has the label remov
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -82,26 +81,32 @@ class Unpacker:
                 hi = mid
         return lo
 
-    async def _hold(self, chain_id: str) -> None:
-        """Put an existing snapshot in our lease so GC cannot take it before the records exist."""
-        await hold(self.ns, chain_id, f"snapshots/{self.snapshotter}")
+    async def _held(self, chain_id: str) -> bool:
+        """Put a snapshot in our lease, then say whether it exists: held so, GC cannot take it (nor,
+        since a snapshot references its parent, its parents) before the records exist.
 
-    async def apply_layer(
-        self,
-        layer: Descriptor,
-        diff_id: str,
-        parent: str,
-        chain_id: str,
-        *,
-        checked: bool = False,
-    ) -> bool:
-        """Apply one layer; return False if the snapshot already existed.
-
-        `checked`: the caller has just seen that the snapshot does not exist.
+        In this order because a snapshot nothing references (a failed pull's) may be collected
+        between a look and a hold; holding one that is gone is harmless (the lease goes with us).
         """
-        if not checked and await self.exists(chain_id):
-            await self._hold(chain_id)
-            return False
+        await hold(self.ns, chain_id, f"snapshots/{self.snapshotter}")
+        return await self.exists(chain_id)
+
+    async def _deepest_held(self, chains: list[str]) -> int:
+        """Index of the last chain whose snapshot exists, held in our lease (-1: none).
+
+        The search looks without holding (a hold is a metadata write); only the deepest found is
+        held, and looked at again: if it went in between, the search starts over.
+        """
+        while True:
+            have = await self._deepest_present(chains)
+            if have < 0 or await self._held(chains[have]):
+                return have
+
+    async def apply_layer(self, layer: Descriptor, diff_id: str, parent: str, chain_id: str) -> bool:
+        """Apply one layer on `parent` (held or ours); return False if another unpack made it first.
+
+        The caller has seen that the snapshot does not exist.
+        """
         key = f"extract-{uuid.uuid4().hex[:12]} {chain_id}"
         try:
             resp = await self.ns.call(
@@ -113,9 +118,8 @@ class Unpacker:
         except errors.AlreadyExists:
             # Another unpack committed this chain between our Stat and Prepare (the snapshot.ref
             # label names the target): the layer is done, as containerd's own unpacker treats it.
-            if not await self.exists(chain_id):
+            if not await self._held(chain_id):
                 raise
-            await self._hold(chain_id)
             return False
         committed = False
         try:
@@ -146,7 +150,11 @@ class Unpacker:
                 )
                 committed = True
             except errors.AlreadyExists:
-                await self._hold(chain_id)
+                # Another unpack committed it first; it may even be gone again by now.
+                if not await self._held(chain_id):
+                    raise errors.Unavailable(
+                        f"snapshot {chain_id} was committed by another unpack and removed again; try again"
+                    ) from None
         finally:
             if not committed:
                 await finish(self._remove(key))
@@ -176,8 +184,7 @@ class Unpacker:
                 f"image config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
             )
         chains = chain_ids(diff_ids)
-        have = await self._deepest_present(chains)
-        await asyncio.gather(*(self._hold(c) for c in chains[: have + 1]))
+        have = await self._deepest_held(chains)
         applied = existed = 0
         for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
             if ready is not None:
@@ -191,7 +198,7 @@ class Unpacker:
             if on_event:
                 on_event(i, "extracting", 0.0)
             parent = chains[i - 1] if i else ""
-            if await self.apply_layer(layer, diff_id, parent, chains[i], checked=True):
+            if await self.apply_layer(layer, diff_id, parent, chains[i]):
                 applied += 1
                 if on_event:
                     on_event(i, "extracted", time.monotonic() - start)
