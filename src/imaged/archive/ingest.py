@@ -204,11 +204,15 @@ class Ingest:
                 # already exists is reported with its digest.
                 writer.expected = digest
                 await writer.commit()
-                existed, writer = writer.existed, None
-                if existed:
-                    # Only then is the blob not in our lease yet: a commit that creates it, or a
-                    # writer that finds it on opening, leases it in the same transaction.
-                    await hold(self.ns, digest)
+                existed = writer.existed
+                await writer.close()
+                writer = None
+                if existed and not await self._hold_existing(digest):
+                    # Its bytes were streamed into an ingest containerd dropped at the commit.
+                    raise errors.Unavailable(
+                        f"archive member '{path}': blob {digest} was in containerd but was collected "
+                        "before this import could hold it; import the archive again"
+                    )
         except BaseException:
             if writer is not None:
                 await writer.close()
@@ -266,11 +270,24 @@ class Ingest:
                 await writer.restart()
                 await writer.write(data)
             await writer.commit(labels)
-            if writer.existed:
-                # A commit that found the blob already present neither leased it nor set the labels.
-                await hold(self.ns, digest)
-                await self.store.update_labels(digest, labels)
         except BaseException:
             await writer.close()
             await finish(self._abort(ref))
             raise
+        await writer.close()
+        if writer.existed:
+            # A commit that found the blob already present neither leased it nor set the labels.
+            if not await self._hold_existing(digest):
+                await self.write_blob(data, digest, labels)  # collected meanwhile: write it again
+                return
+            await self.store.update_labels(digest, labels)
+
+    async def _hold_existing(self, digest: str) -> bool:
+        """Lease a blob a commit found already there, and say whether it still is.
+
+        containerd leases what a commit creates, or what a writer finds on opening, in the same
+        transaction; not what the commit itself finds present. Unreferenced (a failed import's),
+        that blob may be collected before the hold, so it is looked at after it.
+        """
+        await hold(self.ns, digest)
+        return await self.store.info(digest) is not None
