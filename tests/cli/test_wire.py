@@ -31,9 +31,16 @@ class Recorder(image_pb2_grpc.ImageServiceServicer):
     def __init__(self) -> None:
         self.requests: list[Any] = []
         self.pull_cancelled = threading.Event()
+        self.import_started = threading.Event()
+        self.import_cancelled = threading.Event()
 
     def Import(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
-        msgs = list(request_iterator)
+        context.add_callback(self.import_cancelled.set)
+        msgs = []
+        for m in request_iterator:
+            msgs.append(m)
+            if m.WhichOneof("request") == "image_chunk":
+                self.import_started.set()
         self.requests.append(msgs)
         return image_pb2.ImageServiceImportResponse(name="example.com/recorded:v1")
 
@@ -130,22 +137,43 @@ def test_remove_sends_each_ref_verbatim(recorder: tuple[Recorder, str]) -> None:
     )
 
 
-def test_interrupted_pull_cancels_the_call(recorder: tuple[Recorder, str]) -> None:
-    rec, sock = recorder
-    proc = subprocess.Popen(
-        [*IMAGECTL, "--socket", sock, "pull", "slow/image"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
+def _imagectl(sock: str, *args: str, stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*IMAGECTL, "--socket", sock, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin
     )
-    assert proc.stdout is not None
-    first = proc.stdout.readline().decode()
-    assert first == "layer 0123456789ab downloading 1 B/10 B (10.0%)\n"
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert (proc.returncode, out) == (130, b"")
-    assert err.decode() == "imagectl: interrupted\n"
-    assert rec.pull_cancelled.wait(10), "the daemon side never saw the call end"
+    assert (proc.returncode, out, err.decode()) == (130, b"", "imagectl: interrupted\n")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.01, 0.05])
+def test_interrupted_pull_cancels_the_call(recorder: tuple[Recorder, str], delay: float) -> None:
+    # Ctrl-C at several moments, a few times each: a KeyboardInterrupt raised inside grpc's locks
+    # once gave "cannot release un-acquired lock" or a client that never exited.
+    rec, sock = recorder
+    for _ in range(3):
+        rec.pull_cancelled.clear()
+        proc = _imagectl(sock, "pull", "slow/image")
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert first == "layer 0123456789ab downloading 1 B/10 B (10.0%)\n"
+        time.sleep(delay)
+        _interrupt(proc)
+        assert rec.pull_cancelled.wait(10), "the daemon side never saw the call end"
+
+
+def test_interrupted_import_cancels_the_call(recorder: tuple[Recorder, str]) -> None:
+    rec, sock = recorder
+    proc = _imagectl(sock, "import", "-", stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(os.urandom(64 * 1024))  # and stdin stays open: the import waits for more
+    proc.stdin.flush()
+    assert rec.import_started.wait(30), "the import never reached the daemon"
+    _interrupt(proc)
+    assert rec.import_cancelled.wait(10), "the daemon side never saw the call end"
 
 
 def test_timeout_names_the_wait(recorder: tuple[Recorder, str]) -> None:

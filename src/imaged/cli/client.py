@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +61,37 @@ def _preflight(path: str) -> None:
             raise CliError(f"cannot connect to imaged at {path}: {reason}", EXIT_USAGE) from None
 
 
+@contextlib.contextmanager
+def cancel_on_interrupt(call: grpc.Future) -> Iterator[None]:
+    """Ctrl-C cancels `call`, and KeyboardInterrupt is raised here once grpc has let go.
+
+    Python raises KeyboardInterrupt wherever the main thread is, and with grpc's blocking calls
+    that is inside its own lock handling: seen as "cannot release un-acquired lock" and as a
+    client that never exits. The handler only asks another thread to cancel the call.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if not interrupted.is_set():
+            interrupted.set()
+            threading.Thread(target=call.cancel, name="cancel-on-interrupt", daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except (grpc.RpcError, grpc.FutureCancelledError):  # the second: a cancelled future's result()
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+
+
 class Client:
     """A channel to imaged's unix socket; a context manager so the channel is always closed."""
 
@@ -80,6 +113,12 @@ class Client:
     @property
     def images(self) -> Any:
         return image_pb2_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def unary(self, method: str, request: Any) -> Any:
+        """A unary call that Ctrl-C cancels cleanly (see cancel_on_interrupt); raises grpc.RpcError."""
+        future = getattr(self.images, method).future(request, timeout=self.timeout)
+        with cancel_on_interrupt(future):
+            return future.result()
 
     @contextlib.contextmanager
     def rpc(self, doing: str = "") -> Iterator[None]:

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import grpc
 
-from imaged.cli.client import Client, instance, resolve_socket
+from imaged.cli.client import Client, cancel_on_interrupt, instance, resolve_socket
 from imaged.cli.errors import EXIT_USAGE, CliError
 from imaged.pb.common import common_pb2
 from imaged.pb.machine import image_pb2
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 future = client.images.Import.future(_requests(inst, reader), timeout=args.timeout)
                 try:
-                    response = _wait(future, reader, bar)
+                    with cancel_on_interrupt(future):
+                        response = _wait(future, reader, bar)
                 except BaseException:
                     future.cancel()
                     raise

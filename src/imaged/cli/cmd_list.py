@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from imaged.cli.client import Client, instance, resolve_socket
+from imaged.cli.client import Client, cancel_on_interrupt, instance, resolve_socket
 from imaged.cli.formatting import format_labels, human_size, rfc3339, short_digest, table
 from imaged.pb.machine import image_pb2
 
@@ -39,7 +39,9 @@ class Row:
 def fetch(args: argparse.Namespace) -> list[Row]:
     req = image_pb2.ImageServiceListRequest(containerd=instance(args.namespace))
     with Client(resolve_socket(args.socket), args.timeout) as client, client.rpc():
-        responses = list(client.images.List(req, timeout=args.timeout))
+        call = client.images.List(req, timeout=args.timeout)
+        with cancel_on_interrupt(call):
+            responses = list(call)
     return [
         Row(r.name, r.digest, r.size, dict(r.labels), rfc3339(r.created_at.seconds, r.created_at.nanos))
         for r in responses

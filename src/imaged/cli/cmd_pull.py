@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imaged.cli.client import Client, instance, resolve_socket
+from imaged.cli.client import Client, cancel_on_interrupt, instance, resolve_socket
 from imaged.cli.errors import CliError
 from imaged.cli.pull_view import LayerUpdate, PlainPullView, PullView
 from imaged.pb.machine import image_pb2
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         view = make_view()
         call = client.images.Pull(req, timeout=args.timeout)
         try:
-            with client.rpc():
+            with client.rpc(), cancel_on_interrupt(call):
                 for msg in call:
                     if msg.WhichOneof("response") == "name":
                         name = msg.name

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         for ref in args.images:
             req = image_pb2.ImageServiceRemoveRequest(containerd=inst, image_ref=ref)
             try:
-                client.images.Remove(req, timeout=args.timeout)
+                client.unary("Remove", req)
             except grpc.RpcError as e:
                 err = client.error(e)
                 if not mentions(err.message, ref):

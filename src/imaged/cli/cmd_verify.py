@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with Client(resolve_socket(args.socket), args.timeout) as client:
         try:
             with client.rpc():
-                resp = client.images.Verify(req, timeout=args.timeout)
+                resp = client.unary("Verify", req)
         except CliError as e:
             e.code = EXIT_USAGE
             raise
