@@ -1,9 +1,10 @@
 """A blob that a commit finds already present is not leased by containerd, and one nothing
-references may be collected before the import holds it. The import looks again after the hold:
-a blob it holds in memory is written again, a streamed one fails the import with UNAVAILABLE.
+references may be collected at any time. A blob the import holds in memory is held after its
+commit and written again if it went; a streamed one is held before its commit, so it either
+stays or is created from the import's own bytes.
 
-The collection is simulated on the real containerd: another writer commits the blob between the
-import's writer opening and its commit, and the blob is deleted just before the hold."""
+The race is made on the real containerd: another, unleased writer commits the blob between the
+import's writer opening and its commit; "collected" tests also delete it just before the hold."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from imaged.archive import ImportLimits
 from imaged.archive import ingest as ingest_mod
 from imaged.archive.ingest import Ingest
 from imaged.archive.stream import ByteReader
+from imaged.containerd import leases as leases_mod
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore, Writer
 from imaged.containerd.leases import delete, lease
-from imaged.errors import Unavailable
 from imaged.pb.containerd.services.leases.v1 import leases_pb2
 from tests.archive import builders as B
 from tests.archive.builders import M
@@ -53,8 +54,8 @@ def _sha(data: bytes) -> str:
 
 
 def _collect_before_hold(monkeypatch: pytest.MonkeyPatch, digest: str) -> list[str]:
-    """Replace the ingest's `hold` by one that deletes the blob first, once (what GC would do)."""
-    real = ingest_mod.hold
+    """Replace `hold` by one that deletes the blob first, once (what GC would do)."""
+    real = leases_mod.hold
     collected: list[str] = []
 
     async def hold(ns: Namespaced, resource_id: str, kind: str = "content") -> None:
@@ -63,6 +64,7 @@ def _collect_before_hold(monkeypatch: pytest.MonkeyPatch, digest: str) -> list[s
             collected.append(digest)
         await real(ns, resource_id, kind)
 
+    monkeypatch.setattr(leases_mod, "hold", hold)  # what hold_if_present calls
     monkeypatch.setattr(ingest_mod, "hold", hold)
     return collected
 
@@ -100,24 +102,64 @@ async def test_a_blob_held_in_memory_is_written_again(
     assert await ContentStore(ns).info(digest) is None, "once the lease is gone, so is the blob"
 
 
-async def test_a_streamed_blob_fails_the_import_as_unavailable(
-    importer: Importer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_blob_held_in_memory_found_present_is_held_and_labelled(importer: Importer) -> None:
+    # No collection: the other writer's blob is unreferenced, so only our hold keeps it.
     data = os.urandom(3000)
     digest = _sha(data)
-    collected = _collect_before_hold(monkeypatch, digest)
-    name = B.blob_name(digest)
-    archive = B.tar([M(name, data)])
+
+    async def body(lns: Namespaced) -> None:
+        ing = _Raced(lns, ImportLimits())
+        ing.race_data = data
+        await ing.write_blob(data, digest, {"test": "label"})
+        assert ing.race_data == b"", "the race did not happen: the test proves nothing"
+        await _gc(lns)
+        info = await ContentStore(lns).info(digest)
+        assert info is not None, "a blob the commit found present must be held"
+        assert info.labels.get("test") == "label", "the commit set no labels on it: they must be set"
+
+    ns = await _in_lease(importer, body)
+    await _gc(ns)
+    assert await ContentStore(ns).info(digest) is None
+
+
+def _blob_archive(data: bytes) -> bytes:
+    return B.tar([M(B.blob_name(_sha(data)), data)])
+
+
+async def test_a_streamed_blob_found_present_is_held(importer: Importer) -> None:
+    data = os.urandom(3000)
+    digest = _sha(data)
 
     async def body(lns: Namespaced) -> None:
         # Nothing is buffered in memory: every member streams into containerd.
         ing = _Raced(lns, ImportLimits(max_buffered_member=0))
         ing.race_data = data
-        with pytest.raises(Unavailable) as e:
-            await ing.run(ByteReader(chunked(archive, 1024)))
-        assert collected == [digest]
-        assert f"blob {digest} was in containerd but was collected" in e.value.message
-        assert name in e.value.message
+        contents = await ing.run(ByteReader(chunked(_blob_archive(data), 1024)))
+        assert ing.race_data == b"", "the race did not happen: the test proves nothing"
+        assert digest in contents.by_digest
+        await _gc(lns)
+        assert await ContentStore(lns).read_all(digest, 10_000) == data
 
     ns = await _in_lease(importer, body)
     assert [s.ref for s in await ContentStore(ns).statuses()] == []
+
+
+async def test_a_streamed_blob_collected_before_the_commit_is_made_from_the_import(
+    importer: Importer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(3000)
+    digest = _sha(data)
+    collected = _collect_before_hold(monkeypatch, digest)
+
+    async def body(lns: Namespaced) -> None:
+        ing = _Raced(lns, ImportLimits(max_buffered_member=0))
+        ing.race_data = data
+        await ing.run(ByteReader(chunked(_blob_archive(data), 1024)))
+        assert collected == [digest], "the race did not happen: the test proves nothing"
+        await _gc(lns)
+        assert await ContentStore(lns).read_all(digest, 10_000) == data
+
+    ns = await _in_lease(importer, body)
+    assert [s.ref for s in await ContentStore(ns).statuses()] == []
+    await _gc(ns)
+    assert await ContentStore(ns).info(digest) is None

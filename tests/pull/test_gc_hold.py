@@ -9,10 +9,11 @@ import asyncio
 import datetime as dt
 import hashlib
 import os
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 from imaged.containerd.client import Containerd, Namespaced
 from imaged.containerd.content import ContentStore
+from imaged.containerd.labels import GC_REF_SNAPSHOT
 from imaged.containerd.leases import delete, lease
 from imaged.containerd.unpack import Unpacker, UnpackResult
 from imaged.oci.manifest import Descriptor, chain_ids
@@ -111,9 +112,10 @@ def test_unpack_holds_what_it_found_or_looks_again(containerd: PrivateContainerd
         cd = Containerd(containerd.socket)
         ns = cd.ns(f"unpackhold-{os.getpid()}")
         try:
-            async with _leased(ns, "blobs") as blobs, _leased(ns, "first") as first:
+            async with _leased(ns, "blobs") as blobs, AsyncExitStack() as first_lease:
                 descs, diff_ids, config = await _stack(ContentStore(blobs))
                 chains = chain_ids(diff_ids)
+                first = await first_lease.enter_async_context(_leased(ns, "first"))
                 assert await Unpacker(first, SNAPSHOTTER).apply_layer(descs[0], diff_ids[0], "", chains[0])
                 async with _leased(ns, "pull") as lns:
                     u = _CollectedAfterLook(lns, SNAPSHOTTER, chains[0])
@@ -125,12 +127,86 @@ def test_unpack_holds_what_it_found_or_looks_again(containerd: PrivateContainerd
                     again = Unpacker(lns, SNAPSHOTTER)
                     result = await again.unpack(config, descs, tuple(diff_ids))
                     assert result == UnpackResult(chains[1], 0, 2)
-                    # Only the deepest snapshot is held; it keeps its parent through a collection.
+                    assert await _resources(lns) == [(f"snapshots/{SNAPSHOTTER}", chains[1])], (
+                        "only the deepest snapshot is held"
+                    )
+                    # Now nothing else references them: not the first lease, not the config's label.
+                    await first_lease.aclose()
+                    await ContentStore(blobs).update_labels(config, {f"{GC_REF_SNAPSHOT}.{SNAPSHOTTER}": ""})
                     await _collect(ns)
-                    assert await again.exists(chains[0]) and await again.exists(chains[1])
+                    assert await again.exists(chains[1]), "the held snapshot survives"
+                    assert await again.exists(chains[0]), "and keeps its parent"
             await _collect(ns)
             assert not await Unpacker(ns, SNAPSHOTTER).exists(chains[1]), "nothing holds them any more"
         finally:
             await cd.close()
 
     asyncio.run(scenario())
+
+
+async def _resources(lns: Namespaced) -> list[tuple[str, str]]:
+    resp = await lns.call(lns.leases.ListResources, leases_pb2.ListResourcesRequest(id=lns.lease))
+    return sorted((r.type, r.id) for r in resp.resources)
+
+
+class _CommittedMeanwhile(Unpacker):
+    """Another unpack commits the same layer between our Apply and our Commit; with `collect`,
+    its snapshot is also removed right before we hold it (GC taking an unreferenced one)."""
+
+    def __init__(self, ns: Namespaced, other: Namespaced, collect: bool) -> None:
+        super().__init__(ns, SNAPSHOTTER)
+        self.other = other
+        self.collect = collect
+        self.raced: list[str] = []
+        self.race: tuple[Descriptor, str] = (Descriptor("", "", 0), "")
+
+    async def _commit(self, key: str, chain_id: str) -> bool:
+        if not self.raced:
+            self.raced.append("committed")
+            layer, diff_id = self.race
+            assert await Unpacker(self.other, SNAPSHOTTER).apply_layer(layer, diff_id, "", chain_id)
+        return await super()._commit(key, chain_id)
+
+    async def _held(self, chain_id: str) -> bool:
+        if self.collect and self.raced == ["committed"]:
+            self.raced.append("collected")
+            await self.ns.call(
+                self.ns.snapshots.Remove,
+                snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=chain_id),
+            )
+        return await super()._held(chain_id)
+
+
+def test_a_commit_beaten_by_another_unpack(containerd: PrivateContainerd) -> None:
+    async def scenario() -> None:
+        cd = Containerd(containerd.socket)
+        try:
+            for collect in (False, True):
+                ns = cd.ns(f"commitrace-{os.getpid()}-{collect}")
+                async with _leased(ns, "blobs") as blobs, _leased(ns, "other") as other:
+                    descs, diff_ids, _config = await _stack(ContentStore(blobs))
+                    chain = chain_ids(diff_ids)[0]
+                    async with _leased(ns, "pull") as lns:
+                        u = _CommittedMeanwhile(lns, other, collect)
+                        u.race = (descs[0], diff_ids[0])
+                        mine = await u.apply_layer(descs[0], diff_ids[0], "", chain)
+                        # Found there: the other's counts; gone again: ours is committed after all.
+                        assert (u.raced, mine) == (
+                            (["committed", "collected"], True) if collect else (["committed"], False)
+                        )
+                        assert await _resources(lns) == [(f"snapshots/{SNAPSHOTTER}", chain)]
+                        snaps = await _snapshots(lns)
+                        assert snaps == [chain], f"no active snapshot may be left behind: {snaps}"
+        finally:
+            await cd.close()
+
+    asyncio.run(scenario())
+
+
+async def _snapshots(ns: Namespaced) -> list[str]:
+    names = []
+    async for resp in ns.stream(
+        ns.snapshots.List, snapshots_pb2.ListSnapshotsRequest(snapshotter=SNAPSHOTTER)
+    ):
+        names += [i.name for i in resp.info]
+    return sorted(names)

@@ -83,8 +83,10 @@ async def test_an_ongoing_state_is_sent_at_most_once_per_interval() -> None:
     await fire_timers()
     clock.now = 2 * INTERVAL + 0.001
     p.update(state(Status.DOWNLOADING, 50))
-    p.update(state(Status.DOWNLOADING, 50))  # unchanged: nothing new
     clock.now = 3 * INTERVAL
+    await fire_timers()
+    p.update(state(Status.DOWNLOADING, 50))  # what was sent last: nothing new to say
+    clock.now = 4 * INTERVAL
     await fire_timers()
     assert [s.offset for s in await sent(p)] == [0, 40, 50]
 

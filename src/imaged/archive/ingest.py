@@ -22,7 +22,7 @@ from imaged.archive.stream import ByteReader
 from imaged.archive.tar import BLOCK, Kind, Member, TarReader, checksum_ok
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore, Writer
-from imaged.containerd.leases import finish, hold
+from imaged.containerd.leases import finish, hold, hold_if_present
 from imaged.errors import InvalidArgument
 from imaged.registry.reference import validate_digest
 
@@ -34,6 +34,8 @@ MANIFEST_JSON = "manifest.json"
 DOCUMENTS = (OCI_LAYOUT, INDEX_JSON, MANIFEST_JSON)
 
 _BLOB_PATH = re.compile(r"^blobs/([^/]+)/([^/]+)$")
+# Writes of one in-memory blob before giving up: each retry means containerd collected it meanwhile.
+_REWRITES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,16 +205,14 @@ class Ingest:
                 # Known now even for docker-save members: containerd checks it, and a blob that
                 # already exists is reported with its digest.
                 writer.expected = digest
+                # Held before the commit: a commit that finds the blob present leases nothing,
+                # and an unreferenced one could be collected before a hold after it, with the
+                # streamed bytes already dropped. Held first, it either stays or is recreated
+                # from our ingest. One lease write per member too large to buffer: cheap.
+                await hold(self.ns, digest)
                 await writer.commit()
-                existed = writer.existed
                 await writer.close()
                 writer = None
-                if existed and not await self._hold_existing(digest):
-                    # Its bytes were streamed into an ingest containerd dropped at the commit.
-                    raise errors.Unavailable(
-                        f"archive member '{path}': blob {digest} was in containerd but was collected "
-                        "before this import could hold it; import the archive again"
-                    )
         except BaseException:
             if writer is not None:
                 await writer.close()
@@ -259,35 +259,34 @@ class Ingest:
             raise
 
     async def write_blob(self, data: bytes, digest: str, labels: dict[str, str]) -> None:
-        """Store a blob held in memory (a small member, a synthesized manifest) with its labels."""
-        ref = self._ref()
-        writer = await self._open(ref, len(data), digest)
-        if writer is None:
-            await self.store.update_labels(digest, labels)
-            return
-        try:
-            if writer.offset != len(data):  # equal: the blob is in another namespace, commit is enough
-                await writer.restart()
-                await writer.write(data)
-            await writer.commit(labels)
-        except BaseException:
-            await writer.close()
-            await finish(self._abort(ref))
-            raise
-        await writer.close()
-        if writer.existed:
-            # A commit that found the blob already present neither leased it nor set the labels.
-            if not await self._hold_existing(digest):
-                await self.write_blob(data, digest, labels)  # collected meanwhile: write it again
-                return
-            await self.store.update_labels(digest, labels)
-
-    async def _hold_existing(self, digest: str) -> bool:
-        """Lease a blob a commit found already there, and say whether it still is.
+        """Store a blob held in memory (a small member, a synthesized manifest) with its labels.
 
         containerd leases what a commit creates, or what a writer finds on opening, in the same
-        transaction; not what the commit itself finds present. Unreferenced (a failed import's),
-        that blob may be collected before the hold, so it is looked at after it.
+        transaction; not what the commit itself finds present (another client's, committed
+        meanwhile). That case is rare, so the blob is held after the commit (a hold before would
+        cost a metadata write per small blob) and written again if it was collected meanwhile.
         """
-        await hold(self.ns, digest)
-        return await self.store.info(digest) is not None
+        for _ in range(_REWRITES):
+            ref = self._ref()
+            writer = await self._open(ref, len(data), digest)
+            if writer is None:
+                await self.store.update_labels(digest, labels)
+                return
+            try:
+                if writer.offset != len(data):  # equal: in another namespace, commit is enough
+                    await writer.restart()
+                    await writer.write(data)
+                await writer.commit(labels)
+            except BaseException:
+                await writer.close()
+                await finish(self._abort(ref))
+                raise
+            await writer.close()
+            if not writer.existed:
+                return
+            if await hold_if_present(self.ns, digest, lambda: self.store.exists(digest)):
+                await self.store.update_labels(digest, labels)  # the commit did not set them
+                return
+        raise errors.Unavailable(
+            f"blob {digest} kept being collected by containerd as this import wrote it; try again"
+        )

@@ -67,6 +67,9 @@ class ContentStore:
             return None
         return Info(resp.info.digest, resp.info.size, dict(resp.info.labels))
 
+    async def exists(self, digest: str) -> bool:
+        return await self.info(digest) is not None
+
     async def update_labels(self, digest: str, labels: dict[str, str]) -> None:
         """Set (or with an empty value, remove) only the given label keys."""
         if not labels:

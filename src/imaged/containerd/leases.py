@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -67,6 +67,20 @@ async def hold(ns: Namespaced, resource_id: str, kind: str = "content") -> None:
         ns.leases.AddResource,
         leases_pb2.AddResourceRequest(id=ns.lease, resource=leases_pb2.Resource(id=resource_id, type=kind)),
     )
+
+
+async def hold_if_present(
+    ns: Namespaced, resource_id: str, present: Callable[[], Awaitable[bool]], kind: str = "content"
+) -> bool:
+    """Hold a resource found in containerd, then say whether it is (still) there.
+
+    In this order, never look-then-hold: something nothing references (a failed pull's snapshot, a
+    cancelled import's blob) may be collected between a look and a hold, and we would trust a
+    resource that is gone. True means present and, under a lease, kept from now on; holding one
+    that is gone is harmless (the name leaves with the lease). Without a lease it is only a look.
+    """
+    await hold(ns, resource_id, kind)
+    return await present()
 
 
 async def delete(ns: Namespaced, lease_id: str, *, sync: bool = False) -> None:

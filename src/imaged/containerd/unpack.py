@@ -20,11 +20,14 @@ from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.leases import finish, hold
+from imaged.containerd.leases import finish, hold_if_present
 from imaged.oci.manifest import Descriptor, chain_ids
 from imaged.pb.containerd.services.diff.v1 import diff_pb2
 from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2
 from imaged.pb.containerd.types import descriptor_pb2
+
+# Looks again after finding something gone: each retry means containerd collected it meanwhile.
+_SEARCHES = 4
 
 # Called with (layer index, event, elapsed seconds); events: "extracting", "extracted", "exists".
 UnpackEvent = Callable[[int, str, float], None]
@@ -82,25 +85,27 @@ class Unpacker:
         return lo
 
     async def _held(self, chain_id: str) -> bool:
-        """Put a snapshot in our lease, then say whether it exists: held so, GC cannot take it (nor,
-        since a snapshot references its parent, its parents) before the records exist.
-
-        In this order because a snapshot nothing references (a failed pull's) may be collected
-        between a look and a hold; holding one that is gone is harmless (the lease goes with us).
-        """
-        await hold(self.ns, chain_id, f"snapshots/{self.snapshotter}")
-        return await self.exists(chain_id)
+        """Hold a snapshot, then say whether it exists: held, GC cannot take it (nor, since a
+        snapshot references its parent, its parents) before the records exist."""
+        return await hold_if_present(
+            self.ns, chain_id, lambda: self.exists(chain_id), f"snapshots/{self.snapshotter}"
+        )
 
     async def _deepest_held(self, chains: list[str]) -> int:
         """Index of the last chain whose snapshot exists, held in our lease (-1: none).
 
         The search looks without holding (a hold is a metadata write); only the deepest found is
-        held, and looked at again: if it went in between, the search starts over.
+        held, and looked at again: if it went in between, the search starts over. Each new search
+        means something was collected meanwhile, so a few are plenty.
         """
-        while True:
+        for _ in range(_SEARCHES):
             have = await self._deepest_present(chains)
             if have < 0 or await self._held(chains[have]):
                 return have
+        raise errors.Unavailable(
+            f"the snapshots of this image kept disappearing while the unpack looked for them "
+            f"({_SEARCHES} searches); containerd is collecting them: try again"
+        )
 
     async def apply_layer(self, layer: Descriptor, diff_id: str, parent: str, chain_id: str) -> bool:
         """Apply one layer on `parent` (held or ours); return False if another unpack made it first.
@@ -118,8 +123,11 @@ class Unpacker:
         except errors.AlreadyExists:
             # Another unpack committed this chain between our Stat and Prepare (the snapshot.ref
             # label names the target): the layer is done, as containerd's own unpacker treats it.
+            # containerd leases the target in that same transaction; held again to be sure.
             if not await self._held(chain_id):
-                raise
+                raise errors.Unavailable(
+                    f"snapshot {chain_id} was committed by another unpack and removed again; try again"
+                ) from None
             return False
         committed = False
         try:
@@ -138,6 +146,19 @@ class Unpacker:
                     f"layer {layer.digest} unpacks to {applied.applied.digest}, "
                     f"but the image config says {diff_id}"
                 )
+            committed = await self._commit(key, chain_id)
+        finally:
+            if not committed:
+                await finish(self._remove(key))
+        return committed
+
+    async def _commit(self, key: str, chain_id: str) -> bool:
+        """Commit our applied snapshot as `chain_id`; False if another unpack's commit is there.
+
+        That one may be gone again by the time we hold it (nothing referenced it): then ours, still
+        applied, is committed after all, since the name is free and already in our lease.
+        """
+        for _ in range(_SEARCHES):
             try:
                 await self.ns.call(
                     self.ns.snapshots.Commit,
@@ -148,17 +169,13 @@ class Unpacker:
                         labels={L.SNAPSHOT_REF: chain_id},
                     ),
                 )
-                committed = True
+                return True
             except errors.AlreadyExists:
-                # Another unpack committed it first; it may even be gone again by now.
-                if not await self._held(chain_id):
-                    raise errors.Unavailable(
-                        f"snapshot {chain_id} was committed by another unpack and removed again; try again"
-                    ) from None
-        finally:
-            if not committed:
-                await finish(self._remove(key))
-        return committed
+                if await self._held(chain_id):
+                    return False
+        raise errors.Unavailable(
+            f"snapshot {chain_id} kept being committed by another unpack and removed again; try again"
+        )
 
     async def _remove(self, key: str) -> None:
         try:

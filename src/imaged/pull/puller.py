@@ -30,7 +30,7 @@ from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.gclabels import distribution_source, index_labels, manifest_labels
 from imaged.containerd.images import ImageStore
-from imaged.containerd.leases import hold, lease
+from imaged.containerd.leases import hold_if_present, lease
 from imaged.containerd.unpack import Unpacker
 from imaged.images.records import Target, create_records
 from imaged.images.walk import MAX_INDEX_DEPTH, host_manifest
@@ -181,13 +181,14 @@ class Puller:
             await w.commit(labels)
         finally:
             await w.close()
+        if w.existed:
+            # Committed by another pull meanwhile: held already (_manifest_bytes), not labelled by us.
+            await content.update_labels(desc.digest, labels)
 
     async def _manifest_bytes(self, content: ContentStore, ref: Reference, desc: Descriptor) -> bytes:
-        # Leased before looking: content nothing references (a cancelled pull's) may otherwise be
+        # Held before looking: content nothing references (a cancelled pull's) may otherwise be
         # collected between the look and the read.
-        await hold(content.ns, desc.digest)
-        info = await content.info(desc.digest)
-        if info is not None:
+        if await hold_if_present(content.ns, desc.digest, lambda: content.exists(desc.digest)):
             try:
                 return await content.read_all(desc.digest, mt.MAX_MANIFEST_SIZE)
             except errors.NotFound:
@@ -271,6 +272,8 @@ class Puller:
             raise
         finally:
             await w.close()
+        if w.existed:  # another pull committed it meanwhile: the labels are ours to set
+            await content.update_labels(desc.digest, labels)
         return True
 
     async def _layers(
