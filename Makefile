@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := containerd runc docker-registry skopeo umoci busybox-static zstd zsh bash-completion
 CONFIG ?= .run/imaged.yaml
 
-.PHONY: all deps venv protos run test lint fmt bench soak clean
+.PHONY: all deps venv protos run demo test lint fmt bench soak clean
 
 all: test
 
@@ -33,6 +33,10 @@ protos: venv
 
 run: deps venv
 	$(PY) tools/devrun.py
+
+# Offline images to pull and verify: a local registry, a signed and an unsigned image, a rule (run `make run` first).
+demo: deps venv
+	$(PY) tools/demo.py
 
 test: deps venv lint
 	$(VENV)/bin/pytest -q
