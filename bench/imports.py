@@ -34,7 +34,7 @@ from bench.measure import (
     timed_tool,
 )
 from bench.profiling import profile_once
-from bench.runner import NotAvailable, Sample, Tool, compare_cold, floor_tool
+from bench.runner import NotAvailable, Sample, Tool, compare_cold, count_commits, floor_tool
 from imaged.pb.common import common_pb2
 from imaged.pb.machine import image_pb2
 from tests.support.archives import Image
@@ -124,6 +124,8 @@ def _spec_cases(
             "written from memory, then Diff.Apply of each layer"
         )
         if profile and case.met() is False:
+            log(f"import {fmt} {spec.key}: target missed, counting containerd's commits per tool")
+            count_commits(bench, case, tools, SYSTEM_NS, blobs)
             log(f"import {fmt} {spec.key}: target missed, profiling one more imaged run")
             case.profile = profile_once(
                 f"import-{fmt}-{spec.key}",

@@ -18,7 +18,7 @@ from bench.env import SYSTEM_NS, Bench, log
 from bench.floor import Floor
 from bench.measure import Case, timed_tool_output
 from bench.profiling import profile_once
-from bench.runner import Sample, Tool, compare_cold, floor_tool
+from bench.runner import Sample, Tool, compare_cold, count_commits, floor_tool
 from imaged.pb.machine import image_pb2
 from tests.support import archives
 from tests.support.daemon import SYSTEM
@@ -97,6 +97,8 @@ def _case(bench: Bench, floor: Floor, spec: Spec, runs: int, out_dir: pathlib.Pa
         "each layer (imaged.containerd client in the bench process); no registry, no verification, no records"
     )
     if profile and case.met() is False:
+        log(f"pull {spec.key}: target missed, counting containerd's commits per tool")
+        count_commits(bench, case, tools, SYSTEM_NS, blobs)
         log(f"pull {spec.key}: target missed, profiling one more imaged run")
         case.profile = profile_once(
             f"pull-{spec.key}", bench.daemon_pid, out_dir / "profiles", lambda: imaged_pull(bench, ref)

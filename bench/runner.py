@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench import syncs
 from bench.env import Bench, log
 from bench.floor import Floor, prepare
 from bench.measure import Case, CpuMeter, Series, fmt_seconds, mean_cpu
@@ -92,3 +93,27 @@ def compare_cold(
             case.extra.append(
                 ("imaged / pipelined bound", f"{imaged.median / statistics.median(bound):.2f}x")
             )
+
+
+def count_commits(bench: Bench, case: Case, tools: dict[str, Tool], namespace: str, blobs: set[str]) -> None:
+    """One more cold run of each tool under strace: containerd's commits, which times cannot show
+    apart from the host's speed (bench/syncs.py). Reported only; not part of any median."""
+    if not syncs.available():
+        case.notes.append("strace is not installed: containerd's commits were not counted")
+        return
+    counted = []
+    for name, tool in tools.items():
+        bench.make_cold(namespace, blobs)
+        counted.append(f"{name} {syncs.count(bench.containerd_pid, tool)}")
+    bench.make_cold(namespace, blobs)
+    case.extra.append(
+        (
+            "containerd commits, one run each under strace: metadata / snapshotter / blob files",
+            "; ".join(counted),
+        )
+    )
+    case.notes.append(
+        "commits: counted with strace over one more cold run of each tool (bench/syncs.py), with the "
+        "garbage collection its last call sets off; the floor makes no image, so its count includes "
+        "collecting what it wrote (one snapshotter commit per layer)"
+    )
