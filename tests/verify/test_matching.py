@@ -67,6 +67,15 @@ def test_normalize_pattern(pattern: str, normalized: str) -> None:
         ("myorg/*", "docker.io/myorg/app", True),
         ("myorg/*", "ghcr.io/myorg/app", False),
         ("docker.io/nginx", "nginx", True),
+        # a rule cannot be escaped by another spelling of the same registry
+        ("docker.io/*", "INDEX.DOCKER.IO/library/nginx", True),
+        ("docker.io/*", "Registry-1.Docker.IO:443/library/nginx", True),
+        ("nginx", "INDEX.DOCKER.IO/nginx", True),
+        ("ghcr.io/org/*", "ghcr.io:443/org/app", True),
+        ("ghcr.io/org/*", "GHCR.IO:443/org/app", True),
+        ("ghcr.io:443/org/*", "ghcr.io/org/app", True),
+        ("ghcr.io/org/*", "ghcr.io:8443/org/app", False),
+        ("localhost/*", "localhost:443/app", False),
         # `?`, `[` and `.` are literals
         ("ghcr.io/a.c", "ghcr.io/abc", False),
         ("localhost:5000/*", "localhost:5000/test/app", True),

@@ -92,6 +92,17 @@ async def test_deny_rule_first_match_wins() -> None:
     assert reg.calls == []
 
 
+@pytest.mark.parametrize(
+    "ref", ["INDEX.DOCKER.IO/library/nginx:1", "Registry-1.Docker.io:443/nginx:1", "GHCR.IO:443/org/app:v1"]
+)
+async def test_another_spelling_of_a_registry_does_not_escape_its_rule(ref: str) -> None:
+    # These reach the registries the rules name; with noMatch: allow they once passed unverified.
+    reg = FakeRegistry()
+    v = make([{"image": "docker.io/*", "deny": True}, {"image": "ghcr.io/org/*", "deny": True}], reg)
+    assert (await denied(v, ref)).startswith("verification denied by matched rule")
+    assert reg.calls == []
+
+
 @pytest.mark.parametrize("bad", ["", "docker.io/Upper/case", "a b", "nginx@sha256:123", "x:bad tag"])
 async def test_invalid_reference(bad: str) -> None:
     v = make([{"image": "*", "skip": True}], FakeRegistry())

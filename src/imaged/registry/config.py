@@ -12,18 +12,17 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from imaged.config.base import Section
 from imaged.oci.mediatypes import MAX_MANIFEST_SIZE
+from imaged.registry.reference import canonical_domain
 
 _HOST_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$"
 )
-_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 
 
 def normalize_host(host: str) -> str:
-    """Docker Hub's several names are one registry, `docker.io`; other hosts are lowercased."""
-    h = host.strip().lower()
-    return "docker.io" if h in _HUB_ALIASES else h
+    """A configured host as references name it (`reference.canonical_domain`)."""
+    return canonical_domain(host.strip())
 
 
 def _existing_file(v: str | None, what: str) -> str | None:

@@ -10,7 +10,6 @@ to plain HTTP (containerd 1.6 does the same).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pathlib
 import tomllib
@@ -19,7 +18,7 @@ from typing import Any
 
 from imaged.errors import InvalidArgument
 from imaged.registry.config import HostConfig, RegistriesConfig, normalize_host
-from imaged.registry.reference import registry_host
+from imaged.registry.reference import is_localhost, registry_host
 
 ALL_CAPABILITIES = frozenset({"pull", "resolve", "push"})
 MAX_HOSTS_TOML = 1024 * 1024
@@ -57,21 +56,6 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}"
-
-
-def is_localhost(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1, with or without a port."""
-    h = host
-    if h.startswith("["):
-        h = h[1:].split("]", 1)[0]
-    elif h.count(":") == 1:
-        h = h.split(":", 1)[0]
-    if h.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ Follows the grammar of distribution/reference (the one docker, containerd and CR
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -89,14 +90,41 @@ class Reference:
         return s
 
 
+def is_localhost(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1, with or without a port."""
+    h = host
+    if h.startswith("["):
+        h = h[1:].split("]", 1)[0]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def canonical_domain(host: str) -> str:
+    """One spelling per registry, so that a policy sees the server that will be contacted.
+
+    Host names are case-insensitive, Docker Hub answers to several names, and `:443` is the
+    HTTPS default (kept on loopback hosts, which are spoken to in plain HTTP by default). Without
+    this, `INDEX.DOCKER.IO/library/nginx` or `ghcr.io:443/org/app` escaped rules written for
+    `docker.io/*` or `ghcr.io/org/*` while fetching from the very same registry.
+    """
+    h = host.lower()
+    if h.endswith(":443") and not is_localhost(h):
+        h = h[: -len(":443")]
+    return DOCKER_HUB if h in _HUB_ALIASES else h
+
+
 def _split_domain(name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
     if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
-        domain, path = first, rest
+        domain, path = canonical_domain(first), rest
     else:
         domain, path = DOCKER_HUB, name
-    if domain in _HUB_ALIASES:
-        domain = DOCKER_HUB
     if domain == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     return domain, path

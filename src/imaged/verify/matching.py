@@ -15,7 +15,8 @@ Patterns are normalized the way references are, so that a person's expectation h
   Docker Hub names gain `library/` (`docker.io/nginx` -> `docker.io/library/nginx`);
 - `*` alone, and a pattern whose first of several components holds a `*` (`*/app`,
   `*.example.com/*`), is used as is, against the full normalized name.
-Registry hosts compare case-insensitively (DNS names), paths exactly.
+Registry hosts are compared in the form references get (`reference.canonical_domain`: lowercased,
+Hub aliases as `docker.io`, no `:443` except on loopback); paths exactly.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from imaged.registry.reference import DOCKER_HUB
+from imaged.registry.reference import DOCKER_HUB, canonical_domain
 
-_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
 _ALLOWED = re.compile(r"^[A-Za-z0-9._\-/:\[\]*]+$")
 
 
@@ -55,9 +55,7 @@ def normalize_pattern(pattern: str) -> str:
     if "*" in first:
         return f"{first.lower()}/{rest}"
     if any(c in first for c in ".:[") or first == "localhost" or first != first.lower():
-        domain, path = first.lower(), rest
-        if domain in _HUB_ALIASES:
-            domain = DOCKER_HUB
+        domain, path = canonical_domain(first), rest
     else:
         domain, path = DOCKER_HUB, pattern
     if domain == DOCKER_HUB and "/" not in path and "*" not in path:
