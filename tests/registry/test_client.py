@@ -185,6 +185,19 @@ async def test_tls_private_ca(tls_registry: tuple[Registry, str]) -> None:
             await c.resolve(ref)
 
 
+async def test_token_server_under_the_registrys_private_ca() -> None:
+    # As Harbor serves it: the realm is HTTPS under the registry's own private CA, so the token
+    # request must use the host's TLS settings (it once used only the system's CAs and failed).
+    with Registry(tls=True, token_auth=True, htpasswd={USER: PASSWORD}) as reg:
+        assert reg.token_server is not None and reg.token_server.realm.startswith("https://")
+        digest = push_test_image(reg, "private/app", "v1")
+        ref = parse(f"{reg.host}/private/app:v1")
+        host = {"tls": {"ca_file": reg.ca_pem_path}, "auth": {"username": USER, "password": PASSWORD}}
+        async with RegistryClient(make_config(hosts={reg.host: host})) as c:
+            assert (await c.resolve(ref)).digest == digest
+        assert reg.token_server.requests[-1] == ("repository:private/app:pull", USER)
+
+
 async def test_mirror_from_hosts_toml_while_upstream_down(seeded: Seeded, tmp_path: pathlib.Path) -> None:
     upstream = f"127.0.0.1:{free_port()}"  # nothing listens there
     ref = parse(f"{upstream}/test/app:v1")

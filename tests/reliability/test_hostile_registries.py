@@ -218,6 +218,36 @@ def test_redirect_loops(bounded: Bounded) -> None:
         assert len(reg.seen) <= 2 * 2 * 12, "redirects followed without bound"
 
 
+def test_malformed_redirects_and_token_lifetimes(bounded: Bounded) -> None:
+    # A Location no URL parser accepts was once an INTERNAL error; odd expires_in values (400
+    # digits, negative) overflowed or were kept: the registry is at fault, so UNAVAILABLE or a token
+    # with the default lifetime.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            body = b'{"token": "t", "expires_in": 1' + b"0" * 400 + b"}"
+            if "negative" in request.query.get("scope", ""):
+                body = b'{"token": "t", "expires_in": -5}'
+            return web.Response(body=body, content_type="application/json")
+        if "/ipv6/" in request.path:
+            return web.Response(status=307, headers={"Location": "https://[::1/x"})
+        if "/port/" in request.path:
+            return web.Response(status=307, headers={"Location": "http://127.0.0.1:99999/x"})
+        if request.headers.get("Authorization") != "Bearer t":
+            realm = f"http://{request.host}/token"
+            challenge = f'Bearer realm="{realm}",service="s"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        return web.Response(status=404, text="no such image")
+
+    with HostileRegistry(handler) as reg:
+        for repo in ("ipv6", "port"):
+            code, details, _, _ = bounded.pull(f"{reg.host}/x/{repo}:v1")
+            assert code == grpc.StatusCode.UNAVAILABLE, details
+            assert reg.host in details and "redirected to a malformed URL" in details
+        for repo in ("huge", "negative"):
+            code, details, _, _ = bounded.pull(f"{reg.host}/{repo}/app:v1")
+            assert code == grpc.StatusCode.NOT_FOUND, details  # the token worked; the image is absent
+
+
 def test_token_that_never_comes(bounded: Bounded) -> None:
     sent = [0]
 

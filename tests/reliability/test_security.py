@@ -258,6 +258,19 @@ def test_no_secret_in_logs_errors_or_redirects(
                 grpc.StatusCode.UNAUTHENTICATED,
             )
         assert any("no signatures found" in e for e in errors), "the right request credentials were used"
+        # Empty request credentials (a CRI pull without a pull secret) leave the configured auth be.
+        configured = daemon(
+            {token.host: {"auth": {"username": "tom", "password": SECRETS["token"]}}},
+            [{"image": "127.0.0.1:*/sec/*", "publicKey": {"certificate": key}}],
+        )
+        empty = image_pb2.ImageServiceCredentials(host=token.host, username="", password="")
+        with pytest.raises(grpc.RpcError) as e:
+            configured.images.Verify(
+                image_pb2.ImageServiceVerifyRequest(image_ref=f"{token.host}/sec/app:v1", credentials=empty),
+                timeout=60,
+            )
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, e.value.details()
+        assert "no signatures found" in (e.value.details() or "")
     for d in daemons:
         d.stop()
     assert len(issued) >= 2, "tokens were issued (and are searched for below)"

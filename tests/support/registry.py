@@ -188,7 +188,8 @@ class Registry:
             self.ca_pem_path = str(self.ca.cert_path)
             self._cert = self.ca.issue("registry")
         if token_auth:
-            self.token_server = TokenServer(self.users, service="imaged-test-registry")
+            # With TLS the token server is HTTPS too, under the same private CA (as Harbor serves it).
+            self.token_server = TokenServer(self.users, service="imaged-test-registry", tls=self._cert)
         elif htpasswd is not None:
             (self.dir / "htpasswd").write_text(
                 "".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in self.users.items())

@@ -18,6 +18,7 @@ import http.server
 import json
 import pathlib
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -39,8 +40,17 @@ def libtrust_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
 class TokenServer:
     """Issues registry tokens; `users` maps user names to passwords (shared with the Registry)."""
 
-    def __init__(self, users: dict[str, str], *, service: str, expires_in: int = 300) -> None:
+    def __init__(
+        self,
+        users: dict[str, str],
+        *,
+        service: str,
+        expires_in: int = 300,
+        tls: tuple[pathlib.Path, pathlib.Path] | None = None,
+    ) -> None:
+        """`tls`: (certificate, key) to serve HTTPS, as a registry with a private CA would."""
         self.users = users
+        self.tls = tls
         self.service = service
         self.issuer = "imaged-test-token-issuer"
         self.expires_in = expires_in
@@ -66,7 +76,7 @@ class TokenServer:
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.port}/token"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/token"
 
     def write_cert(self, path: pathlib.Path) -> pathlib.Path:
         path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
@@ -147,6 +157,10 @@ class TokenServer:
         port = self.port
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
+        if self.tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*self.tls)
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="token-server", daemon=True)
         self._thread.start()

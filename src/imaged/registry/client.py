@@ -16,6 +16,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import ssl
@@ -143,14 +144,33 @@ def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
         return None
 
 
+def _token_lifetime(value: object) -> float | None:
+    """A token server's `expires_in`, if it is a usable number of seconds (else the default applies):
+    not a bool, finite (JSON allows NaN and 400-digit numbers), positive, at most a day."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return min(seconds, 86400.0)
+
+
 def _next_link(headers: CIMultiDictProxy[str], base: str) -> str | None:
     """The `rel="next"` target of a Link header, resolved against `base`; same origin only."""
     for value in headers.getall("Link", []):
         for part in value.split(","):
             m = re.match(r"\s*<([^>]*)>\s*;(.*)$", part)
             if m and re.search(r'rel="?next"?', m.group(2)):
-                target = urllib.parse.urljoin(base, str(m.group(1)))
-                a, b = urllib.parse.urlsplit(base), urllib.parse.urlsplit(target)
+                try:
+                    target = urllib.parse.urljoin(base, str(m.group(1)))
+                    a, b = urllib.parse.urlsplit(base), urllib.parse.urlsplit(target)
+                    b.port  # noqa: B018  (a bad port raises here)
+                except ValueError:
+                    log.warning("ignoring a malformed pagination link")
+                    return None
                 if (a.scheme, a.netloc) == (b.scheme, b.netloc):
                     return target
                 log.warning("ignoring pagination link to another host: %s", redact_url(target))
@@ -403,8 +423,13 @@ class RegistryClient:
                 hops += 1
                 if not location or hops > MAX_REDIRECTS:
                     raise Unavailable(f"{what}: {e.host} sent a redirect loop or a redirect without Location")
-                current = urllib.parse.urljoin(current, location)
-                if urllib.parse.urlsplit(current).scheme not in ("http", "https"):
+                try:
+                    current = urllib.parse.urljoin(current, location)
+                    scheme = urllib.parse.urlsplit(current).scheme
+                    URL(current, encoded=True).port  # noqa: B018  (a bad port raises here, not later)
+                except ValueError:
+                    raise Unavailable(f"{what}: {e.host} redirected to a malformed URL") from None
+                if scheme not in ("http", "https"):
                     raise Unavailable(f"{what}: {e.host} redirected to a non-HTTP URL")
                 if resp.status == 303:
                     method = "GET" if method != "HEAD" else method
@@ -444,11 +469,17 @@ class RegistryClient:
             self._shared.tokens.drop(e.host, scope, creds)
             key = (e.host, scope, creds.fingerprint)
             lock = self._shared.token_locks.setdefault(key, asyncio.Lock())
-            async with lock:
-                if self._shared.tokens.get(e.host, scope, creds) is None:
-                    token, expires_in = await self._fetch_token(e, bearer, scope, creds, ref=ref, what=what)
-                    self._shared.tokens.put(e.host, scope, creds, token, expires_in)
-            self._shared.token_locks.pop(key, None)
+            try:
+                async with lock:
+                    if self._shared.tokens.get(e.host, scope, creds) is None:
+                        token, expires_in = await self._fetch_token(
+                            e, bearer, scope, creds, ref=ref, what=what
+                        )
+                        self._shared.tokens.put(e.host, scope, creds, token, expires_in)
+            finally:
+                # A failed fetch left it too; callers still waiting hold the lock object itself.
+                if self._shared.token_locks.get(key) is lock:
+                    del self._shared.token_locks[key]
             return
         if any(c.scheme == "basic" for c in challenges):
             if creds.basic() is None:
@@ -486,6 +517,9 @@ class RegistryClient:
         service = challenge.params.get("service", "")
         session = self._shared.get_session()
         h: dict[str, str] = {"Accept": "application/json"}
+        # The registry's TLS settings (private CA, client certificate) serve its token server too,
+        # as containerd's resolver does: Harbor and GitLab put the realm under the same CA.
+        tls = self._shared.ssl_for(e) if parts.scheme == "https" else True
         try:
             if creds.identity_token is not None:
                 form = {
@@ -498,7 +532,7 @@ class RegistryClient:
                 }
                 via = self._via(realm, h)
                 req = session.post(
-                    URL(realm, encoded=True), data=form, headers=h, allow_redirects=False, **via
+                    URL(realm, encoded=True), data=form, headers=h, allow_redirects=False, ssl=tls, **via
                 )
             else:
                 query: list[tuple[str, str]] = [("service", service)] if service else []
@@ -508,7 +542,7 @@ class RegistryClient:
                 if basic:
                     h["Authorization"] = basic
                 via = self._via(realm, h)
-                req = session.get(url, headers=h, allow_redirects=False, **via)
+                req = session.get(url, headers=h, allow_redirects=False, ssl=tls, **via)
             # The token fetch has its own limit; the request waiting for it gets as much more time.
             limit = self.config.timeouts.request
             outer = _REQUEST_LIMIT.get()
@@ -543,7 +577,7 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise Unavailable(f"{what}: token server {realm_host} of {e.host} sent no token")
         expires_in = doc.get("expires_in") if isinstance(doc, dict) else None
-        return token, float(expires_in) if isinstance(expires_in, (int, float)) else None
+        return token, _token_lifetime(expires_in)
 
     async def _roundtrip(
         self,

@@ -127,8 +127,10 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         self, request: image_pb2.ImageServiceVerifyRequest, context: grpc.aio.ServicerContext
     ) -> image_pb2.ImageServiceVerifyResponse:
         creds = None
-        if request.HasField("credentials") and request.credentials.host:
-            c = request.credentials
+        c = request.credentials
+        # An empty user name and password is no credential: it must not replace configured auth
+        # for the host with an empty Basic header (a CRI pull without a pull secret may send it).
+        if request.HasField("credentials") and c.host and (c.username or c.password):
             creds = (c.host, c.username, c.password)
         try:
             verdict = await self.rt.verifier.verify(request.image_ref, creds)
