@@ -6,13 +6,15 @@ import hashlib
 import pathlib
 
 import pytest
+from aiohttp import web
 
 from imaged.errors import DataLoss, NotFound, Unauthenticated, Unavailable
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import parse_index, parse_manifest
-from imaged.registry.client import RegistryClient
+from imaged.registry.client import MAX_REFERRERS, RegistryClient
 from imaged.registry.reference import parse
 from tests.registry.conftest import PASSWORD, USER, Seeded, make_config
+from tests.reliability.hostile import HostileRegistry, compact
 from tests.support.images import push_test_image
 from tests.support.registry import Registry, free_port
 
@@ -233,6 +235,66 @@ async def test_mirror_without_the_image_falls_through(seeded: Seeded) -> None:
             desc = await c.resolve(parse(f"{seeded.host}/test/docker:v1"))
         assert desc.digest == seeded.docker
         assert any(s == 404 for _, _, s in empty_mirror.requests())
+
+
+async def test_mirror_without_referrers_api_leaves_it_to_the_upstream() -> None:
+    # A docker-registry 2.8 pull-through mirror has no referrers API (404); the upstream does. The
+    # mirror's answer once stood for both, and cosign 3 signatures were "not found".
+    digest, referrer = "sha256:" + "c" * 64, "sha256:" + "d" * 64
+    index = compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": mt.OCI_MANIFEST,
+                    "digest": "sha256:" + "d" * 64,
+                    "size": 10,
+                    "artifactType": "x",
+                }
+            ],
+        }
+    )
+
+    async def upstream(request: web.Request) -> web.StreamResponse:
+        if request.path == f"/v2/org/app/referrers/{digest}":
+            return web.Response(body=index, headers={"Content-Type": mt.OCI_INDEX})
+        return web.Response(status=404)
+
+    with Registry() as mirror, HostileRegistry(upstream) as up:
+        cfg = make_config(hosts={up.host: {"mirrors": [mirror.url]}})
+        async with RegistryClient(cfg) as c:
+            found = await c.referrers(parse(f"{up.host}/org/app"), digest)
+        assert found is not None and [m.digest for m in found.manifests] == [referrer]
+        assert any("/referrers/" in p and s == 404 for _, p, s in mirror.requests()), "the mirror was asked"
+
+
+async def test_referrers_are_filtered_per_page_and_bounded() -> None:
+    digest = "sha256:" + "e" * 64
+
+    def page(n: int) -> bytes:
+        manifests = [
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": f"sha256:{i:064x}",
+                "size": 1,
+                "artifactType": "wanted" if i % 2 else "other",
+            }
+            for i in range(n)
+        ]
+        return compact({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests})
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        # Endless pages of 3,000, half of the wanted type, never filtered by the registry.
+        link = f'<{request.path}?page={int(request.query.get("page", "0")) + 1}>; rel="next"'
+        return web.Response(body=page(3000), headers={"Content-Type": mt.OCI_INDEX, "Link": link})
+
+    with HostileRegistry(handler) as reg:
+        async with RegistryClient(make_config()) as c:
+            found = await c.referrers(parse(f"{reg.host}/org/app"), digest, artifact_type="wanted")
+        assert found is not None and len(found.manifests) == MAX_REFERRERS
+        assert {m.artifact_type for m in found.manifests} == {"wanted"}
+        assert reg.count("/referrers/") == 1, "a full page was enough: no more were asked for"
 
 
 async def test_unreachable_registry_is_unavailable() -> None:

@@ -71,6 +71,8 @@ READ_BUFFER = 1024 * 1024
 MAX_TOKEN_BODY = 1024 * 1024
 MAX_REDIRECTS = 10
 MAX_PAGES = 20
+# Referrers kept from one listing (signature discovery looks at far fewer).
+MAX_REFERRERS = 1024
 MAX_TAGS = 100_000
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
@@ -940,38 +942,43 @@ class RegistryClient:
         max_size = self.config.max_manifest_size
 
         async def op(e: Endpoint) -> Index | None:
+            def no_api(why: str) -> Index | None:
+                # A mirror without the API (a pull-through cache) says nothing of the upstream's.
+                if _FALLBACK_LEFT.get():
+                    raise NotFound(f"{what}: {e.host} has no referrers API ({why})")
+                return None
+
             url = e.url(f"/{ref.path}/referrers/{digest}")
             if artifact_type:
                 url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"artifactType": artifact_type})
             manifests: list[Descriptor] = []
-            filtered = True
             first: Index | None = None
             for _ in range(MAX_PAGES):
                 r = await self._roundtrip(
                     e, "GET", url, ref=ref, what=what, accept=mt.OCI_INDEX, max_size=max_size
                 )
-                if r.status in (404, 400, 405, 501):
+                if r.status in (404, 400, 405, 406, 501):
                     if first is None:
-                        return None
+                        return no_api(f"HTTP {r.status}")
                     break
                 if r.status != 200:
                     raise self._status_error(r, e, ref, what, f"referrers of {digest}")
                 if _content_type(r.headers) not in (mt.OCI_INDEX, "application/json", ""):
-                    return None
+                    return no_api(f"answered {_content_type(r.headers)}")
                 try:
                     page = parse_index(r.body, f"referrers index from {e.host}")
                 except InvalidArgument:
-                    return None
+                    return no_api("not an OCI index")
                 first = first or page
-                manifests.extend(page.manifests)
+                items = page.manifests
                 if artifact_type and "artifactType" not in r.headers.get("OCI-Filters-Applied", ""):
-                    filtered = False
+                    items = tuple(m for m in items if m.artifact_type == artifact_type)
+                # Kept up to a bound: 20 pages of 4 MiB would be hundreds of thousands of them.
+                manifests.extend(items[: MAX_REFERRERS - len(manifests)])
                 nxt = _next_link(r.headers, r.url)
-                if nxt is None:
+                if nxt is None or len(manifests) >= MAX_REFERRERS:
                     break
                 url = nxt
-            if artifact_type and not filtered:
-                manifests = [m for m in manifests if m.artifact_type == artifact_type]
             assert first is not None
             return Index(first.media_type, tuple(manifests), first.subject, first.annotations)
 
