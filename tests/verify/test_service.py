@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from imaged.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from imaged.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from imaged.registry.reference import parse
 from imaged.verify import ImageVerifier, Verdict, VerificationConfig
 from tests.verify import seeds
@@ -381,6 +381,33 @@ async def test_concurrent_identical_requests_share_one_verification() -> None:
     assert all(x == verdicts[0] and x.verified for x in verdicts)
     assert sum(1 for c in reg.calls if c[0] == "referrers") == 1
     assert sum(1 for c in reg.calls if c[0] == "get_blob") == 1
+
+
+class _Picky(FakeRegistry):
+    """Refuses a wrong password (as a registry would: UNAUTHENTICATED), serves the right one."""
+
+    def with_credentials(self, host: str, username: str, password: str) -> FakeRegistry:
+        if password != "wrong":
+            return super().with_credentials(host, username, password)
+        refusing = FakeRegistry()
+        refusing.delay = self.delay
+        refusing.errors = {
+            m: Unauthenticated("wrong password") for m in ("resolve", "referrers", "list_tags")
+        }
+        return refusing
+
+
+async def test_callers_with_other_credentials_do_not_share_a_verification() -> None:
+    reg = _Picky()
+    _, digest = seeds.a2(reg)
+    reg.delay = 0.05
+    v = make([A2_RULE], reg)
+    ref = f"phbelitz/rekor-test@{digest}"
+    wrong, right = ("docker.io", "u", "wrong"), ("docker.io", "u", "right")
+    results = await asyncio.gather(v.verify(ref, wrong), v.verify(ref, right), return_exceptions=True)
+    assert isinstance(results[0], Unauthenticated)
+    assert isinstance(results[1], Verdict) and results[1].verified
+    assert await v.verify(ref, right) == results[1]  # and the right one's verdict is cached for it
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_shared_verification() -> None:

@@ -114,6 +114,13 @@ def _compile(config: VerificationConfig, trust: TrustRoot | None) -> _Policy:
     return _Policy(config, tuple(rules), trust)
 
 
+def _credentials_id(credentials: tuple[str, str, str] | None) -> str:
+    """A digest standing for the request's credentials in cache keys (never the password itself)."""
+    if credentials is None or not credentials[0]:
+        return ""
+    return hashlib.sha256("\0".join(credentials).encode()).hexdigest()
+
+
 def _truncate(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
@@ -216,7 +223,10 @@ class ImageVerifier:
             matched = await self._maybe_refresh_trust(matched)
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
-        key = (ref.repository, digest, matched.fingerprint)
+        # Per credentials too: a caller joining another's verification in flight, or finding its
+        # verdict, would otherwise get what that caller's view of the registry gave (say its
+        # UNAUTHENTICATED for a wrong password).
+        key = (ref.repository, digest, matched.fingerprint, _credentials_id(credentials))
 
         async def compute() -> Outcome:
             # Logged where a verification is really made, not on every cache hit (hot path).
