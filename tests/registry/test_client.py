@@ -7,6 +7,7 @@ import pathlib
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from imaged.errors import DataLoss, NotFound, Unauthenticated, Unavailable
 from imaged.oci import mediatypes as mt
@@ -295,6 +296,30 @@ async def test_referrers_are_filtered_per_page_and_bounded() -> None:
         assert found is not None and len(found.manifests) == MAX_REFERRERS
         assert {m.artifact_type for m in found.manifests} == {"wanted"}
         assert reg.count("/referrers/") == 1, "a full page was enough: no more were asked for"
+
+
+async def test_challenges_in_several_www_authenticate_headers() -> None:
+    # Basic first, Bearer in a second header: only the first header was read, and a registry that
+    # offers anonymous tokens looked as if it wanted a password.
+    manifest = compact({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": {}, "layers": []})
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            return web.json_response({"token": "anon"})
+        if request.headers.get("Authorization") != "Bearer anon":
+            headers = CIMultiDict(
+                [
+                    ("WWW-Authenticate", 'Basic realm="registry"'),
+                    ("WWW-Authenticate", f'Bearer realm="http://{request.host}/token",service="s"'),
+                ]
+            )
+            return web.Response(status=401, headers=headers)
+        return web.Response(body=manifest, headers={"Content-Type": mt.OCI_MANIFEST})
+
+    with HostileRegistry(handler) as reg:
+        async with RegistryClient(make_config()) as c:
+            desc = await c.resolve(parse(f"{reg.host}/org/app:v1"))
+        assert desc.digest == "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
 async def test_unreachable_registry_is_unavailable() -> None:

@@ -438,7 +438,8 @@ class RegistryClient:
                 continue
 
             if resp.status == 401 and same_origin and not authed_once:
-                challenges = parse_www_authenticate(resp.headers.get("WWW-Authenticate", ""))
+                # Each header may hold challenges, and a registry may send several headers.
+                challenges = parse_www_authenticate(", ".join(resp.headers.getall("WWW-Authenticate", [])))
                 resp.release()
                 authed_once = True
                 await self._authenticate(e, challenges, scope, creds, ref=ref, what=what)
