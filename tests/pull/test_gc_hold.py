@@ -99,7 +99,8 @@ async def _stack(store: ContentStore) -> tuple[list[Descriptor], list[str], str]
     descs = []
     for la in layers:
         descs.append(Descriptor(la.media_type, await _write(store, la.blob, {}), len(la.blob)))
-    config = await _write(store, b'{"rootfs": "test"}', {})
+    # Unique bytes: a blob left unreferenced in another namespace would be found shared.
+    config = await _write(store, b'{"rootfs": "%s"}' % os.urandom(8).hex().encode(), {})
     return descs, [la.diff_id for la in layers], config
 
 
