@@ -7,6 +7,7 @@ import json
 import pathlib
 import tarfile
 import time
+from typing import Any
 
 import pytest
 
@@ -111,6 +112,30 @@ async def test_docker_save_with_two_images(importer: Importer) -> None:
     assert records["registry.test/archive/two:one"] != records["registry.test/archive/two:two"]
     assert importer.run_container("system", "registry.test/archive/two:one") == "first-of-two\n"
     assert importer.run_container("system", "docker.io/library/archive-two:b") == "second-of-two\n"
+
+
+async def test_a_failure_recording_the_second_image_takes_the_first_away_too(
+    importer: Importer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imaged.archive import importer as importer_mod
+    from imaged.errors import Unavailable
+
+    real = importer_mod.create_records
+
+    async def failing(ns: Any, ref: Any, *args: Any, **kw: Any) -> list[str]:
+        if "two:two" in str(ref):
+            raise Unavailable("containerd went away (injected)")
+        return await real(ns, ref, *args, **kw)
+
+    monkeypatch.setattr(importer_mod, "create_records", failing)
+    one, two = B.host_image("first-of-two", docker=True), B.host_image("second-of-two", docker=True)
+    data = A.docker_archive(
+        [(["registry.test/archive/undo:one"], one), (["registry.test/archive/two:two"], two)]
+    )
+    with pytest.raises(Unavailable):
+        await importer.run("undo-records", data)
+    assert await importer.records("undo-records") == {}, "an import records all its images or none"
+    assert await importer.leftovers("undo-records") == ([], [])
 
 
 async def test_docker_manifest_is_the_one_ctr_import_makes(

@@ -191,6 +191,44 @@ def diff_id_count() -> tuple[bytes, str]:
     return B.tar(oci(img)), "lists 1 diff_ids for 2 layers"
 
 
+def raw_pax(records: bytes) -> bytes:
+    """A PAX extended header (`x`) with `records` as its data, as a writer of hostile archives makes it."""
+    info = tarfile.TarInfo("PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = len(records)
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + records + b"\0" * (-len(records) % 512)
+
+
+def pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    n = len(body) + 1
+    n = len(str(n + len(str(n)))) + len(body)  # the length counts its own digits
+    return f"{n}{body.decode()}".encode()
+
+
+def stacked_extension_headers() -> tuple[bytes, str]:
+    # Each header under the 1 MiB limit, several together over it, all before one member.
+    headers = b"".join(raw_pax(pax_record(f"k{i}", "v" * (400 << 10))) for i in range(3))
+    return headers + B.tar(oci(small("stacked"))), "bytes of extension headers before the member"
+
+
+def long_name() -> tuple[bytes, str]:
+    return B.tar([M("x" * 5000, b""), *oci(small("long-name"))], format=tarfile.PAX_FORMAT), "over 4096 bytes"
+
+
+def nested_json(document: str) -> tuple[bytes, str]:
+    data = b"[" * 100_000 if document == "manifest.json" else b'{"a":' * 100_000
+    members = docker(small("nested")) if document == "manifest.json" else oci(small("nested"))
+    return B.tar(replace(members, document, M(document, data))), "nested too deeply"
+
+
+def config_with_too_many_diff_ids() -> tuple[bytes, str]:
+    img = with_config(
+        small("many-diffids"), lambda c: c["rootfs"].__setitem__("diff_ids", ["sha256:" + "ab" * 32] * 1001)
+    )
+    return B.tar(oci(img)), "has 1001 layers, over the limit of 1000"
+
+
 def bad_layer(blob: bytes) -> tuple[bytes, str]:
     """A layer blob correctly named by its digest whose bytes containerd cannot apply."""
     img = small("bad-layer")
@@ -571,6 +609,25 @@ CASES = [
     Case(
         "docker-untagged",
         simple(lambda: B.tar(docker(small("untagged"), [])), "no images imported from archive"),
+    ),
+    # What a hostile archive could make the daemon keep or compute: bounded.
+    Case("stacked-extension-headers", stacked_extension_headers),
+    Case("member-name-over-path-max", long_name),
+    Case(
+        "names-over-their-total",
+        simple(lambda: B.tar(oci(small("names"))), "member names and link targets total over 100 bytes"),
+        ImportLimits(max_names_total=100),
+    ),
+    Case("nested-manifest-json", lambda: nested_json("manifest.json")),
+    Case("nested-index-json", lambda: nested_json("index.json")),
+    Case("config-with-too-many-diff-ids", config_with_too_many_diff_ids),
+    Case(
+        "decompression-bomb",
+        simple(
+            lambda: B.zst(B.tar([*docker(small("bomb")), M("filler", bytes(16 << 20))])),
+            "zstd archive expands over 200 times",
+        ),
+        ImportLimits(expansion_floor=1 << 20),
     ),
     Case(
         "member-limit-lowered",

@@ -27,7 +27,7 @@ from imaged.containerd.client import Namespaced
 from imaged.containerd.leases import lease
 from imaged.containerd.unpack import Unpacker
 from imaged.errors import AlreadyExists, DataLoss, Internal, InvalidArgument, first_error
-from imaged.images.records import Target, create_records
+from imaged.images.records import Target, create_records, undo_records
 from imaged.oci.manifest import Platform
 from imaged.oci.platform import host_platform
 
@@ -175,7 +175,13 @@ async def import_archive(
     limits = limits or ImportLimits()
     async with lease(ns, owner=owner, purpose="import", expire=lease_expire) as leased:
         ingest = Ingest(leased, limits)
-        async with aclosing(decompressed(chunks, max_zstd_window=limits.max_zstd_window)) as tar_bytes:
+        tar_stream = decompressed(
+            chunks,
+            max_zstd_window=limits.max_zstd_window,
+            max_expansion=limits.max_expansion,
+            expansion_floor=limits.expansion_floor,
+        )
+        async with aclosing(tar_stream) as tar_bytes:
             contents = await ingest.run(ByteReader(tar_bytes))
         plan = await Planner(contents, ingest.store, platform, limits).plan()
         if not plan.images:
@@ -183,10 +189,16 @@ async def import_archive(
         names = _names(plan)
         unpacked = await _write_and_unpack(ingest, contents, plan, Unpacker(leased, snapshotter))
 
-        for image in plan.images:
-            target = Target(image.target.media_type, image.target.digest, image.target.size)
-            for ref in image.names:
-                await create_records(ns, ref, target, image.config_digest)
+        created: list[str] = []
+        try:
+            for image in plan.images:
+                target = Target(image.target.media_type, image.target.digest, image.target.size)
+                for ref in image.names:
+                    await create_records(ns, ref, target, image.config_digest, created=created)
+        except BaseException:
+            # All or nothing: the images recorded before the failure go too.
+            await undo_records(ns, created)
+            raise
         log.info(
             "imported %s archive into %s: %d members, %d images (%d unpacked): %s",
             plan.format,

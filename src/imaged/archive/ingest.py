@@ -126,7 +126,10 @@ class Ingest:
 
     async def run(self, reader: ByteReader) -> ArchiveContents:
         tr = TarReader(
-            reader, max_members=self.limits.max_members, max_extension=self.limits.max_header_extension
+            reader,
+            max_members=self.limits.max_members,
+            max_extension=self.limits.max_header_extension,
+            max_names=self.limits.max_names_total,
         )
         c = self.contents
         async for member in tr.members():

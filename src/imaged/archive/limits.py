@@ -22,8 +22,10 @@ class ImportLimits:
     max_index_depth: int = 8
     # index.json, manifest.json, oci-layout, and every manifest, index and config read back.
     max_metadata: int = MAX_MANIFEST_SIZE
-    # One PAX or GNU long-name header.
+    # The PAX and GNU long-name headers before one member, all together.
     max_header_extension: int = 1024 * 1024
+    # Member names and link targets are kept until the archive is planned: their total.
+    max_names_total: int = 16 * 1024 * 1024
     # Symlinks followed to find one docker-save member.
     max_link_hops: int = 16
     # Members up to this size are held in memory (up to the total) instead of being written at once:
@@ -32,3 +34,7 @@ class ImportLimits:
     max_buffered_total: int = 32 * 1024 * 1024
     # zstd window: the decompressor allocates this much, so it is bounded (zstd -19 needs 8 MiB).
     max_zstd_window: int = 32 * 1024 * 1024
+    # A compressed archive may expand this many times (tar bytes over compressed bytes read), once
+    # past the floor: real images expand a few times, a decompression bomb thousands of times.
+    max_expansion: int = 200
+    expansion_floor: int = 1024 * 1024 * 1024

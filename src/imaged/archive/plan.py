@@ -21,6 +21,7 @@ from imaged.archive.tar import Kind
 from imaged.containerd.content import ContentStore
 from imaged.containerd.gclabels import index_labels, manifest_labels
 from imaged.errors import InvalidArgument
+from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import (
     Descriptor,
@@ -113,6 +114,7 @@ class Planner:
         self.platform = platform
         self.limits = limits
         self._configs: dict[str, ImageConfig] = {}
+        self._platforms: dict[str, Platform | None] = {}
         self._visits: dict[tuple[str, bool], _Visit] = {}
         self._needed: set[str] = set()
 
@@ -167,9 +169,23 @@ class Planner:
 
     async def _config(self, d: Descriptor, what: str) -> ImageConfig:
         if d.digest not in self._configs:
-            cwhat = f"{what} config {d.digest}"
-            self._configs[d.digest] = parse_config(await self._read(d, cwhat), cwhat)
+            self._configs[d.digest] = await self._parse_config(d, what)
         return self._configs[d.digest]
+
+    async def _config_platform(self, d: Descriptor, what: str) -> Platform | None:
+        """Only the platform is kept of a config read to choose a manifest: an index may list
+        thousands, and each may carry up to max_layers diff_ids."""
+        if d.digest in self._configs:
+            return self._configs[d.digest].platform
+        if d.digest not in self._platforms:
+            self._platforms[d.digest] = (await self._parse_config(d, what)).platform
+        return self._platforms[d.digest]
+
+    async def _parse_config(self, d: Descriptor, what: str) -> ImageConfig:
+        cwhat = f"{what} config {d.digest}"
+        config = parse_config(await self._read(d, cwhat), cwhat)
+        self._check_layers(len(config.diff_ids), cwhat)
+        return config
 
     def _label(self, plan: Plan, digest: str, labels: dict[str, str]) -> None:
         plan.labels.setdefault(digest, {}).update(labels)
@@ -183,7 +199,7 @@ class Planner:
     async def _oci(self) -> Plan:
         plan = Plan("oci")
         try:
-            layout = json.loads(self.c.documents[OCI_LAYOUT])
+            layout = jsondoc.loads(self.c.documents[OCI_LAYOUT])
         except (ValueError, UnicodeDecodeError) as e:
             raise InvalidArgument(f"oci-layout is not valid JSON: {e}") from None
         version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
@@ -230,8 +246,7 @@ class Planner:
         platform = d.platform
         config: ImageConfig | None = None
         if platform is None and m.config.digest in self.c.by_digest:
-            config = await self._config(m.config, what)
-            platform = config.platform
+            platform = await self._config_platform(m.config, what)
         host = platform is not None and matches(self.platform, platform)
         visit = _Visit(m.config.digest, None)
         for blob in (m.config, *m.layers):
@@ -328,7 +343,7 @@ class Planner:
     async def _docker(self) -> Plan:
         plan = Plan("docker")
         try:
-            doc = json.loads(self.c.documents[MANIFEST_JSON])
+            doc = jsondoc.loads(self.c.documents[MANIFEST_JSON])
         except (ValueError, UnicodeDecodeError) as e:
             raise InvalidArgument(f"manifest.json is not valid JSON: {e}") from None
         if not isinstance(doc, list):

@@ -107,8 +107,19 @@ async def _unzstd(chunks: AsyncIterator[bytes], max_window: int) -> AsyncGenerat
         yield b"".join(buf)
 
 
-async def decompressed(chunks: AsyncIterator[bytes], *, max_zstd_window: int) -> AsyncGenerator[bytes, None]:
-    """The tar bytes of `chunks`, whatever the compression the first bytes announce."""
+async def decompressed(
+    chunks: AsyncIterator[bytes],
+    *,
+    max_zstd_window: int,
+    max_expansion: int = 0,
+    expansion_floor: int = 0,
+) -> AsyncGenerator[bytes, None]:
+    """The tar bytes of `chunks`, whatever the compression the first bytes announce.
+
+    With `max_expansion`, a compressed archive may not give more than that many times its size
+    (past `expansion_floor` bytes): a few KiB of zstd can expand to many GiB, and docker-save
+    members need no digest, so they would reach containerd's disk before anything else fails.
+    """
     source = _nonempty(chunks)
     head = b""
     async for chunk in source:
@@ -119,10 +130,15 @@ async def decompressed(chunks: AsyncIterator[bytes], *, max_zstd_window: int) ->
         raise InvalidArgument("the archive is empty")
     kind = detect(head)
 
+    consumed = 0
+
     async def replay() -> AsyncGenerator[bytes, None]:
+        nonlocal consumed
         try:
+            consumed += len(head)
             yield head
             async for chunk in source:
+                consumed += len(chunk)
                 yield chunk
         finally:
             await source.aclose()
@@ -134,9 +150,18 @@ async def decompressed(chunks: AsyncIterator[bytes], *, max_zstd_window: int) ->
         inner = _unzstd(raw, max_zstd_window)
     else:
         inner = raw
+    checked = bool(max_expansion) and kind in ("gzip", "zstd")
+    produced = 0
     # Closed in turn when the reader stops early (end-of-archive reached, or an error).
     async with aclosing(raw), aclosing(inner):
         async for piece in inner:
+            produced += len(piece)
+            if checked and produced > expansion_floor and produced > max_expansion * consumed:
+                raise InvalidArgument(
+                    f"the {kind} archive expands over {max_expansion} times ({consumed} bytes "
+                    f"gave more than {produced}): refused as a decompression bomb; an image "
+                    "that really is this compressible can be imported uncompressed"
+                )
             yield piece
 
 

@@ -16,6 +16,8 @@ from imaged.archive.stream import PIECE, ByteReader, Truncated
 from imaged.errors import InvalidArgument
 
 BLOCK = 512
+# A member name or link target (PATH_MAX): longer ones name nothing a file system could hold.
+MAX_NAME = 4096
 
 
 class Kind(enum.Enum):
@@ -102,9 +104,9 @@ def _parse_pax(data: bytes, what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     pos = 0
     while pos < len(data):
-        if data[pos:].strip(b"\0") == b"":
+        if data[pos] == 0:  # NUL padding after the last record (no slice of the rest: quadratic)
             break
-        sp = data.find(b" ", pos)
+        sp = data.find(b" ", pos, pos + 32)
         try:
             length = int(data[pos:sp]) if sp > pos else -1
         except ValueError:
@@ -124,10 +126,14 @@ def _parse_pax(data: bytes, what: str) -> dict[str, str]:
 class TarReader:
     """`async for member in reader.members()`, reading each member's data (or not) in between."""
 
-    def __init__(self, src: ByteReader, *, max_members: int, max_extension: int) -> None:
+    def __init__(
+        self, src: ByteReader, *, max_members: int, max_extension: int, max_names: int = 16 * 1024 * 1024
+    ) -> None:
         self.src = src
         self.max_members = max_members
         self.max_extension = max_extension
+        self.max_names = max_names
+        self.names = 0
         self.count = 0
         self._unread = 0  # data bytes of the current member not yet read
         self._padding = 0
@@ -184,6 +190,7 @@ class TarReader:
             pax: dict[str, str] = {}
             longname: str | None = None
             longlink: str | None = None
+            extensions = 0  # bytes of extension headers before this member, bounded all together
             while True:
                 block = await self._block(first)
                 if block is None:
@@ -208,6 +215,13 @@ class TarReader:
                 size = _number(block[124:136], f"the member after {self._current}")
                 if size < 0:
                     raise InvalidArgument(f"tar header after member {self._current} has a negative size")
+                if type_ in b"xgLK" and len(type_) == 1:
+                    extensions += size
+                    if size <= self.max_extension < extensions:  # one alone over: _extension says so
+                        raise InvalidArgument(
+                            f"tar archive has {extensions} bytes of extension headers before the member "
+                            f"after {self._current}, over the {self.max_extension} byte limit"
+                        )
                 if type_ == b"x":
                     pax.update(_parse_pax(await self._extension(size, "PAX"), self._current))
                 elif type_ == b"g":
@@ -219,6 +233,7 @@ class TarReader:
                 else:
                     break
             member = self._member(block, size, pax, longname, longlink)
+            self._check_names(member)
             self.count += 1
             if self.count > self.max_members:
                 raise InvalidArgument(f"the archive has more than {self.max_members} members")
@@ -226,6 +241,19 @@ class TarReader:
             self._unread = member.data_size
             self._padding = -member.data_size % BLOCK
             yield member
+
+    def _check_names(self, member: Member) -> None:
+        """Names are kept until the archive is planned: each, and all together, are bounded."""
+        size = len(member.name.encode()) + len(member.linkname.encode())
+        if max(len(member.name.encode()), len(member.linkname.encode())) > MAX_NAME:
+            raise InvalidArgument(
+                f"archive member {member.name[:100]!r}... has a name or link target over {MAX_NAME} bytes"
+            )
+        self.names += size
+        if self.names > self.max_names:
+            raise InvalidArgument(
+                f"the archive's member names and link targets total over {self.max_names} bytes"
+            )
 
     def _member(
         self, block: bytes, size: int, pax: dict[str, str], longname: str | None, longlink: str | None

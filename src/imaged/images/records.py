@@ -53,27 +53,38 @@ async def create_records(
     target: Target,
     config_digest: str,
     extra_labels: dict[str, str] | None = None,
+    *,
+    created: list[str] | None = None,
 ) -> list[str]:
     """Create (or repoint) the records; the tag record is written last so it appears complete.
 
     containerd has no transaction over several records, so a failure or cancel part way deletes
     the records this call created: a pull or import that fails leaves no image behind, not even
     its aliases. Records that existed before are left as they are (a repoint is not undone).
+    `created` collects the names made, for a caller making several images (`undo_records`).
     """
     labels = dict(extra_labels or {})
     if ns.namespace == CRI_NAMESPACE:
         labels[L.CRI_MANAGED] = "managed"
     store = ImageStore(ns)
     names = record_names(ref, target.digest, config_digest)
-    created: list[str] = []
+    mine: list[str] = []
     try:
         for name in reversed(names):
             if await store.put(name, target.pb(), labels):
-                created.append(name)
+                mine.append(name)
     except BaseException:
-        await finish(_undo(store, created))
+        await finish(_undo(store, mine))
         raise
+    if created is not None:
+        created += mine
     return names
+
+
+async def undo_records(ns: Namespaced, created: list[str]) -> None:
+    """Delete records made by earlier `create_records` calls of an operation that then failed;
+    runs to the end even if the caller is cancelled."""
+    await finish(_undo(ImageStore(ns), created))
 
 
 async def _undo(store: ImageStore, names: list[str]) -> None:

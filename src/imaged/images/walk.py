@@ -10,7 +10,8 @@ from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Manifest, parse_index, parse_manifest
 from imaged.oci.platform import host_platform, select
 
-MAX_INDEX_DEPTH = 3
+# As deep as Import accepts (ImportLimits.max_index_depth), so an imported image lists its size.
+MAX_INDEX_DEPTH = 8
 
 
 @dataclass(frozen=True, slots=True)

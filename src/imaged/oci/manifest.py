@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from imaged.errors import InvalidArgument
+from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
 from imaged.registry.reference import validate_digest
 
@@ -72,7 +72,7 @@ def _obj(data: bytes | dict[str, Any], what: str) -> dict[str, Any]:
     if isinstance(data, dict):
         return data
     try:
-        doc = json.loads(data)
+        doc = jsondoc.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"{what} is not valid JSON: {e}") from None
     if not isinstance(doc, dict):

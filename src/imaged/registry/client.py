@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
-import json
 import logging
 import math
 import random
@@ -42,6 +41,7 @@ from imaged.errors import (
     Unauthenticated,
     Unavailable,
 )
+from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, Index, media_type_of, parse_index
 from imaged.registry.auth import (
@@ -127,7 +127,7 @@ def _content_type(headers: CIMultiDictProxy[str]) -> str:
 def _registry_error(body: bytes) -> str:
     """`CODE: message` from a distribution error body, bounded and printable, or ''."""
     try:
-        doc = json.loads(body[:MAX_ERROR_BODY])
+        doc = jsondoc.loads(body[:MAX_ERROR_BODY])
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):
             code, message = errors[0].get("code", ""), errors[0].get("message", "")
@@ -573,7 +573,7 @@ class RegistryClient:
                 f"{what}: token server {realm_host} of {e.host} sent an oversized answer"
             ) from None
         try:
-            doc = json.loads(body)
+            doc = jsondoc.loads(body)
         except (ValueError, UnicodeDecodeError):
             doc = None
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
@@ -1004,7 +1004,7 @@ class RegistryClient:
                 if r.status != 200:
                     raise self._status_error(r, e, ref, what, f"repository {ref.repository}")
                 try:
-                    doc = json.loads(r.body)
+                    doc = jsondoc.loads(r.body)
                 except (ValueError, UnicodeDecodeError):
                     raise InvalidArgument(f"{what}: {e.host} sent a tag list that is not JSON") from None
                 page = doc.get("tags") if isinstance(doc, dict) else None

@@ -13,9 +13,10 @@ verifier that cannot decide must not say yes. The socket is $IMAGED_SOCKET or th
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from imaged.oci import jsondoc
 
 MAX_REASON = 32 * 1024 - 1
 DEFAULT_SOCKET = "/run/imaged/imaged.sock"
@@ -57,7 +58,7 @@ def decide(argv: list[str], stdin: bytes, socket: str) -> tuple[int, str]:
         return 2, "imaged verifier: -name and -digest are required"
     if stdin and media_type == DESCRIPTOR_MEDIA_TYPE:
         try:
-            desc = json.loads(stdin)
+            desc = jsondoc.loads(stdin)
         except ValueError:
             return 1, "imaged verifier: the descriptor on stdin is not JSON"
         if isinstance(desc, dict) and desc.get("digest") not in (None, digest):

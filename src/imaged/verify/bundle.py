@@ -10,8 +10,6 @@ digest itself (its `messageDigest` is the manifest's sha256).
 
 from __future__ import annotations
 
-import json
-
 from sigstore.errors import Error as SigstoreError
 from sigstore.errors import VerificationError
 from sigstore.hashes import Hashed
@@ -19,6 +17,7 @@ from sigstore.models import Bundle
 from sigstore.verify.policy import VerificationPolicy
 from sigstore_models.common.v1 import HashAlgorithm
 
+from imaged.oci import jsondoc
 from imaged.verify import identity as ident
 from imaged.verify.material import BundleSignature
 from imaged.verify.payload import check_statement
@@ -28,7 +27,7 @@ from imaged.verify.trust import TrustRoot
 def bundle_kind(raw: bytes) -> str:
     """`dsse` or `message`, from the JSON (sigstore-python exposes it only privately)."""
     try:
-        doc = json.loads(raw)
+        doc = jsondoc.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise VerificationError("bundle is not JSON") from None
     if not isinstance(doc, dict):

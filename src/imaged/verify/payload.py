@@ -6,10 +6,11 @@ reference's legacy path forgot this check), so every verifier ends here.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sigstore.errors import VerificationError
+
+from imaged.oci import jsondoc
 
 SIMPLE_SIGNING_TYPE = "cosign container image signature"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -32,7 +33,7 @@ def _get_ci(doc: dict[str, Any], key: str) -> Any:
 def check_simple_signing(payload: bytes, digest: str) -> None:
     """The payload is a cosign simple-signing document naming `digest`."""
     try:
-        doc = json.loads(payload)
+        doc = jsondoc.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise VerificationError("signed payload is not JSON") from None
     critical = _get_ci(doc, "critical") if isinstance(doc, dict) else None
@@ -56,7 +57,7 @@ def check_statement(payload_type: str, payload: bytes, digest: str) -> None:
     if payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise VerificationError(f"DSSE payload type is {payload_type!r}, not {IN_TOTO_PAYLOAD_TYPE!r}")
     try:
-        doc = json.loads(payload)
+        doc = jsondoc.loads(payload)
     except (ValueError, UnicodeDecodeError):
         raise VerificationError("DSSE payload is not JSON") from None
     if not isinstance(doc, dict) or doc.get("_type") not in STATEMENT_TYPES:

@@ -10,7 +10,6 @@ root, `integratedTime` is a trusted signing time, and the entry body must then b
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ import rfc8785
 from cryptography import x509
 from sigstore.errors import VerificationError
 
+from imaged.oci import jsondoc
 from imaged.verify.keys import decode_b64, verify_signature
 from imaged.verify.trust import TrustRoot
 
@@ -34,7 +34,7 @@ class LogEvidence:
 def verify_set(annotation: str, trust: TrustRoot) -> LogEvidence:
     """Check the SET with the trusted root's Rekor key; return the vouched-for entry."""
     try:
-        doc = json.loads(annotation)
+        doc = jsondoc.loads(annotation)
     except ValueError:
         raise VerificationError("Rekor bundle annotation is not JSON") from None
     payload = doc.get("Payload") if isinstance(doc, dict) else None
@@ -74,7 +74,7 @@ def verify_set(annotation: str, trust: TrustRoot) -> LogEvidence:
             f"Rekor key of {key.url} was not valid at {when.isoformat()} (valid {key.validity})"
         )
     try:
-        entry = json.loads(decode_b64(body, "Rekor entry body"))
+        entry = jsondoc.loads(decode_b64(body, "Rekor entry body"))
     except ValueError as e:
         raise VerificationError(f"Rekor entry body is not base64 JSON: {e}") from None
     if not isinstance(entry, dict):

@@ -8,11 +8,11 @@ signature must be over the manifest digest itself.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sigstore.errors import VerificationError
 
+from imaged.oci import jsondoc
 from imaged.verify.keys import (
     PublicKey,
     decode_b64,
@@ -53,7 +53,7 @@ def _hint_note(doc: dict[str, Any], key: PublicKey) -> str:
 
 def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> str:
     try:
-        doc = json.loads(sig.bundle)
+        doc = jsondoc.loads(sig.bundle)
     except (ValueError, UnicodeDecodeError):
         raise VerificationError("bundle is not JSON") from None
     if not isinstance(doc, dict) or not str(doc.get("mediaType", "")).startswith(

@@ -15,7 +15,6 @@ import base64
 import functools
 import hashlib
 import importlib.resources
-import json
 import logging
 import pathlib
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sigstore.models import TrustedRoot
 from sigstore.verify import Verifier
 
+from imaged.oci import jsondoc
 from imaged.verify.keys import PublicKey, UnusableKey, check_key
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def parse_trust_root(data: bytes, source: str) -> TrustRoot:
     if len(data) > MAX_TRUST_ROOT_SIZE:
         raise TrustRootError(f"{source}: larger than {MAX_TRUST_ROOT_SIZE} bytes")
     try:
-        doc = json.loads(data)
+        doc = jsondoc.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise TrustRootError(f"{source}: not valid JSON: {e}") from None
     if not isinstance(doc, dict):
