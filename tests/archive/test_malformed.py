@@ -621,6 +621,15 @@ CASES = [
     Case("nested-manifest-json", lambda: nested_json("manifest.json")),
     Case("nested-index-json", lambda: nested_json("index.json")),
     Case("config-with-too-many-diff-ids", config_with_too_many_diff_ids),
+    Case("gzip-checksum-wrong", simple(lambda: B.gz(B.tar(oci(small("crc"))))[:-8] + bytes(8), "corrupt")),
+    Case(
+        "gzip-ends-early",
+        simple(lambda: B.gz(B.tar(oci(small("gz-short"))))[:-6], "gzip stream is truncated"),
+    ),
+    Case(
+        "zstd-ends-early",
+        simple(lambda: B.zst(B.tar(oci(small("zs-short"))))[:-6], "zstd stream is truncated"),
+    ),
     Case(
         "decompression-bomb",
         simple(

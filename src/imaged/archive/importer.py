@@ -21,7 +21,7 @@ from imaged.archive.ingest import ArchiveContents, Ingest
 from imaged.archive.limits import ImportLimits
 from imaged.archive.names import record_name
 from imaged.archive.plan import Plan, Planner, UnpackPlan
-from imaged.archive.stream import ByteReader, decompressed
+from imaged.archive.stream import PIECE, ByteReader, decompressed
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.leases import lease
@@ -182,7 +182,9 @@ async def import_archive(
             expansion_floor=limits.expansion_floor,
         )
         async with aclosing(tar_stream) as tar_bytes:
-            contents = await ingest.run(ByteReader(tar_bytes))
+            reader = ByteReader(tar_bytes)
+            contents = await ingest.run(reader)
+            await _trailer(reader)
         plan = await Planner(contents, ingest.store, platform, limits).plan()
         if not plan.images:
             raise InvalidArgument("no images imported from archive")
@@ -209,6 +211,14 @@ async def import_archive(
             ", ".join(names),
         )
         return names
+
+
+async def _trailer(reader: ByteReader) -> None:
+    """Read on past the end-of-archive blocks (tar's padding, then a gzip or zstd trailer), up to
+    1 MiB, so a compressed archive's checksum is checked and its truncation seen."""
+    left = 1 << 20
+    while left > 0 and (piece := await reader.read_some(min(left, PIECE))):
+        left -= len(piece)
 
 
 async def _write_and_unpack(ingest: Ingest, contents: ArchiveContents, plan: Plan, unpacker: Unpacker) -> int:

@@ -72,6 +72,8 @@ async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
             # A full piece may leave output pending inside zlib even with no input left.
             if not data and len(out) < PIECE:
                 break
+    if not d.eof:
+        raise InvalidArgument("the archive's gzip stream is truncated (it ends inside a gzip member)")
 
 
 async def _unzstd(chunks: AsyncIterator[bytes], max_window: int) -> AsyncGenerator[bytes, None]:
@@ -105,6 +107,8 @@ async def _unzstd(chunks: AsyncIterator[bytes], max_window: int) -> AsyncGenerat
                     yield joined[j : j + PIECE]
     if buf:
         yield b"".join(buf)
+    if not d.eof:
+        raise InvalidArgument("the archive's zstd stream is truncated (it ends inside a zstd frame)")
 
 
 async def decompressed(
