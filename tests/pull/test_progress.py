@@ -25,12 +25,22 @@ def state(status: Status, offset: int = 0, layer: str = "a", elapsed: float = 0.
     return LayerState(layer, status, offset, 100, elapsed)
 
 
-async def sent(progress: Progress) -> list[LayerState]:
-    progress.close()
-    out = []
-    while (s := await progress.next()) is not None:
-        out.append(s)
-    return out
+class Sink:
+    """Takes what the progress hands out as it comes, as the Pull stream does."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.got: list[LayerState] = []
+        self.task = asyncio.create_task(self._take())
+
+    async def _take(self) -> None:
+        while (s := await self.progress.next()) is not None:
+            self.got.append(s)
+
+    async def all(self) -> list[LayerState]:
+        self.progress.close()
+        await self.task
+        return self.got
 
 
 async def fire_timers() -> None:
@@ -40,6 +50,7 @@ async def fire_timers() -> None:
 async def test_a_quick_step_is_reported_by_its_completion_alone() -> None:
     clock = Clock()
     p = Progress(1 / INTERVAL, clock)
+    out = Sink(p)
     p.update(state(Status.DOWNLOADING, 0))
     clock.now = 0.004
     p.update(state(Status.DOWNLOADING, 60))
@@ -50,7 +61,7 @@ async def test_a_quick_step_is_reported_by_its_completion_alone() -> None:
     p.update(state(Status.EXTRACT_COMPLETE, 100, elapsed=0.003))
     clock.now = 1.0
     await fire_timers()
-    assert await sent(p) == [
+    assert await out.all() == [
         state(Status.DOWNLOAD_COMPLETE, 100),
         state(Status.EXTRACT_COMPLETE, 100, elapsed=0.003),
     ]
@@ -59,6 +70,7 @@ async def test_a_quick_step_is_reported_by_its_completion_alone() -> None:
 async def test_a_lasting_step_is_reported_after_one_interval_with_its_newest_state() -> None:
     clock = Clock()
     p = Progress(1 / INTERVAL, clock)
+    out = Sink(p)
     p.update(state(Status.DOWNLOADING, 0))
     clock.now = 0.005
     p.update(state(Status.DOWNLOADING, 10))
@@ -66,12 +78,13 @@ async def test_a_lasting_step_is_reported_after_one_interval_with_its_newest_sta
     clock.now = INTERVAL
     await fire_timers()
     p.update(state(Status.DOWNLOAD_COMPLETE, 100))
-    assert await sent(p) == [state(Status.DOWNLOADING, 10), state(Status.DOWNLOAD_COMPLETE, 100)]
+    assert await out.all() == [state(Status.DOWNLOADING, 10), state(Status.DOWNLOAD_COMPLETE, 100)]
 
 
 async def test_an_ongoing_state_is_sent_at_most_once_per_interval() -> None:
     clock = Clock()
     p = Progress(1 / INTERVAL, clock)
+    out = Sink(p)
     p.update(state(Status.DOWNLOADING, 0))
     clock.now = INTERVAL
     await fire_timers()
@@ -88,19 +101,20 @@ async def test_an_ongoing_state_is_sent_at_most_once_per_interval() -> None:
     p.update(state(Status.DOWNLOADING, 50))  # what was sent last: nothing new to say
     clock.now = 4 * INTERVAL
     await fire_timers()
-    assert [s.offset for s in await sent(p)] == [0, 40, 50]
+    assert [s.offset for s in await out.all()] == [0, 40, 50]
 
 
 async def test_layers_are_held_and_released_independently() -> None:
     clock = Clock()
     p = Progress(1 / INTERVAL, clock)
+    out = Sink(p)
     p.update(state(Status.DOWNLOADING, 5, layer="slow"))
     clock.now = 0.008
     p.update(state(Status.DOWNLOADING, 5, layer="late"))  # due at 0.018, not with "slow"
     clock.now = INTERVAL
     await fire_timers()
     p.update(state(Status.ALREADY_EXISTS, 100, layer="late"))
-    assert await sent(p) == [
+    assert await out.all() == [
         state(Status.DOWNLOADING, 5, layer="slow"),
         state(Status.ALREADY_EXISTS, 100, layer="late"),
     ]
@@ -109,15 +123,39 @@ async def test_layers_are_held_and_released_independently() -> None:
 async def test_close_sends_what_is_held_then_ends() -> None:
     clock = Clock()
     p = Progress(1 / INTERVAL, clock)
+    out = Sink(p)
     p.update(state(Status.DOWNLOADING, 7))  # a pull that failed mid-download: its last state
-    assert await sent(p) == [state(Status.DOWNLOADING, 7)]
+    assert await out.all() == [state(Status.DOWNLOADING, 7)]
 
 
 async def test_a_completion_repeated_is_sent_once() -> None:
     p = Progress(1 / INTERVAL, Clock())
+    out = Sink(p)
     p.update(state(Status.DOWNLOAD_COMPLETE, 100))
     p.update(state(Status.DOWNLOAD_COMPLETE, 100))
-    assert await sent(p) == [state(Status.DOWNLOAD_COMPLETE, 100)]
+    assert await out.all() == [state(Status.DOWNLOAD_COMPLETE, 100)]
+
+
+async def test_a_client_that_stops_reading_finds_the_newest_state_per_layer() -> None:
+    # Nothing is taken while a long pull runs for 10 minutes of fake time: what waits stays
+    # bounded by the layers (their completions and newest ongoing states), not by time.
+    clock = Clock()
+    p = Progress(1 / INTERVAL, clock)
+    for step in range(60_000):
+        clock.now = step * INTERVAL
+        for layer in ("a", "b"):
+            p.update(state(Status.DOWNLOADING, step, layer=layer))
+        if step == 100:
+            p.update(state(Status.DOWNLOAD_COMPLETE, 100, layer="c"))
+        p._flush()  # what the timer would do; the fake clock decides what is due
+    assert p.waiting() == 3
+    out = Sink(p)
+    got = await out.all()
+    assert got == [
+        state(Status.DOWNLOADING, 59_999, layer="a"),
+        state(Status.DOWNLOADING, 59_999, layer="b"),
+        state(Status.DOWNLOAD_COMPLETE, 100, layer="c"),
+    ]
 
 
 def test_status_values_are_the_wire_enum() -> None:

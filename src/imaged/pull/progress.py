@@ -8,12 +8,15 @@ and a pull of many small layers must not spend its time reporting. So:
 - an ongoing state (downloading, extracting) waits up to one interval (`1/rate` s) and is replaced
   by anything newer for that layer meanwhile: a step that ends within the interval is reported
   only by its completion, one that lasts is reported after the interval and then at most `rate`
-  times a second. A small layer thus costs two messages, not four.
+  times a second. A small layer thus costs two messages, not four;
+- what waits to be sent is bounded by the layers, not by time: a client that stops reading
+  finds, per layer, its completions and its newest ongoing state, not every state since.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import time
 from collections.abc import Callable
@@ -50,7 +53,10 @@ class Progress:
         self._last_sent: dict[str, tuple[LayerState, float]] = {}
         # Held ongoing states: layer id -> (newest state, when it is due).
         self._pending: dict[str, tuple[LayerState, float]] = {}
-        self._out: asyncio.Queue[LayerState | None] = asyncio.Queue()
+        # Ready to send, in order; an ongoing state not yet taken is replaced where it stands.
+        self._ready: collections.deque[_Slot] = collections.deque()
+        self._queued_ongoing: dict[str, _Slot] = {}
+        self._available = asyncio.Event()
         self._flusher: asyncio.TimerHandle | None = None
         self._flush_at = 0.0
 
@@ -78,7 +84,20 @@ class Progress:
 
     def _emit(self, state: LayerState, now: float) -> None:
         self._last_sent[state.layer_id] = (state, now)
-        self._out.put_nowait(state)
+        lid = state.layer_id
+        slot = self._queued_ongoing.pop(lid, None)
+        if slot is not None and state.status in ONGOING:
+            slot.state = state
+            self._queued_ongoing[lid] = slot
+            return
+        slot = _Slot(state)
+        if state.status in ONGOING:
+            self._queued_ongoing[lid] = slot
+        self._put(slot)
+
+    def _put(self, slot: _Slot) -> None:
+        self._ready.append(slot)
+        self._available.set()
 
     def _schedule(self, due: float, now: float) -> None:
         if self._flusher is not None:
@@ -108,7 +127,23 @@ class Progress:
         for state, _ in self._pending.values():
             self._emit(state, now)
         self._pending.clear()
-        self._out.put_nowait(None)
+        self._put(_Slot(None))
 
     async def next(self) -> LayerState | None:
-        return await self._out.get()
+        """The next state to send; None once closed and all is taken."""
+        while not self._ready:
+            self._available.clear()
+            await self._available.wait()
+        slot = self._ready.popleft()
+        if slot.state is not None and self._queued_ongoing.get(slot.state.layer_id) is slot:
+            del self._queued_ongoing[slot.state.layer_id]
+        return slot.state
+
+    def waiting(self) -> int:
+        """How many states wait to be taken (bounded by the layers)."""
+        return len(self._ready)
+
+
+@dataclass(slots=True)
+class _Slot:
+    state: LayerState | None
