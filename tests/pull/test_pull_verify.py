@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from imaged.pb.common import common_pb2
 from imaged.pb.machine import image_pb2
 from tests.pull.test_pull import leases, pull, run
 from tests.support import archives
@@ -53,6 +54,24 @@ def test_verified_pull_is_pinned_and_labelled(env, containerd) -> None:  # type:
     assert rec.digest == digest
     assert rec.labels["imaged.dev/verified"].startswith("verified via legacy signature")
     assert "verified-pull" in run(containerd, "system", f"{reg.host}/signed/app:v1")
+
+
+def test_a_record_repointed_without_verification_loses_the_label(env, containerd) -> None:  # type: ignore[no-untyped-def]
+    reg, d, ps, key = env
+    name = f"{reg.host}/signed/relabel:v1"
+    digest = archives.push(reg, "signed/relabel", "v1", archives.simple_image("relabel-verified"))
+    sign(reg, ps, key, "signed/relabel", digest)
+    pull(d, name, SYSTEM)
+    # The same name imported from an archive: nothing verified that image.
+    data = archives.docker_archive([([name], archives.simple_image("relabel-imported"))])
+    chunks = [image_pb2.ImageServiceImportRequest(containerd=SYSTEM)] + [
+        image_pb2.ImageServiceImportRequest(image_chunk=common_pb2.Data(bytes=data[i : i + 65536]))
+        for i in range(0, len(data), 65536)
+    ]
+    assert d.images.Import(iter(chunks), timeout=120).name == name
+    listed = {r.name: r for r in d.images.List(image_pb2.ImageServiceListRequest(containerd=SYSTEM))}
+    assert listed[name].digest != digest
+    assert "imaged.dev/verified" not in listed[name].labels, "an earlier image's verdict stayed"
 
 
 def test_unsigned_or_denied_pull_fetches_nothing(env, containerd) -> None:  # type: ignore[no-untyped-def]

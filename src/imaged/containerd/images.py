@@ -27,8 +27,11 @@ class ImageStore:
 
     async def put(self, name: str, target: descriptor_pb2.Descriptor, labels: dict[str, str]) -> bool:
         """Create the record, or point an existing one at `target` with these labels; return
-        whether it was created (a caller undoing its work must not delete what it only updated)."""
-        image = images_pb2.Image(name=name, target=target, labels=labels)
+        whether it was created (a caller undoing its work must not delete what it only updated).
+
+        A label given with an empty value is removed from an existing record (and not set on a new one).
+        """
+        image = images_pb2.Image(name=name, target=target, labels={k: v for k, v in labels.items() if v})
         try:
             await self.ns.call(self.ns.images.Create, images_pb2.CreateImageRequest(image=image))
             return True

@@ -64,6 +64,8 @@ async def create_records(
     `created` collects the names made, for a caller making several images (`undo_records`).
     """
     labels = dict(extra_labels or {})
+    # A record repointed to an image nobody verified must not keep an earlier image's verdict.
+    labels.setdefault(L.VERIFIED, "")
     if ns.namespace == CRI_NAMESPACE:
         labels[L.CRI_MANAGED] = "managed"
     store = ImageStore(ns)
