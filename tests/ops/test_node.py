@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import grpc
 import pytest
 import yaml
 
+from imaged.config.models import ShutdownConfig
 from imaged.pb.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from imaged.pb.machine import image_pb2
 from tests.conftest import REPO
@@ -61,6 +63,10 @@ def test_unit_file_verifies() -> None:
     unit = REPO / "packaging" / "imaged.service"
     text = unit.read_text()
     assert "Type=notify" in text and "ExecStart=" in text and "ExecReload=" in text
+    mode = re.search(r"^RuntimeDirectoryMode=(\d+)$", text, re.M)
+    assert mode and int(mode.group(1), 8) & 0o001, "others traverse /run/imaged: socket modes decide access"
+    stop = re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M)
+    assert stop and int(stop.group(1)) > ShutdownConfig().grace_seconds, "systemd waits out the grace"
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed here; the unit's keys were checked textually")
     # Verify the unit as installed: ExecStart pointing at this environment's imaged.
@@ -143,6 +149,39 @@ def test_sighup_reload(containerd: PrivateContainerd) -> None:
         assert d.health() == "SERVING"
     finally:
         d.stop()
+
+
+def test_sighup_leaves_restart_only_sections_as_they_run(
+    containerd: PrivateContainerd, registry: Registry, tmp_path: pathlib.Path
+) -> None:
+    # A reload that also moves the socket and the containerd applies the policy only: the running
+    # pulls' containerd stays, and at the end the socket bound is removed, not the new path.
+    d = DaemonProcess(containerd.socket)
+    d.start()
+    elsewhere = tmp_path / "other.sock"
+    elsewhere.write_text("someone else's socket")
+    img = archives.simple_image("hup-sections")
+    archives.push(registry, "ops/hup", "v1", img)
+    try:
+        cfg = dict(d.config)
+        cfg["listen"] = {"admin": {"path": str(elsewhere)}}
+        cfg["containerd"] = {"system_socket": "/nonexistent/c.sock", "cri_socket": "/nonexistent/c.sock"}
+        cfg["verification"] = {"rules": [{"image": "registry.test/hup/*", "skip": True}]}
+        d.config_path.write_text(yaml.safe_dump(cfg))
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "configuration reloaded" not in d.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "changes to listen, containerd take effect only after a restart" in d.logs()
+        ref = "registry.test/hup/app@sha256:" + "c" * 64
+        assert "skipped" in d.images.Verify(image_pb2.ImageServiceVerifyRequest(image_ref=ref)).message
+        name, _ = pull(d, f"{registry.host}/ops/hup:v1", SYSTEM)  # still the running containerd
+        assert name.startswith(f"{registry.host}/ops/hup@")
+    finally:
+        assert d.stop() == 0
+    assert not os.path.exists(d.socket), "the socket bound is removed at exit"
+    assert elsewhere.read_text() == "someone else's socket", "a path the daemon never bound is left alone"
 
 
 def test_logs_and_metrics(containerd: PrivateContainerd, registry: Registry) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import os
@@ -21,8 +22,9 @@ from imaged.verify.service import ImageVerifier
 
 log = logging.getLogger("imaged")
 
-# How long a replaced registry client stays open for the calls that still use it.
-RETIRE_AFTER = 900.0
+# Replaced registry clients kept open for the calls still using them (a pull has no time limit);
+# past this many, the oldest is closed. Idle, one holds no connection for long (keep-alive ends).
+MAX_RETIRED = 8
 
 
 class Runtime:
@@ -33,7 +35,8 @@ class Runtime:
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.size_cache = SizeCache()
         self._containerd: dict[str, Containerd] = {}
-        self._retired: set[asyncio.Task[None]] = set()
+        self._retired: collections.deque[RegistryClient] = collections.deque()
+        self._closing: set[asyncio.Task[None]] = set()
         self.registry = RegistryClient(config.registries)
         self.verifier = ImageVerifier(
             config.verification, self.registry, on_cache_hit=self.metrics.cache_hits.inc
@@ -86,13 +89,16 @@ class Runtime:
         )
         return [self.containerd_for(d) for d in drivers]
 
-    def reload(self, config: Config) -> list[str]:
-        """Apply a new configuration to new calls; return what needs a restart to change."""
+    def reload(self, config: Config) -> tuple[Config, list[str]]:
+        """Apply a new configuration to new calls; return it as applied, and the sections that
+        need a restart to change (they keep their running values: the sockets bound, the
+        containerd and snapshotter every running pull uses)."""
         needs_restart = [
             key
             for key in ("listen", "containerd", "log", "metrics")
             if getattr(config, key) != getattr(self.config, key)
         ]
+        config = config.model_copy(update={key: getattr(self.config, key) for key in needs_restart})
         old_registry = self.registry
         registry = (
             RegistryClient(config.registries) if config.registries != self.config.registries else old_registry
@@ -104,18 +110,19 @@ class Runtime:
         self.verifier = verifier
         self.puller = self._puller()
         if registry is not old_registry:
-            task = asyncio.get_running_loop().create_task(self._retire(old_registry))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
-        return needs_restart
-
-    async def _retire(self, client: RegistryClient) -> None:
-        await asyncio.sleep(RETIRE_AFTER)
-        await client.close()
+            self._retired.append(old_registry)
+            if len(self._retired) > MAX_RETIRED:
+                oldest = self._retired.popleft()
+                task = asyncio.get_running_loop().create_task(oldest.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        return config, needs_restart
 
     async def close(self) -> None:
-        for task in list(self._retired):
-            task.cancel()
+        for task in list(self._closing):
+            await task
+        while self._retired:
+            await self._retired.popleft().close()
         await self.registry.close()
         for cd in self._containerd.values():
             await cd.close()

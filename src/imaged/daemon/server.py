@@ -120,8 +120,7 @@ class Daemon:
         if self.rt is None:
             return
         try:
-            config = load(self.config_path)
-            restart = self.rt.reload(config)
+            config, restart = self.rt.reload(load(self.config_path))
         except (ConfigError, errors.ImagedError, ValueError) as e:
             log.error("configuration reload refused, keeping the running one: %s", e)
             return
