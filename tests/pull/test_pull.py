@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import pathlib
 import threading
 import time
@@ -128,6 +130,44 @@ def test_pull_multiplatform_picks_host(daemon, containerd, registry) -> None:  #
     name, _progress = pull(daemon, ref, SYSTEM)
     assert name == f"{registry.host}/pull/multi@{img.index_digest}"
     assert "hello" in run(containerd, "system", ref)
+
+
+def test_pull_labels_the_host_manifest_by_its_position_in_the_index(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]
+    # The host's manifest second in the index: its GC label is m.1, as Import labels it. Pulling
+    # under m.0 (its place among those fetched) repointed the label that holds the other platform's
+    # manifest in an image imported with all of them.
+    from tests.support import archives
+    from tests.support.sigstore import OciPusher
+
+    other = archives.Image([archives.layer({"etc/arm": b"fake"})], architecture="arm64", variant="v8")
+    host = archives.simple_image("index-position")
+    archives.push(registry, "pull/position", "arm", other)
+    archives.push(registry, "pull/position", "host", host)
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": archives.OCI_INDEX,
+            "manifests": [other.descriptor(), host.descriptor()],
+        }
+    ).encode()
+    pushed = OciPusher(registry).put_manifest("pull/position", "v1", index, archives.OCI_INDEX)
+    pull(daemon, f"{registry.host}/pull/position:v1", SYSTEM)
+    labels = asyncio.run(_content_labels(containerd, "system", pushed.digest))
+    assert labels.get("containerd.io/gc.ref.content.m.1") == host.digest
+    assert "containerd.io/gc.ref.content.m.0" not in labels
+
+
+async def _content_labels(cd: PrivateContainerd, namespace: str, digest: str) -> dict[str, str]:
+    from imaged.containerd.client import Containerd
+    from imaged.containerd.content import ContentStore
+
+    client = Containerd(cd.socket)
+    try:
+        info = await ContentStore(client.ns(namespace)).info(digest)
+    finally:
+        await client.close()
+    assert info is not None, digest
+    return info.labels
 
 
 def test_concurrent_pulls_download_each_blob_once(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]

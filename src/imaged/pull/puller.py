@@ -28,7 +28,7 @@ from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.gclabels import distribution_source, index_labels, manifest_labels
+from imaged.containerd.gclabels import distribution_source, index_child_label, manifest_labels
 from imaged.containerd.images import ImageStore
 from imaged.containerd.leases import hold_if_present, lease
 from imaged.containerd.unpack import Unpacker
@@ -214,7 +214,8 @@ class Puller:
                 found = ", ".join(sorted({str(d.platform) for d in index.manifests if d.platform})) or "none"
                 raise errors.NotFound(f"{ref} has no image for {host_platform()} (platforms: {found})")
             chosen = candidates[0]
-            await self._write_bytes(content, "index", desc, data, {**index_labels([chosen]), **source})
+            labels = {**index_child_label(index.manifests.index(chosen), chosen), **source}
+            await self._write_bytes(content, "index", desc, data, labels)
             resolved = await self._walk(content, ref, chosen, source, depth + 1)
             return _Resolved(desc, resolved.manifest_desc, resolved.manifest)
         manifest = parse_manifest(data, f"manifest {desc.digest}")
