@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from imaged.config.models import ShutdownConfig
+from imaged.containerd.leases import owner_alive, process_owner
 from imaged.pb.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from imaged.pb.machine import image_pb2
 from tests.conftest import REPO
@@ -255,6 +256,9 @@ def test_kill_9_during_pull_leaves_no_lease(containerd: PrivateContainerd, regis
             stub = leases_pb2_grpc.LeasesStub(ch)
             md = (("containerd-namespace", "system"),)
             stub.Create(leases_pb2.CreateRequest(id="someone-else"), metadata=md)
+            # Nor those of another imaged still running on this containerd (here: this process).
+            alive = {"imaged.dev/lease": process_owner()}
+            stub.Create(leases_pb2.CreateRequest(id="imaged-pull-alive", labels=alive), metadata=md)
             d2.stop()
             d3 = DaemonProcess(containerd.socket)
             d3.start()
@@ -262,6 +266,25 @@ def test_kill_9_during_pull_leaves_no_lease(containerd: PrivateContainerd, regis
             d3.stop()
             ids = [le.id for le in stub.List(leases_pb2.ListRequest(), metadata=md).leases]
             assert "someone-else" in ids
-            stub.Delete(leases_pb2.DeleteRequest(id="someone-else"), metadata=md)
+            assert "imaged-pull-alive" in ids, "a running imaged's lease was taken at another's start"
+            for lease_id in ("someone-else", "imaged-pull-alive"):
+                stub.Delete(leases_pb2.DeleteRequest(id=lease_id), metadata=md)
     finally:
         d2.stop()
+
+
+def test_lease_owner_names_a_live_process() -> None:
+    me = process_owner()
+    assert owner_alive(me)
+    pid, start, _ = me.split("-")
+    assert not owner_alive(f"{pid}-{int(start) + 1}-abcdef12"), "same pid, another start: pid reused"
+    assert not owner_alive("1-dead") and not owner_alive("") and not owner_alive("x-y-z")
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{child.pid}/stat") as f:
+            child_start = f.read().rpartition(")")[2].split()[19]
+        assert owner_alive(f"{child.pid}-{child_start}-abcdef12")
+    finally:
+        child.kill()
+        child.wait()
+    assert not owner_alive(f"{child.pid}-{child_start}-abcdef12")

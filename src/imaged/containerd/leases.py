@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -95,11 +96,44 @@ async def list_leases(ns: Namespaced, *filters: str) -> list[leases_pb2.Lease]:
     return list(resp.leases)
 
 
+def process_owner() -> str:
+    """`<pid>-<start time>-<random>`: names this process's leases, so that a later start can tell
+    a dead owner's leases (garbage) from those of another imaged still running on this containerd."""
+    return f"{os.getpid()}-{_start_time(os.getpid())}-{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process that labelled a lease `owner` still runs (same pid and start time)."""
+    parts = owner.split("-")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return False  # an older label, or none of ours: its process is gone or unknown
+    return _start_time(int(parts[0])) == int(parts[1])
+
+
+def _start_time(pid: int) -> int:
+    """Clock ticks since boot when `pid` started (/proc/<pid>/stat field 22); -1 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return -1
+    fields = stat.rpartition(b")")[2].split()  # the name in parentheses may hold spaces
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return -1
+
+
 async def remove_stale(ns: Namespaced, *, keep_owner: str) -> int:
-    """Delete leases left by earlier imaged processes (not `keep_owner`); return how many."""
+    """Delete leases left by imaged processes that are gone; return how many.
+
+    Leases of another imaged still running on this containerd (a second instance, a `make run`
+    beside the node's) are kept: deleting them would let GC take its running pulls' content.
+    """
     n = 0
     for le in await list_leases(ns, f'labels."{L.IMAGED_LEASE}"'):
-        if le.labels.get(L.IMAGED_LEASE) != keep_owner:
+        owner = le.labels.get(L.IMAGED_LEASE, "")
+        if owner != keep_owner and not owner_alive(owner):
             await delete(ns, le.id)
             n += 1
     return n

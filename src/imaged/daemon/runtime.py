@@ -6,11 +6,9 @@ import asyncio
 import collections
 import datetime as dt
 import logging
-import os
-import uuid
 
 from imaged.config import Config
-from imaged.containerd import Containerd, Namespaced
+from imaged.containerd import Containerd, Namespaced, leases
 from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
 from imaged.pb.common import common_pb2
@@ -32,7 +30,7 @@ class Runtime:
         self.config = config
         self.metrics = metrics or Metrics()
         # Identifies this process's leases, so the next start can clean up after a crash.
-        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.owner = leases.process_owner()
         self.size_cache = SizeCache()
         self._containerd: dict[str, Containerd] = {}
         self._retired: collections.deque[RegistryClient] = collections.deque()
