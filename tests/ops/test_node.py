@@ -212,6 +212,8 @@ def test_logs_and_metrics(containerd: PrivateContainerd, registry: Registry) -> 
         assert 'imaged_requests_total{code="OK",method="List"} 1.0' in body
         assert 'imaged_requests_total{code="NOT_FOUND",method="Remove"} 1.0' in body
         assert 'imaged_verifications_total{outcome="unverified"} 1.0' in body
+        pulled = re.search(r"^imaged_pulled_bytes_total ([0-9.e+]+)$", body, re.M)
+        assert pulled and float(pulled.group(1)) >= sum(len(la.blob) for la in img.layers)
         logs = d.logs()
         assert '"method": "Pull"' in logs and f"{registry.host}/ops/logs:v1" in logs
         assert '"code": "NOT_FOUND"' in logs

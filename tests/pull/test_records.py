@@ -84,3 +84,38 @@ def test_an_undo_keeps_records_that_existed_before(
             await cd.close()
 
     asyncio.run(scenario())
+
+
+def test_an_undo_keeps_records_another_pull_updated_meanwhile(
+    containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pulls of one image: A creates the id record, B updates it (its own pull's record now),
+    then A fails on its next record. A's undo must leave what B relies on."""
+
+    async def scenario() -> None:
+        cd = Containerd(containerd.socket)
+        ns = cd.ns(f"records-race-{os.getpid()}")
+        store = ImageStore(ns)
+        ref = parse("registry.example/app:v1")
+        real = ImageStore.put
+        calls = 0
+
+        async def put(self: ImageStore, name: str, *args: Any, **kw: Any) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # between A's first record and its second, B writes them all
+                monkeypatch.setattr(ImageStore, "put", real)
+                await create_records(ns, ref, TARGET, CONFIG)
+                raise errors.Unavailable("containerd went away")
+            return await real(self, name, *args, **kw)
+
+        try:
+            monkeypatch.setattr(ImageStore, "put", put)
+            with pytest.raises(errors.Unavailable):
+                await create_records(ns, ref, TARGET, CONFIG)
+            monkeypatch.undo()
+            assert await _names(store) == set(record_names(ref, TARGET.digest, CONFIG))
+        finally:
+            await cd.close()
+
+    asyncio.run(scenario())

@@ -29,7 +29,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300),
             registry=r,
         )
-        self.pulled_bytes = Counter("imaged_pulled_bytes", "Bytes of layers pulled", registry=r)
+        self.pulled_bytes = Counter("imaged_pulled_bytes", "Bytes of blobs downloaded by pulls", registry=r)
         self.imported_bytes = Counter("imaged_imported_bytes", "Bytes of archives imported", registry=r)
         self.verdicts = Counter("imaged_verifications", "Verification outcomes", ["outcome"], registry=r)
         # Bound once: these are counted on every Verify.

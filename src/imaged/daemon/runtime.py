@@ -52,6 +52,7 @@ class Runtime:
                 lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
             ),
             verify=self.verify_for_pull,
+            on_bytes=self.metrics.pulled_bytes.inc,
         )
 
     async def verify_for_pull(self, ref: Reference) -> VerifiedPin | None:

@@ -92,6 +92,12 @@ async def undo_records(ns: Namespaced, created: list[str]) -> None:
 async def _undo(store: ImageStore, names: list[str]) -> None:
     for name in reversed(names):
         try:
+            image = await store.get(name)
+            if image is None:
+                continue
+            if image.updated_at != image.created_at:
+                # Another pull of the same image updated it since we made it: now theirs too.
+                continue
             await store.delete(name, sync=False)
         except errors.NotFound:
             pass

@@ -88,11 +88,16 @@ class _Resolved:
 
 class Puller:
     def __init__(
-        self, registry: RegistryClient, options: PullOptions, verify: VerifyHook | None = None
+        self,
+        registry: RegistryClient,
+        options: PullOptions,
+        verify: VerifyHook | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.registry = registry
         self.options = options
         self.verify = verify
+        self.on_bytes = on_bytes  # bytes of blobs downloaded (the daemon's metric)
 
     async def pull(self, ns: Namespaced, image_ref: str, progress: Progress) -> str:
         """Pull `image_ref` into `ns`; return the digest-pinned name."""
@@ -257,6 +262,8 @@ class Puller:
                 on_progress(Status.DOWNLOADING, w.offset)
             if w.offset < desc.size:
                 async for chunk in self.registry.fetch_blob(ref, desc, offset=w.offset):
+                    if self.on_bytes is not None:
+                        self.on_bytes(len(chunk))
                     if turns is None:
                         await w.write(chunk)
                     else:
