@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import socket
 import stat
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import grpc
 import pytest
+import yaml
 
 from imaged.pb.machine import image_pb2
 from tests.support.containerd import PrivateContainerd
@@ -76,6 +78,31 @@ def test_socket_mode_and_stale_socket(containerd: PrivateContainerd) -> None:
     finally:
         assert d.stop() == 0
     assert not os.path.exists(d.socket)
+
+
+def test_a_start_that_fails_after_binding_says_why_and_leaves_no_socket(
+    containerd: PrivateContainerd, tmp_path: pathlib.Path
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    sock = str(tmp_path / "s.sock")
+    base = {"containerd": {"system_socket": containerd.socket, "cri_socket": containerd.socket}}
+    cases = [
+        ({"listen": {"admin": {"path": sock}}, "metrics": {"listen": f"127.0.0.1:{port}"}}, "cannot start"),
+        ({"listen": {"admin": {"path": sock, "group": "no-such-group-xyz"}}}, "group 'no-such-group-xyz'"),
+    ]
+    try:
+        for extra, fragment in cases:
+            path = tmp_path / "c.yaml"
+            path.write_text(yaml.safe_dump({**base, **extra}))
+            r = run_imaged("--config", str(path))
+            assert r.returncode == 1, r.stderr
+            assert fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
+            assert not os.path.exists(sock), "the socket it bound is removed"
+    finally:
+        taken.close()
 
 
 def test_custom_socket_mode(containerd: PrivateContainerd) -> None:

@@ -13,7 +13,7 @@ import sys
 from imaged import __version__
 from imaged.config import ConfigError, load
 from imaged.daemon.server import Daemon
-from imaged.daemon.sockets import SocketInUse
+from imaged.daemon.sockets import StartupError
 
 DEFAULT_CONFIG = "/etc/imaged/config.yaml"
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log_format or config.log.format, config.log.level)
     try:
         asyncio.run(Daemon(config, config_path=path).run())
-    except SocketInUse as e:
+    except StartupError as e:
         print(f"imaged: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

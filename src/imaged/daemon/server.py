@@ -144,12 +144,27 @@ class Daemon:
 
     async def run(self) -> None:
         rt = self.rt = Runtime(self.config, self.metrics)
-        self.servers = [self._build(rt, sock, ro) for sock, ro in self._sockets()]
-        for server in self.servers:
-            await server.start()
-        for sock, _ in self._sockets():
-            sockets.apply_permissions(sock)
-        self._start_metrics()
+        self.servers = []
+        bound: list[str] = []  # socket paths this process made (never another daemon's)
+        try:
+            for sock, ro in self._sockets():
+                self.servers.append(self._build(rt, sock, ro))
+                bound.append(sock.path)
+            for server in self.servers:
+                await server.start()
+            for sock, _ in self._sockets():
+                sockets.apply_permissions(sock)
+            self._start_metrics()
+        except BaseException as e:
+            # Nothing half-started stays behind: no server, no socket file, no open client.
+            await asyncio.gather(*(s.stop(None) for s in self.servers))
+            await rt.close()
+            for path in bound:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            if isinstance(e, OSError):
+                raise sockets.StartupError(f"cannot start: {e}") from None
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

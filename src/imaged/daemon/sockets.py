@@ -11,7 +11,11 @@ import stat
 from imaged.config.models import SocketConfig
 
 
-class SocketInUse(Exception):
+class StartupError(Exception):
+    """The daemon cannot start as configured; the message says why (no traceback)."""
+
+
+class SocketInUse(StartupError):
     pass
 
 
@@ -42,6 +46,6 @@ def apply_permissions(cfg: SocketConfig) -> None:
         try:
             gid = int(cfg.group) if cfg.group.isdigit() else grp.getgrnam(cfg.group).gr_gid
         except KeyError:
-            raise SocketInUse(f"group {cfg.group!r} for {cfg.path} does not exist") from None
+            raise StartupError(f"group {cfg.group!r} for {cfg.path} does not exist") from None
         os.chown(cfg.path, -1, gid)
     os.chmod(cfg.path, cfg.mode)

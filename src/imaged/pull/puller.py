@@ -153,6 +153,11 @@ class Puller:
             content = ContentStore(lns)
             resolved = await self._walk(content, pinned, root, source)
             config_desc = resolved.manifest.config
+            if config_desc.size > MAX_CONFIG_SIZE:  # refused before a byte of it is downloaded
+                raise errors.InvalidArgument(
+                    f"{ref}: image config {config_desc.digest} is {config_desc.size} bytes, "
+                    f"over the {MAX_CONFIG_SIZE} byte limit"
+                )
             await self._fetch_blob(lns, pinned, config_desc, "config", source)
             config = parse_config(await content.read_all(config_desc.digest, MAX_CONFIG_SIZE))
             await self._layers(lns, pinned, resolved.manifest, config, progress, source)
