@@ -92,6 +92,16 @@ def issuer(cert: x509.Certificate) -> str | None:
     return v2 if v2 is not None else v1
 
 
+def _go_search(regex: re.Pattern[str], value: str) -> bool:
+    """Go's `MatchString` on a value; one holding a newline never matches.
+
+    Python's `$` also matches before a final newline, Go's only at the very end: `^dev@x\\.com$`
+    would accept "dev@x.com\\n" here and not in cosign. No issuer or SAN Fulcio issues holds a
+    newline, so refusing those is safe and keeps the two engines agreeing.
+    """
+    return "\n" not in value and regex.search(value) is not None
+
+
 class IssuerPolicy:
     """The OIDC issuer equals `exact` and/or matches `regex` (searched)."""
 
@@ -106,7 +116,7 @@ class IssuerPolicy:
         if self.exact is not None and found != self.exact:
             shown = repr(found) if found is not None else "no issuer extension"
             raise VerificationError(f"certificate issuer mismatch: expected {self.exact!r}, found {shown}")
-        if self.regex is not None and not self.regex.search(found or ""):
+        if self.regex is not None and not _go_search(self.regex, found or ""):
             shown = repr(found) if found is not None else "no issuer extension"
             raise VerificationError(
                 f"certificate issuer mismatch: expected a match of /{self.regex.pattern}/, found {shown}"
@@ -126,7 +136,7 @@ class SubjectPolicy:
         found = subjects(cert)
         if self.exact is not None and self.exact not in found:
             raise VerificationError(f"certificate subject mismatch: expected {self.exact!r}, found {found}")
-        if self.regex is not None and not any(self.regex.search(s) for s in found):
+        if self.regex is not None and not any(_go_search(self.regex, s) for s in found):
             raise VerificationError(
                 f"certificate subject mismatch: expected a match of /{self.regex.pattern}/, found {found}"
             )
