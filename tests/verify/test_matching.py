@@ -17,6 +17,8 @@ from imaged.verify.matching import Glob, normalize_pattern
         ("myorg/*", "docker.io/myorg/*"),
         ("docker.io/nginx", "docker.io/library/nginx"),
         ("docker.io/*", "docker.io/*"),
+        ("docker.io/nginx*", "docker.io/library/nginx*"),
+        ("index.docker.io/nginx*", "docker.io/library/nginx*"),
         ("index.docker.io/*", "docker.io/*"),
         ("registry-1.docker.io/library/nginx", "docker.io/library/nginx"),
         ("registry.hub.docker.com/myorg/*", "docker.io/myorg/*"),

@@ -12,7 +12,8 @@ Patterns are normalized the way references are, so that a person's expectation h
 - a pattern without a registry host (no `/`, or a first component with no `.` or `:` that
   is not `localhost`) is a Docker Hub name: `nginx` -> `docker.io/library/nginx`,
   `nginx*` -> `docker.io/library/nginx*`, `myorg/*` -> `docker.io/myorg/*`; one-component
-  Docker Hub names gain `library/` (`docker.io/nginx` -> `docker.io/library/nginx`);
+  Docker Hub names gain `library/` (`docker.io/nginx` -> `docker.io/library/nginx`, and
+  `docker.io/nginx*` as `nginx*`);
 - `*` alone, and a pattern whose first of several components holds a `*` (`*/app`,
   `*.example.com/*`), is used as is, against the full normalized name.
 Registry hosts are compared in the form references get (`reference.canonical_domain`: lowercased,
@@ -58,8 +59,8 @@ def normalize_pattern(pattern: str) -> str:
         domain, path = canonical_domain(first), rest
     else:
         domain, path = DOCKER_HUB, pattern
-    if domain == DOCKER_HUB and "/" not in path and "*" not in path:
-        path = f"library/{path}"
+    if domain == DOCKER_HUB and "/" not in path and set(path) != {"*"}:
+        path = f"library/{path}"  # `docker.io/nginx*` as `nginx*`: official images
     return f"{domain}/{path}"
 
 
