@@ -168,6 +168,19 @@ async def test_byte_reader_exact_reads_and_truncation() -> None:
     assert await r.at_eof()
 
 
+async def test_a_member_name_that_is_not_utf8_is_read() -> None:
+    # Latin-1 names exist in old archives; they are carried as surrogate escapes, and bounded alike.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        info = tarfile.TarInfo("caf\u00e9.txt")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"ok"))
+    got = await read_all(buf.getvalue(), 512)
+    assert [(name.encode("utf-8", "surrogateescape"), data) for name, _, _, data in got] == [
+        (b"caf\xe9.txt", b"ok")
+    ]
+
+
 async def test_member_limit_counts_members_not_extension_headers() -> None:
     data = tar([M("x" * 200 + str(i), b"") for i in range(5)], format=tarfile.PAX_FORMAT)
     tr = TarReader(ByteReader(chunks(data, 512)), max_members=5, max_extension=1 << 20)

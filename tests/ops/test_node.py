@@ -281,15 +281,17 @@ def test_kill_9_during_pull_leaves_no_lease(containerd: PrivateContainerd, regis
 def test_lease_owner_names_a_live_process() -> None:
     me = process_owner()
     assert owner_alive(me)
-    pid, start, _ = me.split("-")
-    assert not owner_alive(f"{pid}-{int(start) + 1}-abcdef12"), "same pid, another start: pid reused"
-    assert not owner_alive("1-dead") and not owner_alive("") and not owner_alive("x-y-z")
+    pid, start, ns, boot, _ = me.split("-")
+    assert not owner_alive(f"{pid}-{int(start) + 1}-{ns}-{boot}-abcdef12"), "same pid, another start"
+    assert not owner_alive(f"{pid}-{start}-{ns}-0000000000ff-abcdef12"), "from before a reboot"
+    assert owner_alive(f"{pid}-{int(start) + 1}-{int(ns) + 1}-{boot}-abcdef12"), "another container: kept"
+    assert not owner_alive("1-dead") and not owner_alive("") and not owner_alive("x-y-z-w-v")
     child = subprocess.Popen(["sleep", "30"])
     try:
         with open(f"/proc/{child.pid}/stat") as f:
             child_start = f.read().rpartition(")")[2].split()[19]
-        assert owner_alive(f"{child.pid}-{child_start}-abcdef12")
+        assert owner_alive(f"{child.pid}-{child_start}-{ns}-{boot}-abcdef12")
     finally:
         child.kill()
         child.wait()
-    assert not owner_alive(f"{child.pid}-{child_start}-abcdef12")
+    assert not owner_alive(f"{child.pid}-{child_start}-{ns}-{boot}-abcdef12")

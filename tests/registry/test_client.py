@@ -270,6 +270,16 @@ async def test_mirror_without_referrers_api_leaves_it_to_the_upstream() -> None:
         assert any("/referrers/" in p and s == 404 for _, p, s in mirror.requests()), "the mirror was asked"
 
 
+async def test_mirror_without_referrers_api_and_the_upstream_down() -> None:
+    # The upstream cannot be asked: the mirror's "no API" stands, so discovery goes on to the
+    # tags (which the mirror serves) instead of the verification failing as UNAVAILABLE.
+    upstream = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with Registry() as mirror:
+        cfg = make_config(hosts={upstream: {"mirrors": [mirror.url]}})
+        async with RegistryClient(cfg) as c:
+            assert await c.referrers(parse(f"{upstream}/org/app"), "sha256:" + "c" * 64) is None
+
+
 async def test_referrers_are_filtered_per_page_and_bounded() -> None:
     digest = "sha256:" + "e" * 64
 

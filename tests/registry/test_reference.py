@@ -23,13 +23,13 @@ D512 = "sha512:" + "b" * 128
         ("registry-1.docker.io/foo/bar:v2", "docker.io", "foo/bar", "v2", None),
         ("registry.hub.docker.com/foo/bar", "docker.io", "foo/bar", "latest", None),
         ("user/repo", "docker.io", "user/repo", "latest", None),
-        # One spelling per registry: the host a policy sees is the one contacted.
+        # Docker Hub's names whatever their case; other hosts as written (records, address, port:
+        # the policy compares them in one spelling, verify.matching).
         ("INDEX.DOCKER.IO/library/nginx", "docker.io", "library/nginx", "latest", None),
-        ("Registry-1.Docker.io:443/nginx", "docker.io", "library/nginx", "latest", None),
-        ("GHCR.io/org/app:V1", "ghcr.io", "org/app", "V1", None),
-        ("ghcr.io:443/org/app", "ghcr.io", "org/app", "latest", None),
-        ("localhost:443/app", "localhost:443", "app", "latest", None),  # plain HTTP there: port kept
-        ("127.0.0.1:443/app", "127.0.0.1:443", "app", "latest", None),
+        ("Docker.IO/nginx", "docker.io", "library/nginx", "latest", None),
+        ("GHCR.io/org/app:V1", "GHCR.io", "org/app", "V1", None),
+        ("ghcr.io:443/org/app", "ghcr.io:443", "org/app", "latest", None),
+        ("MyReg/app", "MyReg", "app", "latest", None),
         ("localhost/foo", "localhost", "foo", "latest", None),
         ("localhost:5000/foo:v1", "localhost:5000", "foo", "v1", None),
         ("127.0.0.1:5000/a/b/c:v1", "127.0.0.1:5000", "a/b/c", "v1", None),
@@ -41,7 +41,7 @@ D512 = "sha512:" + "b" * 128
         ("example.com:5000", "docker.io", "library/example.com", "5000", None),  # as docker reads it
         (
             "my-registry.local:443/a_b/c__d/e-f.g:tag_1.0-x",
-            "my-registry.local",  # :443 is HTTPS's own port: the same registry as without it
+            "my-registry.local:443",
             "a_b/c__d/e-f.g",
             "tag_1.0-x",
             None,

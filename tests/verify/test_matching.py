@@ -19,6 +19,8 @@ from imaged.verify.matching import Glob, normalize_pattern
         ("docker.io/*", "docker.io/*"),
         ("docker.io/nginx*", "docker.io/library/nginx*"),
         ("index.docker.io/nginx*", "docker.io/library/nginx*"),
+        ("docker.io/*miner*", "docker.io/*miner*"),  # a leading star spans namespaces: left alone
+        ("ghcr.io:443/org/*", "ghcr.io/org/*"),
         ("index.docker.io/*", "docker.io/*"),
         ("registry-1.docker.io/library/nginx", "docker.io/library/nginx"),
         ("registry.hub.docker.com/myorg/*", "docker.io/myorg/*"),
@@ -78,6 +80,9 @@ def test_normalize_pattern(pattern: str, normalized: str) -> None:
         ("ghcr.io:443/org/*", "ghcr.io/org/app", True),
         ("ghcr.io/org/*", "ghcr.io:8443/org/app", False),
         ("localhost/*", "localhost:443/app", False),
+        ("docker.io/*miner*", "docker.io/evil/xmrminer", True),
+        ("ghcr.io/org/*", "GHCR.IO/org/app", True),
+        ("myreg/*", "MyReg/app", False),  # a one-label host is not Docker Hub's `myreg` namespace
         # `?`, `[` and `.` are literals
         ("ghcr.io/a.c", "ghcr.io/abc", False),
         ("localhost:5000/*", "localhost:5000/test/app", True),

@@ -244,8 +244,10 @@ class TarReader:
 
     def _check_names(self, member: Member) -> None:
         """Names are kept until the archive is planned: each, and all together, are bounded."""
-        size = len(member.name.encode()) + len(member.linkname.encode())
-        if max(len(member.name.encode()), len(member.linkname.encode())) > MAX_NAME:
+        # Names were decoded with surrogateescape (not all archives are UTF-8): encoded back alike.
+        name, link = (len(x.encode("utf-8", "surrogateescape")) for x in (member.name, member.linkname))
+        size = name + link
+        if max(name, link) > MAX_NAME:
             raise InvalidArgument(
                 f"archive member {member.name[:100]!r}... has a name or link target over {MAX_NAME} bytes"
             )

@@ -69,15 +69,18 @@ def cancel_on_interrupt(call: grpc.Future) -> Iterator[None]:
     that is inside its own lock handling: seen as "cannot release un-acquired lock" and as a
     client that never exits. The handler only asks another thread to cancel the call.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job: Ctrl-C is not ours
+    ):
         yield
         return
     interrupted = threading.Event()
 
     def on_sigint(signum: int, frame: object) -> None:
-        if not interrupted.is_set():
-            interrupted.set()
-            threading.Thread(target=call.cancel, name="cancel-on-interrupt", daemon=True).start()
+        if interrupted.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: the cancel did not let go, leave anyway
+        interrupted.set()
+        threading.Thread(target=call.cancel, name="cancel-on-interrupt", daemon=True).start()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:

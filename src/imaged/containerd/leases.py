@@ -97,17 +97,41 @@ async def list_leases(ns: Namespaced, *filters: str) -> list[leases_pb2.Lease]:
 
 
 def process_owner() -> str:
-    """`<pid>-<start time>-<random>`: names this process's leases, so that a later start can tell
-    a dead owner's leases (garbage) from those of another imaged still running on this containerd."""
-    return f"{os.getpid()}-{_start_time(os.getpid())}-{uuid.uuid4().hex[:8]}"
+    """`<pid>-<start time>-<pid namespace>-<boot>-<random>`: names this process's leases, so that a
+    later start can tell a dead owner's leases (garbage) from those of another imaged still running
+    on this containerd."""
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid)}-{_pid_namespace()}-{_boot_id()}-{uuid.uuid4().hex[:8]}"
 
 
 def owner_alive(owner: str) -> bool:
-    """Whether the process that labelled a lease `owner` still runs (same pid and start time)."""
+    """Whether the process that labelled a lease `owner` may still run: yes if it is this boot's
+    and, in our pid namespace, the same pid with the same start time runs; also yes when it is
+    in another pid namespace (another container: we cannot see it, its lease expires on its own)."""
     parts = owner.split("-")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+    if len(parts) != 5 or not all(p.isdigit() for p in parts[:3]):
         return False  # an older label, or none of ours: its process is gone or unknown
-    return _start_time(int(parts[0])) == int(parts[1])
+    pid, start, namespace, boot = int(parts[0]), int(parts[1]), int(parts[2]), parts[3]
+    if boot != _boot_id():
+        return False  # from before a reboot
+    if namespace != _pid_namespace():
+        return True
+    return _start_time(pid) == start
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip().replace("-", "")[:12]
+    except OSError:
+        return "0"
 
 
 def _start_time(pid: int) -> int:

@@ -942,10 +942,14 @@ class RegistryClient:
         what = f"listing referrers of {ref.repository}@{digest}"
         max_size = self.config.max_manifest_size
 
+        mirror_without_api = False
+
         async def op(e: Endpoint) -> Index | None:
             def no_api(why: str) -> Index | None:
                 # A mirror without the API (a pull-through cache) says nothing of the upstream's.
+                nonlocal mirror_without_api
                 if _FALLBACK_LEFT.get():
+                    mirror_without_api = True
                     raise NotFound(f"{what}: {e.host} has no referrers API ({why})")
                 return None
 
@@ -987,6 +991,12 @@ class RegistryClient:
             return await self._on_endpoints(ref, "pull", what, op)
         except NotFound:
             return None
+        except ImagedError:
+            if mirror_without_api:
+                # The upstream could not be asked: as the mirror said, no API (discovery goes on
+                # to the tags, which the mirror serves), rather than failing the verification.
+                return None
+            raise
 
     async def list_tags(self, ref: Reference, *, limit: int = 10_000) -> list[str]:
         """Tags of `ref`'s repository (at most `limit`, following pagination)."""

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from imaged.errors import InvalidArgument
 
 DOCKER_HUB = "docker.io"
-_HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+_HUB_ALIASES = HUB_ALIASES
 DEFAULT_TAG = "latest"
 MAX_NAME = 255
 
@@ -106,12 +107,13 @@ def is_localhost(host: str) -> bool:
 
 
 def canonical_domain(host: str) -> str:
-    """One spelling per registry, so that a policy sees the server that will be contacted.
+    """One spelling per registry, for the policy: a rule must see the server that is contacted.
 
     Host names are case-insensitive, Docker Hub answers to several names, and `:443` is the
     HTTPS default (kept on loopback hosts, which are spoken to in plain HTTP by default). Without
     this, `INDEX.DOCKER.IO/library/nginx` or `ghcr.io:443/org/app` escaped rules written for
-    `docker.io/*` or `ghcr.io/org/*` while fetching from the very same registry.
+    `docker.io/*` or `ghcr.io/org/*` while fetching from the very same registry. References keep
+    their host as written otherwise (records, and the address and port that are contacted).
     """
     h = host.lower()
     if h.endswith(":443") and not is_localhost(h):
@@ -122,9 +124,11 @@ def canonical_domain(host: str) -> str:
 def _split_domain(name: str) -> tuple[str, str]:
     first, sep, rest = name.partition("/")
     if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
-        domain, path = canonical_domain(first), rest
+        domain, path = first, rest
     else:
         domain, path = DOCKER_HUB, name
+    if domain.lower() in _HUB_ALIASES or domain.lower() == DOCKER_HUB:
+        domain = DOCKER_HUB  # whatever its case: Docker Hub, with its `library/` rule below
     if domain == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     return domain, path

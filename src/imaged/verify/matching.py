@@ -59,7 +59,7 @@ def normalize_pattern(pattern: str) -> str:
         domain, path = canonical_domain(first), rest
     else:
         domain, path = DOCKER_HUB, pattern
-    if domain == DOCKER_HUB and "/" not in path and set(path) != {"*"}:
+    if domain == DOCKER_HUB and "/" not in path and not path.startswith("*"):
         path = f"library/{path}"  # `docker.io/nginx*` as `nginx*`: official images
     return f"{domain}/{path}"
 
@@ -82,9 +82,10 @@ class Glob:
         return cls(pattern, normalized, _glob_regex(normalized))
 
     def matches(self, repository: str) -> bool:
-        """`repository` is normalized (`Reference.repository`)."""
+        """`repository` is normalized (`Reference.repository`); its host is compared in its
+        canonical spelling, as the pattern's is."""
         domain, sep, path = repository.partition("/")
-        return self._regex.fullmatch(f"{domain.lower()}{sep}{path}") is not None
+        return self._regex.fullmatch(f"{canonical_domain(domain)}{sep}{path}") is not None
 
     def covers(self, other: Glob) -> bool:
         """True if every name `other` matches is also matched by this glob (for shadow warnings).
