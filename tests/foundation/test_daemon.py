@@ -33,6 +33,13 @@ def run_imaged(*args: str) -> subprocess.CompletedProcess[str]:
         ("listen:\n  admin:\n    mode: '0999'\n", "listen.admin.mode"),
         ("pull:\n  max_concurrent_downloads: 0\n", "pull.max_concurrent_downloads"),
         ("bogus: 1\n", "bogus"),
+        # A second section would silently replace the first (here: its deny policy).
+        ("verification:\n  noMatch: deny\nverification:\n  rules: []\n", "key 'verification' is given twice"),
+        (
+            "listen:\n  admin: {path: /tmp/a.sock}\n  readonly: {path: /tmp/a.sock}\n",
+            "readonly.path must differ",
+        ),
+        ("listen:\n  admin:\n    mode: true\n", "listen.admin.mode"),
     ],
 )
 def test_bad_config_exits_naming_key(tmp_path, text: str, key: str) -> None:  # type: ignore[no-untyped-def]
@@ -51,6 +58,16 @@ def test_config_not_yaml_or_missing(tmp_path) -> None:  # type: ignore[no-untype
     assert r.returncode == 2 and "not valid YAML" in r.stderr
     r = run_imaged("--config", str(tmp_path / "absent.yaml"))
     assert r.returncode == 2 and "cannot read configuration" in r.stderr
+
+
+def test_config_not_utf8_and_gid_as_number(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes("log:\n  level: info # caf\u00e9\n".encode("latin-1"))
+    r = run_imaged("--config", str(cfg))
+    assert r.returncode == 2 and "not UTF-8 text" in r.stderr and "Traceback" not in r.stderr
+    from imaged.config.loader import load_text
+
+    assert load_text("listen:\n  admin:\n    group: 1000\n").listen.admin.group == "1000"
 
 
 def test_example_config_is_valid() -> None:
@@ -163,3 +180,13 @@ def test_reflection_lists_services(containerd: PrivateContainerd, daemon: Daemon
     resp = next(iter(stub.ServerReflectionInfo(iter([req]), timeout=10)))
     names = {s.name for s in resp.list_services_response.service}
     assert {"machine.ImageService", "grpc.health.v1.Health"} <= names
+
+
+def test_a_long_non_ascii_error_keeps_its_status_code(daemon: DaemonProcess) -> None:
+    # Details travel percent-encoded in a header the client bounds at 8 KiB: 3,000 "é" quoted
+    # twice in the message arrived as RESOURCE_EXHAUSTED instead of INVALID_ARGUMENT.
+    req = image_pb2.ImageServiceVerifyRequest(image_ref="é" * 3000)
+    with pytest.raises(grpc.RpcError) as e:
+        daemon.images.Verify(req, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "invalid image reference" in (e.value.details() or "")

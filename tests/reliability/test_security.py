@@ -281,6 +281,10 @@ def test_no_secret_in_logs_errors_or_redirects(
         head + f"{{auth: 'not-base64-{SECRETS['wrong']}'}}\n",
         head + f"{{username: x, password: [{SECRETS['wrong']}]}}\n",
         head + f"{{username: x, pasword: {SECRETS['wrong']}}}\n",
+        # Unquoted values YAML reads as an alias or a tag: the parser would quote them.
+        head + f"{{username: x, password: *{SECRETS['wrong']}}}\n",
+        head + f"\n        username: x\n        password: !{SECRETS['wrong']}\n",
+        f"registries:\n  hosts:\n    r.example:\n      mirrors: ['https://bob:{SECRETS['wrong']}@m.example']\n",
     ]
     check_outputs = []
     for i, text in enumerate(bad_configs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 import yaml
@@ -23,18 +24,39 @@ def _key(loc: tuple[int | str, ...]) -> str:
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
-    """The parser's complaint and position, without the snippet of the file it would quote:
-    that line may hold a password."""
+    """The parser's complaint and position, without the snippet of the file it would quote (that
+    line may hold a password), nor the quoted token some complaints carry (`found undefined alias
+    'Xk9...'` for an unquoted password starting with `*`)."""
     if isinstance(e, yaml.MarkedYAMLError):
         where = e.problem_mark or e.context_mark
         pos = f"line {where.line + 1}, column {where.column + 1}: " if where is not None else ""
-        return f"{pos}{e.problem or e.context or 'syntax error'}"
+        problem = e.problem or e.context or "syntax error"
+        if any(word in problem for word in ("alias", "tag", "anchor")):
+            # These quote the value itself: an unquoted password that starts with * or !.
+            problem = re.sub(r"'[^']*'", "'...'", problem) + " (quote a value that starts with *, &, ! or %)"
+        return f"{pos}{problem}"
     return type(e).__name__
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice: YAML keeps the last silently, and a second
+    `verification:` section would drop the first one's rules without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_text(text: str, source: str = "<config>") -> Config:
     try:
-        doc: Any = yaml.safe_load(text) if text.strip() else {}
+        doc: Any = yaml.load(text, Loader=_StrictLoader) if text.strip() else {}  # a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
     except RecursionError:
@@ -63,7 +85,9 @@ def load(path: str | pathlib.Path | None) -> Config:
         return Config()
     p = pathlib.Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read configuration: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
     return load_text(text, str(p))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from imaged.config.base import Section
 from imaged.registry.config import RegistriesConfig
@@ -17,11 +17,19 @@ class SocketConfig(Section):
     path: str = "/run/imaged/imaged.sock"
     # Octal permission bits as a string ("0660") or an int (0o660).
     mode: int = 0o660
+    # A group name, or a gid (`1000` or `"1000"`).
     group: str | None = None
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _gid(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
 
     @field_validator("mode", mode="before")
     @classmethod
     def _octal(cls, v: object) -> object:
+        if isinstance(v, bool):
+            raise ValueError("mode must be octal like '0660'")
         if isinstance(v, str):
             try:
                 return int(v, 8)
@@ -41,6 +49,12 @@ class ListenConfig(Section):
     admin: SocketConfig = SocketConfig()
     # Serves only List and Verify (containerd's CRI plugin, readers).
     readonly: SocketConfig | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        if self.readonly is not None and self.readonly.path == self.admin.path:
+            raise ValueError("readonly.path must differ from admin.path (one socket, one role)")
+        return self
 
 
 class ContainerdConfig(Section):

@@ -170,7 +170,8 @@ class HostConfig(Section):
             scheme, _, rest = url.partition("://")
             host = rest.split("/", 1)[0]
             if scheme not in ("http", "https") or not host or not _HOST_RE.fullmatch(host):
-                raise ValueError(f"mirror {m!r} is not an http(s) URL with a host")
+                shown = re.sub(r"//[^/@]*@", "//...@", m)  # never echo user:password
+                raise ValueError(f"mirror {shown!r} is not an http(s) URL with a host")
             out.append(url.rstrip("/"))
         return out
 

@@ -16,11 +16,29 @@ log = logging.getLogger("imaged.rpc")
 R = TypeVar("R")
 
 
+# Status details travel percent-encoded in a header the client bounds (8 KiB by default): a
+# longer one arrives as RESOURCE_EXHAUSTED instead of its own code. Non-ASCII takes 9 bytes a char.
+MAX_DETAILS_BYTES = 4096
+
+
+def _fit(message: str) -> str:
+    """`message`, cut (at a character) so that its percent-encoding stays under the bound."""
+    encoded = 0
+    for i, ch in enumerate(message):
+        encoded += 1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode("utf-8", "replace"))
+        if encoded > MAX_DETAILS_BYTES - 3:
+            return message[:i] + "..."
+    return message
+
+
 async def _abort(context: grpc.aio.ServicerContext, method: str, e: BaseException) -> None:
     if isinstance(e, errors.ImagedError):
-        await context.abort(e.code, e.message)
+        await context.abort(e.code, _fit(e.message))
     log.exception("%s: unexpected error", method)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(e).__name__}: {e}")
+    # The exception's text stays in the log: it is unbounded and unfiltered.
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(e).__name__} (see imaged's log)"
+    )
 
 
 def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
