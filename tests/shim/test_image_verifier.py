@@ -106,3 +106,21 @@ def test_fails_closed(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = subprocess.run([EXE, "-name", "x"], capture_output=True, timeout=10, env={"IMAGED_SOCKET": d.socket})
     assert r.returncode != 0 and "required" in r.stdout.decode()
     assert all(len(x) <= 32 * 1024 for x in (r.stdout,))
+
+
+def test_an_unusable_timeout_blocks_the_pull_with_a_reason(setup) -> None:  # type: ignore[no-untyped-def]
+    reg, d, digests = setup
+    for bad in ("abc", "nan", "inf", "-1"):
+        r = run_as_containerd(
+            d.socket,
+            f"{reg.host}/other/app:v1",
+            digests["other/app"],
+            extra_env={"IMAGED_VERIFIER_TIMEOUT": bad},
+        )
+        assert r.returncode != 0, bad
+        assert "IMAGED_VERIFIER_TIMEOUT must be a positive number" in r.stdout.decode(), r.stdout
+        assert b"Traceback" not in r.stderr
+    ok = run_as_containerd(
+        d.socket, f"{reg.host}/other/app:v1", digests["other/app"], extra_env={"IMAGED_VERIFIER_TIMEOUT": "5"}
+    )
+    assert ok.returncode == 0 and "no matched rule" in ok.stdout.decode()

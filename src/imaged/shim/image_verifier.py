@@ -13,6 +13,7 @@ verifier that cannot decide must not say yes. The socket is $IMAGED_SOCKET or th
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -22,7 +23,19 @@ MAX_REASON = 32 * 1024 - 1
 DEFAULT_SOCKET = "/run/imaged/imaged.sock"
 DESCRIPTOR_MEDIA_TYPE = "application/vnd.oci.descriptor.v1+json"
 # Leave containerd's 10 s budget room for our own start-up.
-RPC_TIMEOUT = float(os.environ.get("IMAGED_VERIFIER_TIMEOUT", "8"))
+RPC_TIMEOUT = 8.0
+
+
+def _rpc_timeout() -> float | None:
+    """$IMAGED_VERIFIER_TIMEOUT in seconds (a finite positive number), or None if it is unusable."""
+    raw = os.environ.get("IMAGED_VERIFIER_TIMEOUT")
+    if raw is None:
+        return RPC_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def _args(argv: list[str]) -> dict[str, str]:
@@ -74,10 +87,13 @@ def decide(argv: list[str], stdin: bytes, socket: str) -> tuple[int, str]:
         pinned = parse(name).with_digest(digest).pinned()
     except InvalidArgument as e:
         return 1, f"imaged verifier: {e.message}"
+    timeout = _rpc_timeout()
+    if timeout is None:
+        return 1, "imaged verifier: IMAGED_VERIFIER_TIMEOUT must be a positive number of seconds"
     try:
         with grpc.insecure_channel(f"unix:{socket}") as channel:
             resp = image_pb2_grpc.ImageServiceStub(channel).Verify(
-                image_pb2.ImageServiceVerifyRequest(image_ref=pinned), timeout=RPC_TIMEOUT
+                image_pb2.ImageServiceVerifyRequest(image_ref=pinned), timeout=timeout
             )
     except grpc.RpcError as e:
         code = e.code()  # type: ignore[attr-defined]
