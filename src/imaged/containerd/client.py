@@ -132,6 +132,9 @@ class Containerd:
             return errors.Unavailable(f"containerd at {self.address} went away during the call: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return errors.Unavailable(f"containerd at {self.address} did not answer in time: {details}")
+        if code == grpc.StatusCode.ABORTED:
+            # containerd's word for a conflict with a concurrent change: worth another try.
+            return errors.Unavailable(f"containerd at {self.address} aborted the call (try again): {details}")
         if code == grpc.StatusCode.CANCELLED:
             return errors.ImagedError(f"containerd call cancelled: {details}")
         return errors.from_code(code, f"containerd: {details}")
