@@ -53,10 +53,10 @@ from imaged.registry.auth import (
     redact_url,
     repository_scope,
 )
-from imaged.registry.config import RegistriesConfig, normalize_host
+from imaged.registry.config import RegistriesConfig
 from imaged.registry.hosts import Endpoint, endpoints
 from imaged.registry.proxy import ProxyRules
-from imaged.registry.reference import Reference, validate_digest
+from imaged.registry.reference import Reference, normalize_host, validate_digest
 
 log = logging.getLogger(__name__)
 

@@ -12,19 +12,12 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from imaged.config.base import Section
 from imaged.oci.mediatypes import MAX_MANIFEST_SIZE
-from imaged.registry.reference import DOCKER_HUB, HUB_ALIASES
+from imaged.registry.reference import normalize_host
 
 _HOST_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$"
 )
-
-
-def normalize_host(host: str) -> str:
-    """Docker Hub's several names are one registry, `docker.io`; other hosts are lowercased.
-    (The port stays: it is part of the address contacted, and of containerd's certs.d names.)"""
-    h = host.strip().lower()
-    return DOCKER_HUB if h in HUB_ALIASES else h
 
 
 def _existing_file(v: str | None, what: str) -> str | None:

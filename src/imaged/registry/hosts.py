@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaged.errors import InvalidArgument
-from imaged.registry.config import HostConfig, RegistriesConfig, normalize_host
-from imaged.registry.reference import is_localhost, registry_host
+from imaged.registry.config import HostConfig, RegistriesConfig
+from imaged.registry.reference import is_localhost, normalize_host, registry_host
 
 ALL_CAPABILITIES = frozenset({"pull", "resolve", "push"})
 MAX_HOSTS_TOML = 1024 * 1024

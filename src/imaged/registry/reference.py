@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from imaged.errors import InvalidArgument
 
 DOCKER_HUB = "docker.io"
-HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
-_HUB_ALIASES = HUB_ALIASES
+_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 DEFAULT_TAG = "latest"
 MAX_NAME = 255
 
@@ -118,6 +117,13 @@ def canonical_domain(host: str) -> str:
     h = host.lower()
     if h.endswith(":443") and not is_localhost(h):
         h = h[: -len(":443")]
+    return normalize_host(h)
+
+
+def normalize_host(host: str) -> str:
+    """Docker Hub's several names are one registry, `docker.io`; other hosts are lowercased.
+    (The port stays: it is part of the address contacted, and of containerd's certs.d names.)"""
+    h = host.strip().lower()
     return DOCKER_HUB if h in _HUB_ALIASES else h
 
 
@@ -127,7 +133,7 @@ def _split_domain(name: str) -> tuple[str, str]:
         domain, path = first, rest
     else:
         domain, path = DOCKER_HUB, name
-    if domain.lower() in _HUB_ALIASES or domain.lower() == DOCKER_HUB:
+    if normalize_host(domain) == DOCKER_HUB:
         domain = DOCKER_HUB  # whatever its case: Docker Hub, with its `library/` rule below
     if domain == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
