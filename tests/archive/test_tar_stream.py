@@ -33,6 +33,7 @@ async def read_all(data: bytes, size: int) -> list[tuple[str, Kind, str, bytes]]
         ByteReader(decompressed(chunks(data, size), max_zstd_window=WINDOW)),
         max_members=1000,
         max_extension=1 << 20,
+        max_names=1 << 24,
     )
     out = []
     async for m in tr.members():
@@ -183,16 +184,16 @@ async def test_a_member_name_that_is_not_utf8_is_read() -> None:
 
 async def test_member_limit_counts_members_not_extension_headers() -> None:
     data = tar([M("x" * 200 + str(i), b"") for i in range(5)], format=tarfile.PAX_FORMAT)
-    tr = TarReader(ByteReader(chunks(data, 512)), max_members=5, max_extension=1 << 20)
+    tr = TarReader(ByteReader(chunks(data, 512)), max_members=5, max_extension=1 << 20, max_names=1 << 24)
     assert len([m async for m in tr.members()]) == 5
-    tr = TarReader(ByteReader(chunks(data, 512)), max_members=4, max_extension=1 << 20)
+    tr = TarReader(ByteReader(chunks(data, 512)), max_members=4, max_extension=1 << 20, max_names=1 << 24)
     with pytest.raises(InvalidArgument, match="more than 4 members"):
         _ = [m async for m in tr.members()]
 
 
 async def test_oversized_extension_header_is_refused() -> None:
     data = tar([M("x" * 5000, b"")], format=tarfile.PAX_FORMAT)
-    tr = TarReader(ByteReader(chunks(data, 512)), max_members=5, max_extension=1024)
+    tr = TarReader(ByteReader(chunks(data, 512)), max_members=5, max_extension=1024, max_names=1 << 24)
     with pytest.raises(InvalidArgument, match=r"PAX header of \d+ bytes .* over the 1024 byte limit"):
         _ = [m async for m in tr.members()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imaged.oci.mediatypes import MAX_MANIFEST_SIZE
+from imaged.oci.mediatypes import MAX_INDEX_DEPTH, MAX_MANIFEST_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,7 @@ class ImportLimits:
     max_images: int = 1000
     # Entries of one index, and how deeply indexes may nest.
     max_index_entries: int = 10_000
-    max_index_depth: int = 8
+    max_index_depth: int = MAX_INDEX_DEPTH
     # index.json, manifest.json, oci-layout, and every manifest, index and config read back.
     max_metadata: int = MAX_MANIFEST_SIZE
     # The PAX and GNU long-name headers before one member, all together.

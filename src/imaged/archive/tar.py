@@ -18,6 +18,8 @@ from imaged.errors import InvalidArgument
 BLOCK = 512
 # A member name or link target (PATH_MAX): longer ones name nothing a file system could hold.
 MAX_NAME = 4096
+# Header types that describe the next member: PAX (local, global) and GNU long name and link.
+_EXTENSIONS = (b"x", b"g", b"L", b"K")
 
 
 class Kind(enum.Enum):
@@ -126,9 +128,7 @@ def _parse_pax(data: bytes, what: str) -> dict[str, str]:
 class TarReader:
     """`async for member in reader.members()`, reading each member's data (or not) in between."""
 
-    def __init__(
-        self, src: ByteReader, *, max_members: int, max_extension: int, max_names: int = 16 * 1024 * 1024
-    ) -> None:
+    def __init__(self, src: ByteReader, *, max_members: int, max_extension: int, max_names: int) -> None:
         self.src = src
         self.max_members = max_members
         self.max_extension = max_extension
@@ -215,7 +215,7 @@ class TarReader:
                 size = _number(block[124:136], f"the member after {self._current}")
                 if size < 0:
                     raise InvalidArgument(f"tar header after member {self._current} has a negative size")
-                if type_ in b"xgLK" and len(type_) == 1:
+                if type_ in _EXTENSIONS:
                     extensions += size
                     if size <= self.max_extension < extensions:  # one alone over: _extension says so
                         raise InvalidArgument(

@@ -18,13 +18,13 @@ def manifest_labels(manifest: Manifest) -> dict[str, str]:
 
 def index_labels(children: Iterable[Descriptor]) -> dict[str, str]:
     """Every manifest of an index -> `gc.ref.content.m.<i>`, i its position in the index."""
-    return {k: v for i, d in enumerate(children) for k, v in index_child_label(i, d).items()}
+    return {index_child_key(i): d.digest for i, d in enumerate(children)}
 
 
-def index_child_label(position: int, child: Descriptor) -> dict[str, str]:
-    """One manifest of an index, keyed by its position in the index (not among those fetched):
-    a pull of one platform then never repoints the label that holds another platform's manifest."""
-    return {f"{L.GC_REF_CONTENT}.m.{position}": child.digest}
+def index_child_key(position: int) -> str:
+    """The label of an index's manifest, keyed by its position in the index (not among those
+    fetched): a pull of one platform never repoints the label holding another platform's manifest."""
+    return f"{L.GC_REF_CONTENT}.m.{position}"
 
 
 def distribution_source(host: str, repository_path: str) -> dict[str, str]:

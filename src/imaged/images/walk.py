@@ -10,9 +10,6 @@ from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Manifest, parse_index, parse_manifest
 from imaged.oci.platform import host_platform, select
 
-# As deep as Import accepts (ImportLimits.max_index_depth), so an imported image lists its size.
-MAX_INDEX_DEPTH = 8
-
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
@@ -32,8 +29,8 @@ async def host_manifest(
     """Raises NotFound when a needed blob is missing or no entry fits the host platform."""
     data = await content.read_all(digest, mt.MAX_MANIFEST_SIZE)
     if mt.is_index(media_type) or (not mt.is_manifest(media_type) and b'"manifests"' in data):
-        if depth >= MAX_INDEX_DEPTH:
-            raise errors.InvalidArgument(f"index nesting deeper than {MAX_INDEX_DEPTH} at {digest}")
+        if depth >= mt.MAX_INDEX_DEPTH:
+            raise errors.InvalidArgument(f"index nesting deeper than {mt.MAX_INDEX_DEPTH} at {digest}")
         for d in select(parse_index(data, f"index {digest}").manifests):
             try:
                 inner = await host_manifest(content, d.media_type, d.digest, d.size, depth + 1)

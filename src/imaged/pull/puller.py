@@ -28,12 +28,12 @@ from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.gclabels import distribution_source, index_child_label, manifest_labels
+from imaged.containerd.gclabels import distribution_source, index_child_key, manifest_labels
 from imaged.containerd.images import ImageStore
 from imaged.containerd.leases import hold_if_present, lease
 from imaged.containerd.unpack import Unpacker
 from imaged.images.records import Target, create_records
-from imaged.images.walk import MAX_INDEX_DEPTH, host_manifest
+from imaged.images.walk import host_manifest
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import (
     Descriptor,
@@ -216,15 +216,15 @@ class Puller:
         if media_type in mt.SCHEMA1:
             raise errors.InvalidArgument(f"{ref} is a Docker schema 1 image, which is not supported")
         if mt.is_index(media_type):
-            if depth >= MAX_INDEX_DEPTH:
-                raise errors.InvalidArgument(f"{ref}: index nesting deeper than {MAX_INDEX_DEPTH}")
+            if depth >= mt.MAX_INDEX_DEPTH:
+                raise errors.InvalidArgument(f"{ref}: index nesting deeper than {mt.MAX_INDEX_DEPTH}")
             index = parse_index(data, f"index {desc.digest}")
             candidates = select(index.manifests)
             if not candidates:
                 found = ", ".join(sorted({str(d.platform) for d in index.manifests if d.platform})) or "none"
                 raise errors.NotFound(f"{ref} has no image for {host_platform()} (platforms: {found})")
             chosen = candidates[0]
-            labels = {**index_child_label(index.manifests.index(chosen), chosen), **source}
+            labels = {index_child_key(index.manifests.index(chosen)): chosen.digest, **source}
             await self._write_bytes(content, "index", desc, data, labels)
             resolved = await self._walk(content, ref, chosen, source, depth + 1)
             return _Resolved(desc, resolved.manifest_desc, resolved.manifest)
