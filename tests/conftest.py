@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,10 @@ def pytest_configure(config: pytest.Config) -> None:
     ]
     if missing:
         raise pytest.UsageError(f"missing tools {missing}: run `make test`, which installs them")
+    # A suite started as a background job (`make test &` in a script) inherits SIGINT ignored, and
+    # so would every process it starts: imagectl's Ctrl-C tests need it as a terminal leaves it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
