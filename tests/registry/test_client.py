@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
+import urllib.parse
 
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from imaged.errors import DataLoss, NotFound, Unauthenticated, Unavailable
+from imaged.errors import DataLoss, FailedPrecondition, NotFound, Unauthenticated, Unavailable
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import parse_index, parse_manifest
 from imaged.registry.client import MAX_REFERRERS, RegistryClient
@@ -197,6 +198,38 @@ async def test_token_server_under_the_registrys_private_ca() -> None:
         ref = parse(f"{reg.host}/private/app:v1")
         host = {"tls": {"ca_file": reg.ca_pem_path}, "auth": {"username": USER, "password": PASSWORD}}
         async with RegistryClient(make_config(hosts={reg.host: host})) as c:
+            assert (await c.resolve(ref)).digest == digest
+        assert reg.token_server.requests[-1] == ("repository:private/app:pull", USER)
+
+
+async def test_credentials_do_not_go_to_a_plain_http_realm_of_an_https_registry() -> None:
+    # An HTTPS registry whose token realm is plain HTTP would have the password cross the network
+    # in the clear (containerd sends it). It goes only where plain HTTP is the host's setting (or
+    # its default: loopback), as it would for a registry on that host.
+    with Registry(tls=True, token_auth=True, token_tls=False, htpasswd={USER: PASSWORD}) as reg:
+        assert reg.token_server is not None and reg.token_server.realm.startswith("http://")
+        realm_host = urllib.parse.urlsplit(reg.token_server.realm).netloc
+        digest = push_test_image(reg, "private/app", "v1")
+        ref = parse(f"{reg.host}/private/app:v1")
+        tls = {"ca_file": reg.ca_pem_path}
+        auth = {"username": USER, "password": PASSWORD}
+        https_only = {realm_host: {"plain_http": False}}
+        before = len(reg.token_server.requests)
+        refused = make_config(hosts={reg.host: {"tls": tls, "auth": auth}, **https_only})
+        async with RegistryClient(refused) as c:
+            with pytest.raises(FailedPrecondition) as err:
+                await c.resolve(ref)
+        message = err.value.message
+        assert f"token server {realm_host}" in message and "plain HTTP" in message
+        assert f"registries.hosts.{realm_host}.plain_http" in message and PASSWORD not in message
+        assert len(reg.token_server.requests) == before  # nothing was sent
+        # Without credentials there is nothing to protect: the anonymous token is asked for.
+        async with RegistryClient(make_config(hosts={reg.host: {"tls": tls}, **https_only})) as c:
+            with pytest.raises(Unauthenticated):
+                await c.resolve(ref)
+        assert reg.token_server.requests[before:] == [("repository:private/app:pull", None)]
+        # A loopback realm is plain HTTP by default, as a loopback registry is.
+        async with RegistryClient(make_config(hosts={reg.host: {"tls": tls, "auth": auth}})) as c:
             assert (await c.resolve(ref)).digest == digest
         assert reg.token_server.requests[-1] == ("repository:private/app:pull", USER)
 

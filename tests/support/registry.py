@@ -168,8 +168,10 @@ class Registry:
         htpasswd: dict[str, str] | None = None,
         tls: bool = False,
         token_auth: bool = False,
+        token_tls: bool | None = None,
         start: bool = True,
     ) -> None:
+        """`token_tls`: whether the token server is HTTPS (default: as the registry)."""
         from tests.support.tokenserver import TokenServer
 
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="ireg-", dir="/tmp"))
@@ -189,7 +191,8 @@ class Registry:
             self._cert = self.ca.issue("registry")
         if token_auth:
             # With TLS the token server is HTTPS too, under the same private CA (as Harbor serves it).
-            self.token_server = TokenServer(self.users, service="imaged-test-registry", tls=self._cert)
+            cert = self._cert if token_tls is None or token_tls else None
+            self.token_server = TokenServer(self.users, service="imaged-test-registry", tls=cert)
         elif htpasswd is not None:
             (self.dir / "htpasswd").write_text(
                 "".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in self.users.items())

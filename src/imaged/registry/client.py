@@ -56,7 +56,7 @@ from imaged.registry.auth import (
 from imaged.registry.config import RegistriesConfig
 from imaged.registry.hosts import Endpoint, endpoints
 from imaged.registry.proxy import ProxyRules
-from imaged.registry.reference import Reference, normalize_host, validate_digest
+from imaged.registry.reference import Reference, is_localhost, normalize_host, validate_digest
 
 log = logging.getLogger(__name__)
 
@@ -497,6 +497,14 @@ class RegistryClient:
             f"({', '.join(sorted({c.scheme for c in challenges})) or 'no challenge given'})"
         )
 
+    def _plain_http_host(self, netloc: str) -> bool:
+        """Whether plain HTTP to `netloc` is accepted, as it would be for a registry there: its
+        `plain_http` setting, or by default for localhost and loopback without a `tls` section."""
+        cfg = self.config.host(netloc)
+        if cfg is not None and cfg.plain_http is not None:
+            return cfg.plain_http
+        return is_localhost(netloc) and (cfg is None or cfg.tls is None)
+
     async def _fetch_token(
         self,
         e: Endpoint,
@@ -512,6 +520,19 @@ class RegistryClient:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise Unauthenticated(f"{what}: {e.host} named an unusable token realm {redact_url(realm)!r}")
         realm_host = parts.netloc
+        if (
+            parts.scheme == "http"
+            and e.scheme == "https"
+            and (creds.identity_token is not None or creds.basic() is not None)
+            and not self._plain_http_host(realm_host)
+        ):
+            # containerd would send them; over the network they would be readable by anyone on the path.
+            raise FailedPrecondition(
+                f"{what}: {e.host} sends clients to token server {realm_host} over plain HTTP, and the "
+                f"credentials configured for {ref.domain} are not sent unencrypted; serve the token realm "
+                f"over HTTPS, or accept plain HTTP to that host with "
+                f"registries.hosts.{realm_host}.plain_http: true"
+            )
         scopes = [scope]
         challenge_scope = challenge.params.get("scope", "")
         for s in challenge_scope.split(" "):

@@ -143,7 +143,8 @@ class HostConfig(Section):
     plain_http: bool | None = Field(
         default=None,
         description="Talk plain HTTP to this host. Unset: plain HTTP only for localhost and loopback "
-        "addresses without a `tls` section (as containerd does), HTTPS otherwise.",
+        "addresses without a `tls` section (as containerd does), HTTPS otherwise. Also decides whether "
+        "credentials may be sent to a token server on this host over plain HTTP.",
     )
     mirrors: list[str] = Field(
         default_factory=list,
