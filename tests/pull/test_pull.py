@@ -302,3 +302,28 @@ def test_wrong_diff_id_is_data_loss_and_leaves_nothing(daemon, containerd, regis
     while real.digest in content_labels(containerd, "system") and time.monotonic() < deadline:
         time.sleep(0.1)  # the GC after the lease's deletion is asynchronous
     assert real.digest not in content_labels(containerd, "system")
+
+
+def test_a_tag_is_asked_again_and_offline_the_recorded_image_serves(daemon, containerd) -> None:  # type: ignore[no-untyped-def]
+    # The reference returned whatever a tag recorded here named, so a re-pushed tag never arrived.
+    # Now the registry is asked; only when it cannot be reached is the recorded image used.
+    with Registry() as reg:
+        repo = f"{reg.host}/pull/moving"
+        first = push_test_image(reg, "pull/moving", "v1")
+        assert pull(daemon, f"{repo}:v1", SYSTEM)[0] == f"{repo}@{first}"
+        second = push_test_image(reg, "pull/moving", "v1", layers=2)
+        assert second != first
+        name, progress = pull(daemon, f"{repo}:v1", SYSTEM)
+        assert name == f"{repo}@{second}" and progress
+        listed = containerd.ctr("images", "ls", namespace="system").stdout.splitlines()
+        assert any(line.startswith(f"{repo}:v1 ") and second in line for line in listed)
+        assert "hello" in run(containerd, "system", f"{repo}:v1")
+        # Unchanged: nothing is downloaded.
+        assert pull(daemon, f"{repo}:v1", SYSTEM) == (f"{repo}@{second}", [])
+        reg.stop()
+        assert pull(daemon, f"{repo}:v1", SYSTEM) == (f"{repo}@{second}", [])
+        assert "the registry is not reachable" in daemon.logs()
+        assert pull(daemon, f"{repo}@{first}", SYSTEM) == (f"{repo}@{first}", [])
+        with pytest.raises(grpc.RpcError) as err:
+            pull(daemon, f"{repo}:never-pulled", SYSTEM)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE

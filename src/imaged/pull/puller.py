@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from imaged import errors
 from imaged.containerd import labels as L
@@ -53,6 +54,8 @@ from imaged.registry.reference import Reference, parse
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_SIZE = 8 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,26 +103,61 @@ class Puller:
         self.on_bytes = on_bytes  # bytes of blobs downloaded (the daemon's metric)
 
     async def pull(self, ns: Namespaced, image_ref: str, progress: Progress) -> str:
-        """Pull `image_ref` into `ns`; return the digest-pinned name."""
+        """Pull `image_ref` into `ns`; return the digest-pinned name.
+
+        A digest recorded and unpacked here returns at once, as in the reference. A tag is asked of
+        the registry again (through the verification when a rule applies), as `docker pull` and CRI
+        do, since it may have moved: the reference returned the image recorded under it, so a
+        re-pushed `app:v1` never arrived. If the tag still names what is recorded, nothing is
+        downloaded; if the registry cannot be reached, the image recorded under the tag is used,
+        so that a node without network keeps what it has.
+        """
         ref = parse(image_ref)
-        present = await self._present(ns, ref)
-        if present is not None:
-            return present
+        if ref.digest:
+            present = await self._present(ns, ref)
+            if present is not None:
+                return present
         labels: dict[str, str] = {}
-        if self.verify is not None:
-            pin = await self.verify(ref)
-            if pin is not None:
-                ref = ref.with_digest(pin.digest)
-                labels[L.VERIFIED] = pin.message
+        root: Descriptor | None = None
         try:
-            return await self._pull(ns, ref, progress, labels)
+            pin = await self.verify(ref) if self.verify is not None else None
+            if pin is not None:
+                labels[L.VERIFIED] = pin.message
+                pinned = ref.with_digest(pin.digest)
+            elif ref.digest:
+                pinned = ref
+            else:
+                root = await self._wrap(ref, self.registry.resolve(ref))
+                pinned = ref.with_digest(root.digest)
+        except errors.Unavailable as e:
+            recorded = None if ref.digest else await self._present(ns, ref)
+            if recorded is None:
+                raise
+            log.warning(
+                "%s: using the image recorded here, the registry is not reachable (%s)", ref, e.message
+            )
+            return recorded
+        if not ref.digest:
+            present = await self._present(ns, pinned, labels)
+            if present is not None:
+                return present
+        return await self._wrap(pinned, self._pull(ns, pinned, progress, labels, root))
+
+    @staticmethod
+    async def _wrap(ref: Reference, work: Awaitable[T]) -> T:
+        """`work`'s result; its failures say that pulling `ref` failed (the reference's wording)."""
+        try:
+            return await work
         except errors.ImagedError as e:
             if e.message.startswith("error pulling image"):
                 raise
             raise type(e)(f"error pulling image {ref}: {e.message}") from None
 
-    async def _present(self, ns: Namespaced, ref: Reference) -> str | None:
-        """The pinned name if the image is recorded and unpacked already (its records refreshed)."""
+    async def _present(
+        self, ns: Namespaced, ref: Reference, labels: dict[str, str] | None = None
+    ) -> str | None:
+        """The pinned name if the image is recorded and unpacked already (its records refreshed,
+        with `labels` over the recorded ones)."""
         name = ref.pinned() if ref.digest else ref.tagged()
         if name is None:
             return None
@@ -138,11 +176,19 @@ class Puller:
         ):
             return None
         target = Target(image.target.media_type, image.target.digest, image.target.size)
-        await create_records(ns, ref, target, manifest.config.digest, dict(image.labels))
+        await create_records(ns, ref, target, manifest.config.digest, {**image.labels, **(labels or {})})
         return ref.pinned(image.target.digest)
 
-    async def _pull(self, ns: Namespaced, ref: Reference, progress: Progress, labels: dict[str, str]) -> str:
-        root = await self.registry.resolve(ref)
+    async def _pull(
+        self,
+        ns: Namespaced,
+        ref: Reference,
+        progress: Progress,
+        labels: dict[str, str],
+        root: Descriptor | None = None,
+    ) -> str:
+        if root is None:
+            root = await self.registry.resolve(ref)
         if ref.digest and root.digest != ref.digest:
             raise errors.DataLoss(f"registry answered {root.digest} for {ref}")
         pinned = ref.with_digest(root.digest)
