@@ -42,6 +42,11 @@ def test_labels_sorted_k_v() -> None:
         "a=1,b=2,io.cri-containerd.image=managed"
     )
     assert format_labels({}) == ""
+    message = "verified by rule 0 (127.0.0.1:5000/demo/*): ECDSA key sha256:abc"
+    assert format_labels({"imaged.dev/verified": message, "k": "short"}, 12) == (
+        "imaged.dev/verified=verified by…,k=short"
+    )
+    assert format_labels({"k": "x" * 12}, 12) == "k=" + "x" * 12
 
 
 def test_rfc3339_utc() -> None:

@@ -93,6 +93,13 @@ def test_denied_or_failed_exit_2(env: Env, repo: str, needle: str) -> None:
     assert r.rc == 2
     assert r.out == ""
     assert r.err.startswith("imagectl: ") and r.err.count("\n") == 1 and needle in r.err
+    # Asked for JSON, a script gets the refusal as JSON too.
+    j = env.ctl("verify", "-o", "json", f"{env.open.host}/{repo}:v1")
+    assert (j.rc, j.err) == (2, r.err)
+    doc = json.loads(j.out)
+    assert doc == {"image": f"{env.open.host}/{repo}:v1", "verified": False, "error": doc["error"]}
+    assert doc["error"]["code"] == "PERMISSION_DENIED" and needle in doc["error"]["message"]
+    assert r.err == f"imagectl: {doc['error']['message']}\n"
 
 
 def test_pull_refused_by_policy(env: Env) -> None:
@@ -122,8 +129,10 @@ def test_credentials(env: Env) -> None:
     bad = env.ctl("verify", ref, "-u", "alice", "--password-stdin", input=wrong.encode())
     assert bad.rc == 2
     assert bad.err.startswith("imagectl: ") and bad.err.count("\n") == 1
-    for r in (without, ok, flag, other, bad):
-        assert PASSWORD not in r.out + r.err
+    bad_json = env.ctl("verify", ref, "-o", "json", "-u", "alice", "--password-stdin", input=wrong.encode())
+    assert bad_json.rc == 2 and json.loads(bad_json.out)["error"]["code"] == "UNAUTHENTICATED"
+    for r in (without, ok, flag, other, bad, bad_json):
+        assert PASSWORD not in r.out + r.err and wrong not in r.out + r.err
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from imaged.cli.formatting import format_labels, human_size, rfc3339, short_dige
 from imaged.pb.machine import image_pb2
 
 HEADER = ("IMAGE", "DIGEST", "SIZE", "LABELS", "CREATED")
+LABEL_WIDTH = 24  # characters of a label's value shown on a terminal (--no-trunc: all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                         r.name,
                         short_digest(r.digest) if trunc else r.digest,
                         human_size(r.size),
-                        format_labels(r.labels),
+                        format_labels(r.labels, LABEL_WIDTH if trunc else None),
                         r.created_at or "-",
                     )
                     for r in rows

@@ -2,6 +2,8 @@
 
 Exit 0 verified, 1 not verified (no rule matched, or a skip rule), 2 any error — a denied
 verification (PERMISSION_DENIED) included, since a script must not mistake it for "unsigned".
+With `-o json` an error is also a JSON document: `{"image", "verified": false, "error": {"code",
+"message"}}`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import getpass
 import json
 import sys
 
+import grpc
+
 from imaged.cli.client import Client, resolve_socket
-from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, redact
 from imaged.pb.machine import image_pb2
 
 
@@ -62,11 +66,17 @@ def run(args: argparse.Namespace) -> int:
         req.credentials.CopyFrom(creds)
     with Client(resolve_socket(args.socket), args.timeout) as client:
         try:
-            with client.rpc():
-                resp = client.unary("Verify", req)
-        except CliError as e:
-            e.code = EXIT_USAGE
-            raise
+            resp = client.unary("Verify", req)
+        except grpc.RpcError as e:
+            err = client.error(e)
+            err.code = EXIT_USAGE
+            if args.output == "json":
+                # A script asked for JSON: it gets the refusal as JSON too (the line on stderr stays).
+                code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+                error = {"code": code.name, "message": redact(err.message, args.secrets)}
+                doc = {"image": args.image, "verified": False, "error": error}
+                print(json.dumps(doc, separators=(",", ":")), flush=True)
+            raise err from None
     if args.output == "json":
         doc = {
             "image": args.image,

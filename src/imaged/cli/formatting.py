@@ -28,9 +28,14 @@ def short_digest(digest: str, length: int = 12) -> str:
     return f"{algo}:{hexpart[:length]}"
 
 
-def format_labels(labels: Mapping[str, str]) -> str:
-    """Sorted `k=v` pairs joined by commas, the talosctl form."""
-    return ",".join(f"{k}={labels[k]}" for k in sorted(labels))
+def format_labels(labels: Mapping[str, str], max_value: int | None = None) -> str:
+    """Sorted `k=v` pairs joined by commas, the talosctl form; on a terminal, values longer than
+    `max_value` end in `…` (a verification message would make the table hundreds of columns wide)."""
+
+    def cut(v: str) -> str:
+        return v if max_value is None or len(v) <= max_value else v[: max_value - 1] + "…"
+
+    return ",".join(f"{k}={cut(labels[k])}" for k in sorted(labels))
 
 
 @functools.lru_cache(maxsize=4096)

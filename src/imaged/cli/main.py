@@ -75,7 +75,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "-n",
         choices=NAMESPACES,
         default=default("cri"),
-        help="containerd namespace: cri (k8s.io, the default) or system",
+        help="containerd namespace: cri (k8s.io, the default) or system (inmem, talosctl's "
+        "in-memory cache, is accepted only to say that this daemon has none)",
     )
     parser.add_argument(
         "--timeout",
@@ -102,7 +103,9 @@ def _configure_list(p: argparse.ArgumentParser) -> None:
         default=[],
         help="only names matching this glob (fnmatch; repeat to match any of several)",
     )
-    p.add_argument("--no-trunc", action="store_true", help="print whole digests on a terminal too")
+    p.add_argument(
+        "--no-trunc", action="store_true", help="print whole digests and label values on a terminal too"
+    )
 
 
 def _configure_pull(p: argparse.ArgumentParser) -> None:
