@@ -73,8 +73,12 @@ def test_config_not_utf8_and_gid_as_number(tmp_path) -> None:  # type: ignore[no
 def test_example_config_is_valid() -> None:
     from tests.conftest import REPO
 
-    r = run_imaged("--config", str(REPO / "config.example.yaml"), "--check-config")
-    assert r.returncode == 0, r.stderr
+    example = str(REPO / "config.example.yaml")
+    r = run_imaged("--config", example, "--check-config")
+    assert (r.returncode, r.stdout) == (0, f"imaged: configuration {example} is valid\n"), r.stderr
+    # The file may also follow the flag, as people type it.
+    r = run_imaged("--check-config", example)
+    assert (r.returncode, r.stdout) == (0, f"imaged: configuration {example} is valid\n"), r.stderr
 
 
 def test_socket_mode_and_stale_socket(containerd: PrivateContainerd) -> None:

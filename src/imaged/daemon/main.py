@@ -57,18 +57,31 @@ def main(argv: list[str] | None = None) -> None:
         help=f"YAML configuration file (default: $IMAGED_CONFIG, else {DEFAULT_CONFIG} if it exists)",
     )
     parser.add_argument("--log-format", choices=["text", "json"], help="overrides log.format")
-    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument(
+        "--check-config",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="validate the configuration (FILE, else as --config says) and exit",
+    )
     parser.add_argument("--version", action="version", version=f"imaged {__version__}")
     args = parser.parse_args(argv)
 
-    path = args.config or (DEFAULT_CONFIG if pathlib.Path(DEFAULT_CONFIG).exists() else None)
+    path = (
+        args.check_config
+        or args.config
+        or (DEFAULT_CONFIG if pathlib.Path(DEFAULT_CONFIG).exists() else None)
+    )
     try:
         config = load(path)
     except ConfigError as e:
         print(f"imaged: {e}", file=sys.stderr)
         sys.exit(2)
-    if args.check_config:
-        print(f"imaged: configuration {path or '(defaults)'} is valid")
+    if args.check_config is not None:
+        if path is None:
+            print(f"imaged: no configuration file (none given, no {DEFAULT_CONFIG}); the defaults are valid")
+        else:
+            print(f"imaged: configuration {path} is valid")
         return
     setup_logging(args.log_format or config.log.format, config.log.level)
     try:
