@@ -1,7 +1,9 @@
 """`make run`: the daemon on a working default, with a private containerd if none answers.
 
-Uses .run/ for everything: .run/imaged.yaml (written once, yours to edit), .run/imaged.sock, and
-.run/containerd/ when it starts containerd itself. That containerd is stopped when the daemon exits.
+Uses .run/ for everything (`IMAGED_RUN_DIR` names another directory): .run/imaged.yaml (written
+once, yours to edit), .run/imaged.sock, and .run/containerd/ when it starts containerd itself. That
+containerd is stopped when the daemon exits. Ctrl-C or SIGTERM stops both; SIGHUP makes the daemon
+re-read its configuration.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RUN = ROOT / ".run"
+RUN = pathlib.Path(os.environ.get("IMAGED_RUN_DIR") or ROOT / ".run").resolve()
 SYSTEM_SOCKET = "/run/containerd/containerd.sock"
 
 
@@ -89,6 +91,14 @@ log:
         f"devrun: imaged on {RUN}/imaged.sock — try: IMAGED_SOCKET={RUN}/imaged.sock .venv/bin/imagectl list"
     )
     daemon = subprocess.Popen([sys.executable, "-m", "imaged.daemon.main", "--config", str(config)])
+
+    def forward(signum: int, frame: object) -> None:
+        # SIGTERM is how a job started with `&` is stopped (it ignores Ctrl-C): the daemon shuts
+        # down, and then the containerd started here, rather than both being left behind.
+        daemon.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
     try:
         daemon.wait()
     except KeyboardInterrupt:

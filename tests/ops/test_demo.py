@@ -68,14 +68,20 @@ def test_demo_images_pull_run_and_verify(containerd: PrivateContainerd, tmp_path
         assert unsigned.rc == 2
         assert "no signatures found" in unsigned.err
 
-        # Again: the key is kept, the rule replaced rather than added twice.
+        # Again: the key is kept, the file and its backup of the configuration before the demo too.
         key = (tmp_path / "demo" / "cosign.key").read_bytes()
+        backup = d.config_path.with_name(d.config_path.name + ".bak")
+        original, with_rule = backup.read_text(), d.config_path.read_text()
+        assert "demo" not in original
         again = _demo("--registry", host, "--run-dir", str(tmp_path), "--config", str(d.config_path))
         assert again.returncode == 0, again.stderr
         assert "using the registry already answering" in again.stdout
+        assert "has the publicKey rule" in again.stdout
         assert (tmp_path / "demo" / "cosign.key").read_bytes() == key
-        rules = yaml.safe_load(d.config_path.read_text())["verification"]["rules"]
-        assert [x["image"] for x in rules] == [f"{host}/demo/*"]
+        assert (d.config_path.read_text(), backup.read_text()) == (with_rule, original)
+        # The image was pushed again (a new digest): pulling the tag brings it.
+        moved = run_imagectl(*sock, "-n", "system", "pull", ref)
+        assert moved.rc == 0 and moved.out.splitlines()[-1] != pulled.out.splitlines()[-1], moved.out
         assert run_imagectl(*sock, "-n", "system", "rm", ref).rc == 0
     finally:
         d.stop()
