@@ -147,7 +147,9 @@ def add_rule(config: pathlib.Path, host: str, key: ec.EllipticCurvePrivateKey) -
         print(f"demo: {config} has the publicKey rule for {pattern} already")
         return socket
     verification["rules"] = [rule, *(r for r in before if r.get("image") != pattern)]
-    config.with_name(config.name + ".bak").write_text(text)
+    backup = config.with_name(config.name + ".bak")
+    if not backup.exists():  # the file as it was before the first demo
+        backup.write_text(text)
     header = "# Development configuration; `make demo` added the rule for the demo images.\n"
     config.write_text(header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False))
     print(f"demo: added a publicKey rule for {pattern} to {config} (previous file: {config.name}.bak)")

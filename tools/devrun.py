@@ -28,7 +28,8 @@ def answers(sock: str) -> bool:
     return r.returncode == 0
 
 
-def start_containerd() -> tuple[str, subprocess.Popen[bytes]]:
+def start_containerd(started: list[subprocess.Popen[bytes]]) -> str:
+    """A private containerd under .run/containerd/, added to `started` as soon as it exists."""
     d = RUN / "containerd"
     d.mkdir(parents=True, exist_ok=True)
     sock = str(d / "containerd.sock")
@@ -44,35 +45,32 @@ state = "{d}/state"
   disable_apparmor = true
 """
     )
-    log = open(d / "containerd.log", "ab")
-    proc = subprocess.Popen(
-        ["containerd", "--config", str(d / "config.toml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(d / "containerd.log", "ab") as log:
+        proc = subprocess.Popen(
+            ["containerd", "--config", str(d / "config.toml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started.append(proc)
     for _ in range(300):
         if answers(sock):
             print(f"devrun: started a private containerd on {sock} (log: {d}/containerd.log)")
-            return sock, proc
+            return sock
         if proc.poll() is not None:
             sys.exit(f"devrun: containerd exited; see {d}/containerd.log")
         time.sleep(0.1)
-    proc.kill()
     sys.exit("devrun: containerd did not start in 30 s")
 
 
-def main() -> None:
-    RUN.mkdir(exist_ok=True)
+def run(started: list[subprocess.Popen[bytes]]) -> int:
+    """Start what is missing, then the daemon; its exit status."""
+    RUN.mkdir(parents=True, exist_ok=True)
     config = pathlib.Path(os.environ.get("CONFIG", RUN / "imaged.yaml"))
-    proc = None
     sock = SYSTEM_SOCKET
     if not answers(sock):
         private = str(RUN / "containerd" / "containerd.sock")
-        if answers(private):
-            sock = private
-        else:
-            sock, proc = start_containerd()
+        sock = private if answers(private) else start_containerd(started)
     if not config.exists():
         config.write_text(
             f"""# Development configuration written by `make run`; edit freely.
@@ -100,15 +98,30 @@ log:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
     try:
-        daemon.wait()
+        return daemon.wait()
     except KeyboardInterrupt:
         daemon.send_signal(signal.SIGINT)
-        daemon.wait()
+        return daemon.wait()
+
+
+def main() -> None:
+    def stop_early(signum: int, frame: object) -> None:
+        # Before the daemon runs: leave through the `finally` below, which stops a containerd
+        # started here.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_early)
+    signal.signal(signal.SIGHUP, stop_early)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        code = run(started)
+    except KeyboardInterrupt:
+        code = 130
     finally:
-        if proc is not None:
+        for proc in started:
             proc.terminate()
             proc.wait(timeout=20)
-    sys.exit(daemon.returncode)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

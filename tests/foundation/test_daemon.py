@@ -79,6 +79,8 @@ def test_example_config_is_valid() -> None:
     # The file may also follow the flag, as people type it.
     r = run_imaged("--check-config", example)
     assert (r.returncode, r.stdout) == (0, f"imaged: configuration {example} is valid\n"), r.stderr
+    r = run_imaged("--check-config", example, "--config", "/elsewhere.yaml")
+    assert r.returncode == 2 and "name two files" in r.stderr
 
 
 def test_socket_mode_and_stale_socket(containerd: PrivateContainerd) -> None:

@@ -15,6 +15,7 @@ from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import parse_index, parse_manifest
 from imaged.registry.client import MAX_REFERRERS, RegistryClient
 from imaged.registry.reference import parse
+from imaged.registry.transport import single_attempt
 from tests.registry.conftest import PASSWORD, USER, Seeded, make_config
 from tests.reliability.hostile import HostileRegistry, compact
 from tests.support.images import push_test_image
@@ -363,6 +364,50 @@ async def test_challenges_in_several_www_authenticate_headers() -> None:
         async with RegistryClient(make_config()) as c:
             desc = await c.resolve(parse(f"{reg.host}/org/app:v1"))
         assert desc.digest == "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+async def test_a_token_realm_with_user_information_is_refused() -> None:
+    # `http://localhost:1@<host>/` passed for a loopback realm while the request went to <host>,
+    # with the identity token in the clear (found in review); nothing is sent to such a realm.
+    received: list[str] = []
+
+    async def token_server(request: web.Request) -> web.StreamResponse:
+        received.append(request.path_qs)
+        return web.json_response({"token": "t"})
+
+    with HostileRegistry(token_server) as tok:
+
+        async def registry(request: web.Request) -> web.StreamResponse:
+            realm = f"http://localhost:1@{tok.host}/token"
+            return web.Response(status=401, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
+
+        with HostileRegistry(registry) as reg:
+            for auth in ({"identity_token": "SECRET"}, {"username": "u", "password": "SECRET"}, None):
+                hosts = {reg.host: {"auth": auth}} if auth else {}
+                async with RegistryClient(make_config(hosts=hosts)) as c:
+                    with pytest.raises(Unauthenticated) as err:
+                        await c.resolve(parse(f"{reg.host}/org/app:v1"))
+                assert "unusable token realm" in err.value.message and "SECRET" not in err.value.message
+    assert received == []
+
+
+async def test_single_attempt_asks_once() -> None:
+    # For a pull with a recorded image to fall back on: one try per request, not retries.attempts.
+    asked: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path)
+        return web.Response(status=503)
+
+    with HostileRegistry(handler) as reg:
+        async with RegistryClient(make_config()) as c:
+            ref = parse(f"{reg.host}/org/app:v1")
+            with pytest.raises(Unavailable):
+                await c.resolve(ref)
+            assert len(asked) == 3  # make_config's attempts
+            with single_attempt(), pytest.raises(Unavailable):
+                await c.resolve(ref)
+            assert len(asked) == 4
 
 
 async def test_unreachable_registry_is_unavailable() -> None:

@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="imaged", description="machine.ImageService daemon for containerd")
     parser.add_argument(
         "--config",
-        default=os.environ.get("IMAGED_CONFIG"),
         help=f"YAML configuration file (default: $IMAGED_CONFIG, else {DEFAULT_CONFIG} if it exists)",
     )
     parser.add_argument("--log-format", choices=["text", "json"], help="overrides log.format")
@@ -66,10 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--version", action="version", version=f"imaged {__version__}")
     args = parser.parse_args(argv)
+    if args.check_config and args.config and args.check_config != args.config:
+        parser.error(f"--check-config {args.check_config} and --config {args.config} name two files")
 
     path = (
         args.check_config
         or args.config
+        or os.environ.get("IMAGED_CONFIG")
         or (DEFAULT_CONFIG if pathlib.Path(DEFAULT_CONFIG).exists() else None)
     )
     try:

@@ -50,6 +50,7 @@ from imaged.pull.progress import LayerState, Progress, Status
 from imaged.pull.turns import Turns
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
+from imaged.registry.transport import single_attempt
 
 log = logging.getLogger(__name__)
 
@@ -117,31 +118,44 @@ class Puller:
             present = await self._present(ns, ref)
             if present is not None:
                 return present
-        labels: dict[str, str] = {}
+        tagged = None if ref.digest else ref.tagged()
+        recorded = await ImageStore(ns).get(tagged) if tagged else None
+        # Unverified now: a message from an earlier verification is not carried over.
+        labels: dict[str, str] = {L.VERIFIED: ""}
         root: Descriptor | None = None
+        pin: VerifiedPin | None = None
+        verifying = self.verify is not None
         try:
-            pin = await self.verify(ref) if self.verify is not None else None
-            if pin is not None:
-                labels[L.VERIFIED] = pin.message
-                pinned = ref.with_digest(pin.digest)
-            elif ref.digest:
-                pinned = ref
-            else:
-                root = await self._wrap(ref, self.registry.resolve(ref))
-                pinned = ref.with_digest(root.digest)
+            # With a recorded image to fall back on, one try per request.
+            with single_attempt() if recorded is not None else contextlib.nullcontext():
+                pin = await self.verify(ref) if self.verify is not None else None
+                verifying = False
+                if pin is not None:
+                    labels[L.VERIFIED] = pin.message
+                    pinned = ref.with_digest(pin.digest)
+                elif ref.digest:
+                    pinned = ref
+                else:
+                    root = await self._wrap(ref, self.registry.resolve(ref))
+                    pinned = ref.with_digest(root.digest)
         except errors.Unavailable as e:
-            recorded = None if ref.digest else await self._present(ns, ref)
-            if recorded is None:
+            # Under a rule that wants a signature, only an image verified when it was recorded
+            # serves (an imported or ctr-pulled copy under that tag never was).
+            if recorded is None or (verifying and not recorded.labels.get(L.VERIFIED)):
+                raise
+            present = await self._present(ns, ref)
+            if present is None:
                 raise
             log.warning(
                 "%s: using the image recorded here, the registry is not reachable (%s)", ref, e.message
             )
-            return recorded
+            return present
         if not ref.digest:
             present = await self._present(ns, pinned, labels)
             if present is not None:
                 return present
-        return await self._wrap(pinned, self._pull(ns, pinned, progress, labels, root))
+        # Failures name what was asked for, or the digest a verification pinned it to.
+        return await self._wrap(pinned if pin else ref, self._pull(ns, pinned, progress, labels, root))
 
     @staticmethod
     async def _wrap(ref: Reference, work: Awaitable[T]) -> T:

@@ -19,7 +19,7 @@ import random
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,6 +69,8 @@ REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 ENDPOINT_CACHE_SECONDS = 5.0
 # Whether the endpoint being tried has others after it (set by on_endpoints, per task).
 _FALLBACK_LEFT: contextvars.ContextVar[bool] = contextvars.ContextVar("fallback_left", default=False)
+# Requests made in this task get one try each (see single_attempt).
+_ONE_ATTEMPT: contextvars.ContextVar[bool] = contextvars.ContextVar("one_attempt", default=False)
 # The total-time limit of the small request running in this task (see whole_request), if any.
 _REQUEST_LIMIT: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
     "request_limit", default=None
@@ -211,6 +213,17 @@ class Pool:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+
+@contextlib.contextmanager
+def single_attempt() -> Iterator[None]:
+    """Requests made inside get one try each, not `retries.attempts`: for a caller with something
+    to fall back on, an unreachable registry costs one timeout, not several with backoff."""
+    token = _ONE_ATTEMPT.set(True)
+    try:
+        yield
+    finally:
+        _ONE_ATTEMPT.reset(token)
 
 
 def fallback_left() -> bool:
@@ -450,22 +463,37 @@ class Transport:
         what: str,
     ) -> tuple[str, float | None]:
         realm = challenge.realm
-        parts = urllib.parse.urlsplit(realm)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urllib.parse.urlsplit(realm)
+            URL(realm, encoded=True).port  # noqa: B018  (a malformed host or port raises here)
+        except ValueError:
+            parts = None
+        # User information in a realm is refused: it would hide the host it names from the checks
+        # below (`http://localhost:1@elsewhere/`) and be sent as credentials of its own.
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+        ):
             raise Unauthenticated(f"{what}: {e.host} named an unusable token realm {redact_url(realm)!r}")
         realm_host = parts.netloc
         if (
             parts.scheme == "http"
-            and e.scheme == "https"
             and (creds.identity_token is not None or creds.basic() is not None)
             and not self._plain_http_host(realm_host)
+            and not (e.scheme == "http" and realm_host.lower() == e.host.lower())
         ):
             # containerd would send them; over the network they would be readable by anyone on the path.
+            advice = (
+                "serve the token realm over HTTPS"
+                if realm_host.lower() == e.host.lower()  # plain_http there would downgrade the registry too
+                else f"serve the token realm over HTTPS, or accept plain HTTP to that host with "
+                f"registries.hosts.{realm_host}.plain_http: true"
+            )
             raise FailedPrecondition(
                 f"{what}: {e.host} sends clients to token server {realm_host} over plain HTTP, and the "
-                f"credentials configured for {ref.domain} are not sent unencrypted; serve the token realm "
-                f"over HTTPS, or accept plain HTTP to that host with "
-                f"registries.hosts.{realm_host}.plain_http: true"
+                f"credentials configured for {ref.domain} are not sent unencrypted; {advice}"
             )
         scopes = [scope]
         challenge_scope = challenge.params.get("scope", "")
@@ -514,6 +542,10 @@ class Transport:
                         f"{what}: token server {realm_host} of {e.host} refused {who} "
                         f"for repository {ref.path}"
                     )
+                if status == 400:  # OAuth2's invalid_grant: a revoked or expired identity token
+                    raise Unauthenticated(
+                        f"{what}: token server {realm_host} of {e.host} rejected the request (HTTP 400)"
+                    )
                 if status != 200:
                     raise Unavailable(f"{what}: token server {realm_host} of {e.host} answered HTTP {status}")
                 body = await read_capped(resp, MAX_TOKEN_BODY)
@@ -550,7 +582,8 @@ class Transport:
     ) -> Response:
         """A whole small request with retries on this endpoint; the body is read up to `max_size`."""
         # A mirror with endpoints after it gets one try: falling through is faster than retrying.
-        attempts = 1 if e.mirror and _FALLBACK_LEFT.get() else self.config.retries.attempts
+        one = _ONE_ATTEMPT.get() or (e.mirror and _FALLBACK_LEFT.get())
+        attempts = 1 if one else self.config.retries.attempts
         failures = 0
         while True:
             try:
