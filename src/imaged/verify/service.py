@@ -231,13 +231,10 @@ class ImageVerifier:
         async def compute() -> Outcome:
             # Logged where a verification is really made, not on every cache hit (hot path).
             outcome = await self._verify_digest(registry, pinned_ref, digest, matched)
-            log.info(
-                "%s %s@%s: %s",
-                "verified" if outcome.verified else "refused",
-                ref.repository,
-                digest,
-                outcome.message,
-            )
+            if outcome.verified:
+                log.info("verified %s@%s: %s", ref.repository, digest, outcome.message)
+            else:  # the message names the image already
+                log.info("refused %s", outcome.message)
             return outcome
 
         outcome = self._cache.peek(key)
