@@ -41,6 +41,7 @@ from tests.support.archives import Image
 from tests.support.daemon import SYSTEM
 
 TARGET = 0.9
+RSS_GROWTH_LIMIT = 100 * 1024 * 1024  # the issue: peak RSS growth for a 1 GiB archive under 100 MiB
 FORMATS = ("docker-archive", "oci-archive")
 
 
@@ -181,8 +182,7 @@ def rss_cases(bench: Bench, sizes: Sizes, work: pathlib.Path) -> list[Case]:
         case = Case(
             "import",
             f"{fmt}, {sizes.rss_layers} x {fmt_bytes(sizes.rss_layer_size)} uncompressed "
-            f"({fmt_bytes(big.size)}), peak RSS",
-            target=TARGET,
+            f"({fmt_bytes(big.size)})",
         )
         imaged_s, ctr_s = case.add(Series("imaged")), case.add(Series("ctr"))
         pid = bench.daemon_pid
@@ -222,7 +222,17 @@ def rss_cases(bench: Bench, sizes: Sizes, work: pathlib.Path) -> list[Case]:
                 ("peak RSS growth", f"**{fmt_bytes(peak - base)}** for a {fmt_bytes(big.size)} archive"),
                 ("highest VmRSS sampled every 20 ms", fmt_bytes(sampler.peak)),
             ]
-        case.notes.append("one run per tool (the archive is large); the ratio is indicative only")
+            growth = peak - base
+            case.checks.append(
+                (
+                    "peak RSS growth of the daemon",
+                    fmt_bytes(growth),
+                    f"< {fmt_bytes(RSS_GROWTH_LIMIT)}",
+                    growth < RSS_GROWTH_LIMIT,
+                )
+            )
+        # The issue's time target is for the images above; this archive is there for the memory.
+        case.notes.append("one run per tool (the archive is large): the time ratio is shown, not judged")
         big.path.unlink()
         out.append(case)
     return out
