@@ -97,6 +97,7 @@ log:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
+    started.insert(0, daemon)  # stopped first if devrun leaves another way
     try:
         return daemon.wait()
     except KeyboardInterrupt:
@@ -118,9 +119,13 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     finally:
-        for proc in started:
+        for proc in started:  # the daemon (already gone, normally), then containerd
             proc.terminate()
-            proc.wait(timeout=20)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     sys.exit(code)
 
 

@@ -15,7 +15,7 @@ from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import parse_index, parse_manifest
 from imaged.registry.client import MAX_REFERRERS, RegistryClient
 from imaged.registry.reference import parse
-from imaged.registry.transport import single_attempt
+from imaged.registry.transport import _oauth_error, single_attempt
 from tests.registry.conftest import PASSWORD, USER, Seeded, make_config
 from tests.reliability.hostile import HostileRegistry, compact
 from tests.support.images import push_test_image
@@ -364,6 +364,28 @@ async def test_challenges_in_several_www_authenticate_headers() -> None:
         async with RegistryClient(make_config()) as c:
             desc = await c.resolve(parse(f"{reg.host}/org/app:v1"))
         assert desc.digest == "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+async def test_a_plain_http_registry_s_token_server_on_its_machine_gets_the_credentials() -> None:
+    # docker_auth beside a plain-HTTP registry, on another port of the same machine: talking plain
+    # HTTP to the registry already accepts that machine, even where its other ports are not.
+    with Registry(token_auth=True, htpasswd={USER: PASSWORD}) as reg:
+        assert reg.token_server is not None and reg.token_server.realm.startswith("http://127.0.0.1:")
+        realm_host = urllib.parse.urlsplit(reg.token_server.realm).netloc
+        digest = push_test_image(reg, "private/app", "v1")
+        auth = {"username": USER, "password": PASSWORD}
+        hosts = {reg.host: {"auth": auth}, realm_host: {"plain_http": False}}
+        async with RegistryClient(make_config(hosts=hosts)) as c:
+            assert (await c.resolve(parse(f"{reg.host}/private/app:v1"))).digest == digest
+        assert reg.token_server.requests[-1] == ("repository:private/app:pull", USER)
+
+
+def test_oauth_error_detail() -> None:
+    assert _oauth_error(b'{"error":"invalid_grant","error_description":"token revoked"}') == (
+        ": invalid_grant: token revoked"
+    )
+    assert _oauth_error(b'{"error":"x\u001b[31m"}') == ": x[31m"
+    assert _oauth_error(b"<html>") == _oauth_error(b"[]") == _oauth_error(b"{}") == ""
 
 
 async def test_a_token_realm_with_user_information_is_refused() -> None:

@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--version", action="version", version=f"imaged {__version__}")
     args = parser.parse_args(argv)
-    if args.check_config and args.config and args.check_config != args.config:
+    if (
+        args.check_config
+        and args.config
+        and pathlib.Path(args.check_config).resolve() != pathlib.Path(args.config).resolve()
+    ):
         parser.error(f"--check-config {args.check_config} and --config {args.config} name two files")
 
     path = (

@@ -110,46 +110,41 @@ class Puller:
         the registry again (through the verification when a rule applies), as `docker pull` and CRI
         do, since it may have moved: the reference returned the image recorded under it, so a
         re-pushed `app:v1` never arrived. If the tag still names what is recorded, nothing is
-        downloaded; if the registry cannot be reached, the image recorded under the tag is used,
-        so that a node without network keeps what it has.
+        downloaded. If the registry cannot be reached and no rule wants a signature, the image
+        recorded under the tag is used, so that a node without network keeps what it has.
         """
         ref = parse(image_ref)
         if ref.digest:
             present = await self._present(ns, ref)
             if present is not None:
                 return present
-        tagged = None if ref.digest else ref.tagged()
-        recorded = await ImageStore(ns).get(tagged) if tagged else None
         # Unverified now: a message from an earlier verification is not carried over.
         labels: dict[str, str] = {L.VERIFIED: ""}
         root: Descriptor | None = None
-        pin: VerifiedPin | None = None
-        verifying = self.verify is not None
-        try:
-            # With a recorded image to fall back on, one try per request.
-            with single_attempt() if recorded is not None else contextlib.nullcontext():
-                pin = await self.verify(ref) if self.verify is not None else None
-                verifying = False
-                if pin is not None:
-                    labels[L.VERIFIED] = pin.message
-                    pinned = ref.with_digest(pin.digest)
-                elif ref.digest:
-                    pinned = ref
-                else:
+        pin = await self.verify(ref) if self.verify is not None else None
+        if pin is not None:
+            # Under a rule that wants a signature there is no falling back: an unreachable
+            # registry fails the pull, whatever is recorded (its signer may no longer be trusted).
+            labels[L.VERIFIED] = pin.message
+            pinned = ref.with_digest(pin.digest)
+        elif ref.digest:
+            pinned = ref
+        else:
+            tagged = ref.tagged()
+            recorded = await ImageStore(ns).get(tagged) if tagged else None
+            try:
+                # With a recorded image to fall back on, one try per request.
+                with single_attempt() if recorded is not None else contextlib.nullcontext():
                     root = await self._wrap(ref, self.registry.resolve(ref))
-                    pinned = ref.with_digest(root.digest)
-        except errors.Unavailable as e:
-            # Under a rule that wants a signature, only an image verified when it was recorded
-            # serves (an imported or ctr-pulled copy under that tag never was).
-            if recorded is None or (verifying and not recorded.labels.get(L.VERIFIED)):
-                raise
-            present = await self._present(ns, ref)
-            if present is None:
-                raise
-            log.warning(
-                "%s: using the image recorded here, the registry is not reachable (%s)", ref, e.message
-            )
-            return present
+            except errors.Unavailable as e:
+                present = await self._present(ns, ref) if recorded is not None else None
+                if present is None:
+                    raise
+                log.warning(
+                    "%s: using the image recorded here, the registry is not reachable (%s)", ref, e.message
+                )
+                return present
+            pinned = ref.with_digest(root.digest)
         if not ref.digest:
             present = await self._present(ns, pinned, labels)
             if present is not None:

@@ -112,6 +112,19 @@ def _registry_error(body: bytes) -> str:
     return ""
 
 
+def _oauth_error(body: bytes) -> str:
+    """`: error: description` of an OAuth2 error answer (RFC 6749 5.2), bounded and printable, or ''."""
+    try:
+        doc = jsondoc.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    parts = [v for v in (doc.get("error"), doc.get("error_description")) if isinstance(v, str) and v]
+    text = "".join(c for c in ": ".join(parts) if c.isprintable())[:200]
+    return f": {text}" if text else ""
+
+
 def retry_after(headers: CIMultiDictProxy[str]) -> float | None:
     v = headers.get("Retry-After", "")
     try:
@@ -478,16 +491,19 @@ class Transport:
         ):
             raise Unauthenticated(f"{what}: {e.host} named an unusable token realm {redact_url(realm)!r}")
         realm_host = parts.netloc
+        # The registry's machine (another port, as docker_auth runs beside a registry): plain HTTP
+        # to it is what talking plain HTTP to the registry already accepts.
+        same_machine = parts.hostname == urllib.parse.urlsplit(f"//{e.host}").hostname
         if (
             parts.scheme == "http"
             and (creds.identity_token is not None or creds.basic() is not None)
             and not self._plain_http_host(realm_host)
-            and not (e.scheme == "http" and realm_host.lower() == e.host.lower())
+            and not (e.scheme == "http" and same_machine)
         ):
             # containerd would send them; over the network they would be readable by anyone on the path.
             advice = (
                 "serve the token realm over HTTPS"
-                if realm_host.lower() == e.host.lower()  # plain_http there would downgrade the registry too
+                if same_machine  # plain_http there would downgrade the registry too
                 else f"serve the token realm over HTTPS, or accept plain HTTP to that host with "
                 f"registries.hosts.{realm_host}.plain_http: true"
             )
@@ -543,8 +559,13 @@ class Transport:
                         f"for repository {ref.path}"
                     )
                 if status == 400:  # OAuth2's invalid_grant: a revoked or expired identity token
+                    try:
+                        detail = _oauth_error(await read_capped(resp, MAX_ERROR_BODY))
+                    except TooLarge:
+                        detail = ""
                     raise Unauthenticated(
-                        f"{what}: token server {realm_host} of {e.host} rejected the request (HTTP 400)"
+                        f"{what}: token server {realm_host} of {e.host} rejected the request "
+                        f"(HTTP 400{detail})"
                     )
                 if status != 200:
                     raise Unavailable(f"{what}: token server {realm_host} of {e.host} answered HTTP {status}")
