@@ -384,7 +384,7 @@ def test_oauth_error_detail() -> None:
     assert _oauth_error(b'{"error":"invalid_grant","error_description":"token revoked"}') == (
         ": invalid_grant: token revoked"
     )
-    assert _oauth_error(b'{"error":"x\u001b[31m"}') == ": x[31m"
+    assert _oauth_error(rb'{"error":"x\u001b[31m"}') == ": x[31m"
     assert _oauth_error(b"<html>") == _oauth_error(b"[]") == _oauth_error(b"{}") == ""
 
 

@@ -503,7 +503,7 @@ class Transport:
             # containerd would send them; over the network they would be readable by anyone on the path.
             advice = (
                 "serve the token realm over HTTPS"
-                if same_machine  # plain_http there would downgrade the registry too
+                if realm_host.lower() == e.host.lower()  # plain_http there would downgrade the registry
                 else f"serve the token realm over HTTPS, or accept plain HTTP to that host with "
                 f"registries.hosts.{realm_host}.plain_http: true"
             )
