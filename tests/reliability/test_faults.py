@@ -156,7 +156,9 @@ def test_partial_blob_is_resumed_by_the_next_pull(cd, daemon, proxy, rel_registr
     name, _ = pull(daemon, ref, SYSTEM, timeout=120)
     assert_exact(cd, daemon, ref, name, image)
     again = proxy.entries(blob_path(layer.digest), "GET")[before:]
-    assert len(again) == 1 and 1 << 20 < (again[0].range_start or 0) <= 2 << 20, again  # resumed
+    # Resumed where containerd's ingest ended: the writer sends 1 MiB messages, and the one in
+    # flight when the pull failed may be lost with its stream (seen once: a resume at 1 MiB).
+    assert len(again) == 1 and 1 << 20 <= (again[0].range_start or 0) <= 2 << 20, again
     assert inspect(cd.socket, NS).clean
 
 
