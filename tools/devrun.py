@@ -89,6 +89,7 @@ log:
         f"devrun: imaged on {RUN}/imaged.sock — try: IMAGED_SOCKET={RUN}/imaged.sock .venv/bin/imagectl list"
     )
     daemon = subprocess.Popen([sys.executable, "-m", "imaged.daemon.main", "--config", str(config)])
+    started.insert(0, daemon)  # stopped first (gone already, normally) however devrun leaves
 
     def forward(signum: int, frame: object) -> None:
         # SIGTERM is how a job started with `&` is stopped (it ignores Ctrl-C): the daemon shuts
@@ -97,7 +98,6 @@ log:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGHUP, forward)
-    started.insert(0, daemon)  # stopped first if devrun leaves another way
     try:
         return daemon.wait()
     except KeyboardInterrupt:

@@ -320,9 +320,14 @@ def test_a_tag_is_asked_again_and_offline_the_recorded_image_serves(daemon, cont
         assert "hello" in run(containerd, "system", f"{repo}:v1")
         # Unchanged: nothing is downloaded.
         assert pull(daemon, f"{repo}:v1", SYSTEM) == (f"{repo}@{second}", [])
+        # A label from an earlier verification (a rule since changed) is not kept by a pull that
+        # verified nothing.
+        containerd.ctr("images", "label", f"{repo}:v1", "imaged.dev/verified=earlier", namespace="system")
         reg.stop()
         assert pull(daemon, f"{repo}:v1", SYSTEM) == (f"{repo}@{second}", [])
         assert "the registry is not reachable" in daemon.logs()
+        listed = containerd.ctr("images", "ls", namespace="system").stdout.splitlines()
+        assert not [line for line in listed if line.startswith(repo) and "imaged.dev/verified" in line]
         assert pull(daemon, f"{repo}@{first}", SYSTEM) == (f"{repo}@{first}", [])
         with pytest.raises(grpc.RpcError) as err:
             pull(daemon, f"{repo}:never-pulled", SYSTEM)

@@ -137,7 +137,7 @@ class Puller:
                 with single_attempt() if recorded is not None else contextlib.nullcontext():
                     root = await self._wrap(ref, self.registry.resolve(ref))
             except errors.Unavailable as e:
-                present = await self._present(ns, ref) if recorded is not None else None
+                present = await self._present(ns, ref, labels) if recorded is not None else None
                 if present is None:
                     raise
                 log.warning(
