@@ -237,7 +237,8 @@ def run(bench: Bench, sizes: Sizes, out_dir: pathlib.Path, profile: bool) -> lis
     c.checks.append(
         (
             "p50 client minus empty RPC",
-            ms(server_diff),
+            # Two medians of a noisy machine: a Verify can come out cheaper than the empty call.
+            ms(server_diff) if server_diff >= 0 else f"{ms(0)} (measured {ms(server_diff)}: noise)",
             f"< {CACHED_P50_MS:g} ms",
             server_diff < CACHED_P50_MS,
         )
