@@ -236,6 +236,14 @@ def load_hosts_dir(config_path: str, registry: str) -> HostsFile | None:
     return None
 
 
+def plain_http(cfg: HostConfig | None, host: str) -> bool:
+    """Whether `host` is talked to in plain HTTP when nothing names a scheme: its `plain_http`
+    setting, else only localhost and loopback without a `tls` section (as containerd does)."""
+    if cfg is not None and cfg.plain_http is not None:
+        return cfg.plain_http
+    return is_localhost(host) and (cfg is None or cfg.tls is None)
+
+
 def _apply_host_config(e: Endpoint, cfg: HostConfig | None, *, explicit_scheme: bool) -> Endpoint:
     """Layer the `registries.hosts` settings of the endpoint's own host over it."""
     if cfg is None:
@@ -273,12 +281,10 @@ def endpoints(config: RegistriesConfig, domain: str) -> list[Endpoint]:
         server = hosts_file.server
         explicit = True
     else:
-        server = Endpoint(scheme="https", host=api_host, path="/v2")
+        server = Endpoint(
+            scheme="http" if plain_http(host_cfg, api_host) else "https", host=api_host, path="/v2"
+        )
         explicit = False
-        if is_localhost(api_host) and not (
-            host_cfg and (host_cfg.tls is not None or host_cfg.plain_http is False)
-        ):
-            server = Endpoint(scheme="http", host=api_host, path="/v2")
     out.append(_apply_host_config(server, host_cfg, explicit_scheme=explicit))
     # Same endpoint listed twice (e.g. in config and hosts.toml): keep the first.
     seen: set[tuple[str, str, str]] = set()

@@ -48,9 +48,9 @@ from imaged.registry.auth import (
     repository_scope,
 )
 from imaged.registry.config import RegistriesConfig
-from imaged.registry.hosts import Endpoint, endpoints
+from imaged.registry.hosts import Endpoint, endpoints, plain_http
 from imaged.registry.proxy import ProxyRules
-from imaged.registry.reference import Reference, is_localhost, normalize_host
+from imaged.registry.reference import Reference, normalize_host
 
 log = logging.getLogger(__name__)
 
@@ -457,14 +457,6 @@ class Transport:
             f"({', '.join(sorted({c.scheme for c in challenges})) or 'no challenge given'})"
         )
 
-    def _plain_http_host(self, netloc: str) -> bool:
-        """Whether plain HTTP to `netloc` is accepted, as it would be for a registry there: its
-        `plain_http` setting, or by default for localhost and loopback without a `tls` section."""
-        cfg = self.config.host(netloc)
-        if cfg is not None and cfg.plain_http is not None:
-            return cfg.plain_http
-        return is_localhost(netloc) and (cfg is None or cfg.tls is None)
-
     async def _fetch_token(
         self,
         e: Endpoint,
@@ -497,7 +489,7 @@ class Transport:
         if (
             parts.scheme == "http"
             and (creds.identity_token is not None or creds.basic() is not None)
-            and not self._plain_http_host(realm_host)
+            and not plain_http(self.config.host(realm_host), realm_host)
             and not (e.scheme == "http" and same_machine)
         ):
             # containerd would send them; over the network they would be readable by anyone on the path.
