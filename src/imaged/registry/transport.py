@@ -98,6 +98,11 @@ def content_type(headers: CIMultiDictProxy[str]) -> str:
     return headers.get("Content-Type", "").split(";", 1)[0].strip()
 
 
+def _shown(text: str) -> str:
+    """A server's error text as it may appear in our messages: printable, at most 200 characters."""
+    return "".join(c for c in text if c.isprintable())[:200]
+
+
 def _registry_error(body: bytes) -> str:
     """`CODE: message` from a distribution error body, bounded and printable, or ''."""
     try:
@@ -106,7 +111,7 @@ def _registry_error(body: bytes) -> str:
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):
             code, message = errors[0].get("code", ""), errors[0].get("message", "")
             text = f"{code}: {message}" if code and message else str(code or message)
-            return "".join(c for c in text if c.isprintable())[:200]
+            return _shown(text)
     except (ValueError, UnicodeDecodeError):
         pass
     return ""
@@ -121,7 +126,7 @@ def _oauth_error(body: bytes) -> str:
     if not isinstance(doc, dict):
         return ""
     parts = [v for v in (doc.get("error"), doc.get("error_description")) if isinstance(v, str) and v]
-    text = "".join(c for c in ": ".join(parts) if c.isprintable())[:200]
+    text = _shown(": ".join(parts))
     return f": {text}" if text else ""
 
 
