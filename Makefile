@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := containerd runc docker-registry skopeo umoci busybox-static zstd zsh bash-completion strace
+DEB_PACKAGES := containerd runc docker-registry skopeo umoci busybox-static zstd zsh bash-completion strace systemd
 CONFIG ?= .run/imaged.yaml
 
 .PHONY: all deps venv protos run demo test lint fmt bench soak clean

@@ -13,7 +13,8 @@ from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import DaemonProcess
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+# Third-party data the tests read (signature vectors, the published seed proto): in the repository.
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import uuid
@@ -113,8 +112,8 @@ def image(containerd: PrivateContainerd) -> str:
 def test_bash(
     scripts: dict[str, pathlib.Path], bindir: pathlib.Path, with_lib: bool, daemon: DaemonProcess, image: str
 ) -> None:
-    if with_lib and not pathlib.Path(BASH_COMPLETION).exists():
-        pytest.skip("bash-completion is not installed")
+    if with_lib:
+        assert pathlib.Path(BASH_COMPLETION).exists(), "bash-completion is missing: `make test` installs it"
     s = scripts["bash"]
     assert bash_complete(s, ["imagectl", ""], bindir, with_lib) == [
         "list",
@@ -148,7 +147,6 @@ def test_bash(
     )  # not in the cri namespace
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 def test_zsh(
     scripts: dict[str, pathlib.Path], bindir: pathlib.Path, daemon: DaemonProcess, image: str
 ) -> None:

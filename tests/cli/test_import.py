@@ -11,18 +11,11 @@ import pathlib
 import re
 import uuid
 
-import pytest
-
-from tests.cli.conftest import Ctl, Result, run_imagectl
+from tests.cli.conftest import Ctl, run_imagectl
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def needs_import(r: Result) -> None:
-    if r.rc != 0 and "not implemented" in r.err.lower():
-        pytest.skip(f"the daemon does not serve Import yet: {r.err.strip()}")
 
 
 def unique(prefix: str) -> tuple[str, archives.Image]:
@@ -35,7 +28,6 @@ def test_import_file(ctl: Ctl, containerd: PrivateContainerd, tmp_path: pathlib.
     path = tmp_path / "image.tar"
     path.write_bytes(archives.oci_archive([(name, img)]))
     r = ctl("import", str(path))
-    needs_import(r)
     assert r.rc == 0, r.err
     assert (r.out, r.err) == (f"imported image {name}\n", "")  # piped: nothing but the result
     assert name in ctl("list", "-q").lines
@@ -46,7 +38,6 @@ def test_import_stdin_docker_archive_gzip_system(ctl: Ctl, containerd: PrivateCo
     marker = f"stdin-{uuid.uuid4().hex[:8]}"
     data = gzip.compress(archives.docker_archive([([f"cli/{marker}:v1"], archives.simple_image(marker))]))
     r = ctl("-n", "system", "import", "-", input=data)
-    needs_import(r)
     assert r.rc == 0, r.err
     name = f"docker.io/cli/{marker}:v1"  # docker-save names are normalized
     assert r.out == f"imported image {name}\n"
@@ -58,7 +49,6 @@ def test_import_on_a_terminal_shows_bytes_sent(ctl: Ctl, tmp_path: pathlib.Path)
     path = tmp_path / "image.tar"
     path.write_bytes(archives.oci_archive([(name, img)]))
     r = ctl.pty("import", str(path))
-    needs_import(r)
     text = ANSI.sub("", r.out).replace("\r", "\n")
     assert r.rc == 0, r.err
     assert "\x1b[" in r.out
@@ -70,7 +60,6 @@ def test_import_garbage_fails_with_one_line(ctl: Ctl, tmp_path: pathlib.Path) ->
     path = tmp_path / "garbage.tar"
     path.write_bytes(b"this is not a tar archive" * 100)
     r = ctl("import", str(path))
-    needs_import(r)
     assert r.rc == 1
     assert r.out == "" and r.err.startswith("imagectl: ") and r.err.count("\n") == 1
 

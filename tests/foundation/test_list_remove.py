@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_tools import protoc
 
-from tests.conftest import REPO, SHARED
+from tests.conftest import FIXTURES, REPO
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import CRI, SYSTEM, DaemonProcess
@@ -25,7 +25,8 @@ package common;
 enum ContainerDriver { CONTAINERD = 0; CRI = 1; }
 enum ContainerdNamespace { NS_UNKNOWN = 0; NS_SYSTEM = 1; NS_CRI = 2; }
 message ContainerdInstance { ContainerDriver driver = 1; ContainerdNamespace namespace = 2; }
-message Data { bytes bytes = 1; }
+message Metadata { string hostname = 1; string error = 2; }
+message Data { Metadata metadata = 1; bytes bytes = 2; }
 """
 
 
@@ -44,10 +45,8 @@ print(json.dumps([{"name": r.name, "digest": r.digest, "size": r.size, "created"
 
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Stubs compiled from the published seed proto (shared/seeds), not from protos/."""
-    seed_path = SHARED / "seeds" / "talos-image.proto.txt"
-    if not seed_path.exists():
-        pytest.skip(f"seed proto not found at {seed_path}")
+    """Stubs compiled from the published seed proto (tests/fixtures/seeds), not from protos/."""
+    seed_path = FIXTURES / "seeds" / "talos-image.proto.txt"
     src = tmp_path_factory.mktemp("seedsrc")
     out = tmp_path_factory.mktemp("seedgen")
     text = seed_path.read_text()

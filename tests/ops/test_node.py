@@ -68,8 +68,9 @@ def test_unit_file_verifies() -> None:
     assert mode and int(mode.group(1), 8) & 0o001, "others traverse /run/imaged: socket modes decide access"
     stop = re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M)
     assert stop and int(stop.group(1)) > ShutdownConfig().grace_seconds, "systemd waits out the grace"
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is not installed here; the unit's keys were checked textually")
+    assert shutil.which("systemd-analyze"), (
+        "systemd-analyze is missing (Debian's systemd)"
+    )
     # Verify the unit as installed: ExecStart pointing at this environment's imaged.
     import sys
     import tempfile

@@ -21,7 +21,6 @@ from tests.reliability.conftest import FAST_REGISTRIES, unique_image
 from tests.reliability.crash import (
     PullRun,
     Status,
-    import_unavailable,
     kill_during_imports,
     kill_during_pulls,
 )
@@ -69,9 +68,6 @@ def test_kill_9_at_random_moments_of_a_pull(cd, daemon, proxy, rel_registry) -> 
 
 
 def test_kill_9_at_random_moments_of_an_import(cd, daemon) -> None:  # type: ignore[no-untyped-def]
-    reason = import_unavailable(daemon)
-    if reason:
-        pytest.skip(reason)
     seed = int(os.environ.get("IMAGED_TEST_SEED", time.time_ns() % 1_000_000))
     image = unique_image(size=16 << 20)
     data = archives.oci_archive([("import.test/rel/kill:v1", image)])

@@ -54,8 +54,7 @@ except grpc.RpcError as e:
 
 
 def as_nobody(socket: str, method: str) -> str:
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) is not installed")
+    assert shutil.which("setpriv"), "setpriv (util-linux) is missing"
     r = subprocess.run(
         [*NOBODY, sys.executable, "-c", CLIENT, socket, method],
         capture_output=True,

@@ -26,6 +26,7 @@ from sigstore.models import Bundle, TrustedRoot
 from sigstore.verify import Verifier
 from sigstore.verify.policy import Identity
 
+from tests.conftest import FIXTURES
 from tests.support.registry import Registry
 from tests.support.sigstore import (
     ANN_BUNDLE,
@@ -48,7 +49,7 @@ from tests.support.sigstore import (
     referrers_tag,
 )
 
-VECTORS = pathlib.Path(__file__).resolve().parents[3] / "shared" / "vectors"
+VECTORS = FIXTURES / "vectors"
 DIGEST = "sha256:" + hashlib.sha256(b"an image manifest").hexdigest()
 OTHER_DIGEST = "sha256:" + hashlib.sha256(b"another image manifest").hexdigest()
 REF = "127.0.0.1:5000/test/app"

@@ -12,7 +12,7 @@ from typing import Any
 
 from imaged.verify.material import SIMPLE_SIGNING_MEDIA_TYPE, SimpleSigning
 from tests.verify.fake_registry import FakeRegistry
-from tests.verify.vectors import VECTORS, vdir
+from tests.verify.vectors import vdir
 
 
 def _put_files(
@@ -130,10 +130,6 @@ def bundle_vector(reg: FakeRegistry, vid: str) -> tuple[str, str, str]:
         )
     reg.put_blob((d / "bundle.sigstore.json").read_bytes())
     return repo, digest, referrer
-
-
-def vectors_available() -> bool:
-    return VECTORS.is_dir()
 
 
 def dumps(doc: dict[str, Any]) -> bytes:

@@ -13,9 +13,7 @@ from imaged.verify.discovery import discover_legacy, discover_referrers
 from imaged.verify.material import BundleSignature, SimpleSigning
 from tests.verify import seeds
 from tests.verify.fake_registry import FakeRegistry
-from tests.verify.vectors import legacy_signature, requires_vectors, vdir
-
-pytestmark = requires_vectors
+from tests.verify.vectors import legacy_signature, vdir
 
 
 def ref(repo: str, digest: str):  # type: ignore[no-untyped-def]

@@ -22,13 +22,10 @@ from tests.verify.vectors import (
     flip,
     flip_b64,
     legacy_signature,
-    requires_vectors,
     vdir,
     vector,
     with_annotation,
 )
-
-pytestmark = requires_vectors
 
 OTHER_DIGEST = "sha256:" + "0" * 64
 

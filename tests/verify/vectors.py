@@ -1,4 +1,4 @@
-"""Access to the third-party signature vectors in ../shared/vectors (see its INDEX.md)."""
+"""Access to the third-party signature vectors in tests/fixtures/vectors (INDEX.md, PROVENANCE.md)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ import pathlib
 from functools import cache
 from typing import Any
 
-import pytest
-
 from imaged.verify.material import ANN_BUNDLE, ANN_CERTIFICATE, ANN_CHAIN, ANN_SIGNATURE, SimpleSigning
+from tests.conftest import FIXTURES
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-VECTORS = REPO.parent / "shared" / "vectors"
+# Part of the repository: a missing file is a test failure naming its path, never a skip.
+VECTORS = FIXTURES / "vectors"
 PUBLIC_GOOD_ROOT = VECTORS / "trust" / "sigstore-public-good.trusted_root.json"
-
-requires_vectors = pytest.mark.skipif(
-    not VECTORS.is_dir(),
-    reason=f"signature test vectors not found at {VECTORS} (shared/vectors beside the repo)",
-)
 
 
 @cache

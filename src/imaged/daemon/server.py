@@ -22,8 +22,8 @@ from imaged.containerd import leases
 from imaged.daemon import sockets, systemd
 from imaged.daemon.observe import Metrics, ObservingInterceptor
 from imaged.daemon.runtime import Runtime
-from imaged.pb.machine import image_pb2, image_pb2_grpc
-from imaged.service.image_service import ImageService
+from imaged.pb.machine import image_pb2
+from imaged.service.image_service import ImageService, add_image_service
 
 log = logging.getLogger("imaged")
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
@@ -59,7 +59,7 @@ class Daemon:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(rt, readonly=readonly), server)
+        add_image_service(ImageService(rt, readonly=readonly), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         sockets.prepare(sock.path)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
 
 from imaged import errors
 from imaged.archive.importer import import_archive
@@ -31,6 +32,80 @@ def progress_message(state: LayerState) -> image_pb2.ImageServicePullResponse:
     return image_pb2.ImageServicePullResponse(
         pull_progress=image_pb2.ImageServicePullProgress(layer_id=state.layer_id, progress=layer)
     )
+
+
+class UndecodableImport:
+    """An Import message that does not parse as `machine.ImageServiceImportRequest`.
+
+    grpc would answer INTERNAL for a request its deserializer cannot read; Import's deserializer
+    hands this on instead, so that the handler can say what is wrong. An archive chunk in
+    `common.Data` field 1 (where an old imagectl put it; Talos's Data has `metadata` = 1 and
+    `bytes` = 2) is the usual cause: tar bytes do not parse as a Metadata message.
+    """
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+ImportMessage = image_pb2.ImageServiceImportRequest | UndecodableImport
+
+WRONG_CHUNK_FIELD = (
+    "Import chunk is not a common.Data with the archive bytes in field 2 (`bytes`), as Talos defines it: "
+    "this client put them in field 1 (`metadata`), as imagectl before 0.2 did; upgrade the client"
+)
+
+
+def decode_import_request(data: bytes) -> ImportMessage:
+    try:
+        return image_pb2.ImageServiceImportRequest.FromString(data)
+    except DecodeError as e:
+        return UndecodableImport(str(e))
+
+
+def _chunk(msg: ImportMessage) -> bytes:
+    """The archive bytes of an Import message after the first, or INVALID_ARGUMENT saying why not."""
+    if isinstance(msg, UndecodableImport):
+        raise errors.InvalidArgument(WRONG_CHUNK_FIELD)
+    if msg.WhichOneof("request") != "image_chunk":
+        raise errors.InvalidArgument("every Import message after the first must be an image_chunk")
+    if msg.image_chunk.HasField("metadata"):
+        raise errors.InvalidArgument(WRONG_CHUNK_FIELD)
+    return msg.image_chunk.bytes
+
+
+def add_image_service(servicer: image_pb2_grpc.ImageServiceServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, but with Import's lenient deserializer (see UndecodableImport)."""
+    pb = image_pb2
+    handlers = {
+        "List": grpc.unary_stream_rpc_method_handler(
+            servicer.List,
+            request_deserializer=pb.ImageServiceListRequest.FromString,
+            response_serializer=pb.ImageServiceListResponse.SerializeToString,
+        ),
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            servicer.Pull,
+            request_deserializer=pb.ImageServicePullRequest.FromString,
+            response_serializer=pb.ImageServicePullResponse.SerializeToString,
+        ),
+        "Import": grpc.stream_unary_rpc_method_handler(
+            servicer.Import,
+            request_deserializer=decode_import_request,
+            response_serializer=pb.ImageServiceImportResponse.SerializeToString,
+        ),
+        "Remove": grpc.unary_unary_rpc_method_handler(
+            servicer.Remove,
+            request_deserializer=pb.ImageServiceRemoveRequest.FromString,
+            response_serializer=empty_pb2.Empty.SerializeToString,
+        ),
+        "Verify": grpc.unary_unary_rpc_method_handler(
+            servicer.Verify,
+            request_deserializer=pb.ImageServiceVerifyRequest.FromString,
+            response_serializer=pb.ImageServiceVerifyResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 class ImageService(image_pb2_grpc.ImageServiceServicer):
@@ -92,11 +167,13 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
     @unary
     async def Import(
         self,
-        request_iterator: AsyncIterator[image_pb2.ImageServiceImportRequest],
+        request_iterator: AsyncIterator[ImportMessage],
         context: grpc.aio.ServicerContext,
     ) -> image_pb2.ImageServiceImportResponse:
         self._writable("Import")
         first = await anext(aiter(request_iterator), None)
+        if isinstance(first, UndecodableImport):
+            raise errors.InvalidArgument(f"Import request does not parse: {first.error}")
         if first is None or first.WhichOneof("request") != "containerd":
             raise errors.InvalidArgument("containerd instance is required as the first message of Import")
         ns = self.rt.namespaced(first.containerd)
@@ -104,11 +181,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
 
         async def chunks() -> AsyncIterator[bytes]:
             async for msg in request_iterator:
-                if msg.WhichOneof("request") != "image_chunk":
-                    raise errors.InvalidArgument(
-                        "every Import message after the first must be an image_chunk"
-                    )
-                data = msg.image_chunk.bytes
+                data = _chunk(msg)
                 metrics.imported_bytes.inc(len(data))
                 yield data
 

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63ommon/common.proto\x12\x06\x63ommon\"m\n\x12\x43ontainerdInstance\x12\'\n\x06\x64river\x18\x01 \x01(\x0e\x32\x17.common.ContainerDriver\x12.\n\tnamespace\x18\x02 \x01(\x0e\x32\x1b.common.ContainerdNamespace\"\x15\n\x04\x44\x61ta\x12\r\n\x05\x62ytes\x18\x01 \x01(\x0c**\n\x0f\x43ontainerDriver\x12\x0e\n\nCONTAINERD\x10\x00\x12\x07\n\x03\x43RI\x10\x01*@\n\x13\x43ontainerdNamespace\x12\x0e\n\nNS_UNKNOWN\x10\x00\x12\r\n\tNS_SYSTEM\x10\x01\x12\n\n\x06NS_CRI\x10\x02\x42\x36Z4github.com/siderolabs/talos/pkg/machinery/api/commonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63ommon/common.proto\x12\x06\x63ommon\x1a\x17google/rpc/status.proto\"m\n\x12\x43ontainerdInstance\x12\'\n\x06\x64river\x18\x01 \x01(\x0e\x32\x17.common.ContainerDriver\x12.\n\tnamespace\x18\x02 \x01(\x0e\x32\x1b.common.ContainerdNamespace\"O\n\x08Metadata\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\"\n\x06status\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"9\n\x04\x44\x61ta\x12\"\n\x08metadata\x18\x01 \x01(\x0b\x32\x10.common.Metadata\x12\r\n\x05\x62ytes\x18\x02 \x01(\x0c**\n\x0f\x43ontainerDriver\x12\x0e\n\nCONTAINERD\x10\x00\x12\x07\n\x03\x43RI\x10\x01*@\n\x13\x43ontainerdNamespace\x12\x0e\n\nNS_UNKNOWN\x10\x00\x12\r\n\tNS_SYSTEM\x10\x01\x12\n\n\x06NS_CRI\x10\x02\x42\x36Z4github.com/siderolabs/talos/pkg/machinery/api/commonb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +33,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'common.common_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z4github.com/siderolabs/talos/pkg/machinery/api/common'
-  _globals['_CONTAINERDRIVER']._serialized_start=165
-  _globals['_CONTAINERDRIVER']._serialized_end=207
-  _globals['_CONTAINERDNAMESPACE']._serialized_start=209
-  _globals['_CONTAINERDNAMESPACE']._serialized_end=273
-  _globals['_CONTAINERDINSTANCE']._serialized_start=31
-  _globals['_CONTAINERDINSTANCE']._serialized_end=140
-  _globals['_DATA']._serialized_start=142
-  _globals['_DATA']._serialized_end=163
+  _globals['_CONTAINERDRIVER']._serialized_start=307
+  _globals['_CONTAINERDRIVER']._serialized_end=349
+  _globals['_CONTAINERDNAMESPACE']._serialized_start=351
+  _globals['_CONTAINERDNAMESPACE']._serialized_end=415
+  _globals['_CONTAINERDINSTANCE']._serialized_start=56
+  _globals['_CONTAINERDINSTANCE']._serialized_end=165
+  _globals['_METADATA']._serialized_start=167
+  _globals['_METADATA']._serialized_end=246
+  _globals['_DATA']._serialized_start=248
+  _globals['_DATA']._serialized_end=305
 # @@protoc_insertion_point(module_scope)
