@@ -158,8 +158,6 @@ def test_daemon_not_running_names_the_socket() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("--namespace", "inmem", "list"), "namespace inmem"),
-        (("--namespace", "inmem", "rm", "x"), "namespace inmem"),
         (("--namespace", "bogus", "list"), "invalid choice: 'bogus'"),
         (("list", "--namespace", "bogus"), "invalid choice: 'bogus'"),
         (("frobnicate",), "invalid choice: 'frobnicate'"),
@@ -175,14 +173,6 @@ def test_usage_errors_are_one_line_exit_2(args: tuple[str, ...], needle: str) ->
     assert r.out == ""
     assert r.err.startswith("imagectl: ") and r.err.count("\n") == 1, r.err
     assert needle in r.err
-
-
-def test_inmem_is_refused_without_contacting_the_daemon() -> None:
-    r = run_imagectl("--namespace", "inmem", "list", env={"IMAGED_SOCKET": "/nonexistent/imaged.sock"})
-    assert r.err == (
-        "imagectl: namespace inmem (talosctl's in-memory image cache) is not supported by this daemon; "
-        "use --namespace cri or --namespace system\n"
-    )
 
 
 def test_version_and_help() -> None:

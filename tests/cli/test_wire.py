@@ -91,7 +91,7 @@ def test_import_stream_shape(recorder: tuple[Recorder, str], tmp_path: pathlib.P
     assert r.rc == 0, r.err
     for msgs, (driver, ns) in zip(
         rec.requests,
-        [(common_pb2.CRI, common_pb2.NS_CRI), (common_pb2.CONTAINERD, common_pb2.NS_SYSTEM)],
+        [(common_pb2.CRI, common_pb2.NS_CRI), (common_pb2.CRI, common_pb2.NS_SYSTEM)],
         strict=True,
     ):
         assert msgs[0].WhichOneof("request") == "containerd"

@@ -152,7 +152,9 @@ def test_verify_by_hand(signed: tuple[DaemonProcess, Registry, str, str]) -> Non
     assert "verified" not in f and w.text(f, "message") == "no matched rule"
 
 
-def test_pull_by_hand(signed: tuple[DaemonProcess, Registry, str, str], containerd: PrivateContainerd) -> None:
+def test_pull_by_hand(
+    signed: tuple[DaemonProcess, Registry, str, str], containerd: PrivateContainerd
+) -> None:
     d, _, repo, digest = signed
     request = w.message("ImageServicePullRequest", containerd=CRI, image_ref=f"{repo}:v1")
     names, layers = [], set()

@@ -68,9 +68,7 @@ def test_unit_file_verifies() -> None:
     assert mode and int(mode.group(1), 8) & 0o001, "others traverse /run/imaged: socket modes decide access"
     stop = re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M)
     assert stop and int(stop.group(1)) > ShutdownConfig().grace_seconds, "systemd waits out the grace"
-    assert shutil.which("systemd-analyze"), (
-        "systemd-analyze is missing (Debian's systemd)"
-    )
+    assert shutil.which("systemd-analyze"), "systemd-analyze is missing (Debian's systemd)"
     # Verify the unit as installed: ExecStart pointing at this environment's imaged.
     import sys
     import tempfile

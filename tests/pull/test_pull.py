@@ -15,7 +15,7 @@ import pytest
 
 from imaged.pb.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from imaged.pb.machine import image_pb2
-from tests.support import cri
+from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import CRI, SYSTEM, DaemonProcess
 from tests.support.images import push_multiplatform_image, push_test_image
@@ -122,6 +122,21 @@ def test_pull_docker_schema2_system_namespace(daemon, containerd, registry) -> N
     info = containerd.ctr("images", "ls", namespace="system").stdout
     assert "application/vnd.docker.distribution.manifest.v2+json" in info
     assert "hello" in run(containerd, "system", ref)
+
+
+def test_id_alias_per_namespace(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]
+    """k8s.io: CRI's image id, sha256:<config>; system: Talos's alias, sha256:<manifest digest>."""
+    img = archives.simple_image(f"alias-{uuid.uuid4().hex[:8]}")
+    archives.push(registry, "pull/alias", "v1", img)
+    ref = f"{registry.host}/pull/alias:v1"
+    repo_digest = f"{registry.host}/pull/alias@{img.digest}"
+    for inst, ns, alias, other in (
+        (CRI, "k8s.io", img.config_digest, img.digest),
+        (SYSTEM, "system", img.digest, img.config_digest),
+    ):
+        pull(daemon, ref, inst)
+        names = set(containerd.ctr("images", "ls", "-q", namespace=ns).stdout.split())
+        assert {ref, repo_digest, alias} <= names and other not in names, (ns, names)
 
 
 def test_pull_multiplatform_picks_host(daemon, containerd, registry) -> None:  # type: ignore[no-untyped-def]

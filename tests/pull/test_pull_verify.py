@@ -111,3 +111,61 @@ def test_moved_tag_does_not_change_a_verified_pull(env, containerd) -> None:  # 
     with pytest.raises(grpc.RpcError) as e:
         pull(d, f"{reg.host}/signed/moving:v1", SYSTEM)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_pkcs1_rsa_key_rule(containerd: PrivateContainerd, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A key pasted as `BEGIN RSA PUBLIC KEY` (PKCS#1, as openssl rsa -RSAPublicKey_out writes it)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.support.sigstore import StaticKey
+
+    key = StaticKey.rsa()
+    pkcs1 = key.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+    assert pkcs1.startswith(b"-----BEGIN RSA PUBLIC KEY-----")
+    reg = Registry()
+    d = DaemonProcess(
+        containerd.socket,
+        {
+            "verification": {
+                "rules": [{"image": f"{reg.host}/rsa/*", "publicKey": {"certificate": pkcs1.decode()}}]
+            }
+        },
+    )
+    d.start()
+    try:
+        ps = PrivateSigstore(seed=b"pkcs1")
+        img = archives.simple_image("pkcs1")
+        digest = archives.push(reg, "rsa/app", "v1", img)
+        sign(reg, ps, key, "rsa/app", digest)
+        name, _ = pull(d, f"{reg.host}/rsa/app:v1", SYSTEM)
+        assert name == f"{reg.host}/rsa/app@{digest}"
+        verdict = d.images.Verify(image_pb2.ImageServiceVerifyRequest(image_ref=f"{reg.host}/rsa/app:v1"))
+        assert verdict.verified and "RSA-2048 key" in verdict.message
+    finally:
+        d.stop()
+        reg.close()
+
+
+def test_a_weak_rsa_key_is_refused_at_load_with_its_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    import yaml
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    for fmt in (serialization.PublicFormat.PKCS1, serialization.PublicFormat.SubjectPublicKeyInfo):
+        pem = weak.public_bytes(serialization.Encoding.PEM, fmt).decode()
+        path = tmp_path / "config.yaml"
+        rule = {"image": "ghcr.io/org/*", "publicKey": {"certificate": pem}}
+        path.write_text(yaml.safe_dump({"verification": {"rules": [rule]}}))
+        r = subprocess.run(
+            [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode != 0
+        assert "rules.0" in r.stderr or "rules[0]" in r.stderr, r.stderr
+        assert "RSA key of 1024 bits is too small (at least 2048)" in r.stderr, r.stderr

@@ -58,7 +58,11 @@ def test_a_failure_part_way_leaves_no_record(
             assert await _names(store) == set(), "the id and repo-digest records must be undone"
             # The same call succeeding afterwards creates all three.
             names = await create_records(ns, ref, TARGET, CONFIG)
-            assert await _names(store) == set(names) == set(record_names(ref, TARGET.digest, CONFIG))
+            assert (
+                await _names(store)
+                == set(names)
+                == set(record_names(ref, TARGET.digest, CONFIG, ns.namespace))
+            )
         finally:
             await cd.close()
 
@@ -114,7 +118,7 @@ def test_an_undo_keeps_records_another_pull_updated_meanwhile(
             with pytest.raises(errors.Unavailable):
                 await create_records(ns, ref, TARGET, CONFIG)
             monkeypatch.undo()
-            assert await _names(store) == set(record_names(ref, TARGET.digest, CONFIG))
+            assert await _names(store) == set(record_names(ref, TARGET.digest, CONFIG, ns.namespace))
         finally:
             await cd.close()
 

@@ -86,9 +86,9 @@ def field(num: int, value: int | bytes | str) -> bytes:
     return varint(num << 3 | LEN) + varint(len(data)) + data
 
 
-def message(name: str, **values: int | bytes | str) -> bytes:
+def message(message_name: str, /, **values: int | bytes | str) -> bytes:
     """A message of the contract by field names, e.g. message("ImageServiceRemoveRequest", image_ref=...)."""
-    return b"".join(field(number(name, k), v) for k, v in values.items())
+    return b"".join(field(number(message_name, k), v) for k, v in values.items())
 
 
 def instance(driver: int, namespace: int) -> bytes:

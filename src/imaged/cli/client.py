@@ -23,10 +23,12 @@ from imaged.pb.machine import image_pb2_grpc
 DEFAULT_SOCKET = "/run/imaged/imaged.sock"
 SOCKET_ENV = "IMAGED_SOCKET"
 
-# --namespace -> (driver, namespace), the mapping talosctl uses.
+# --namespace -> (driver, namespace), talosctl's mapping (cmd/talosctl image.go): `system` is the
+# CRI containerd's `system` namespace, `inmem` the node's own (system) containerd.
 INSTANCES = {
     "cri": (common_pb2.CRI, common_pb2.NS_CRI),
-    "system": (common_pb2.CONTAINERD, common_pb2.NS_SYSTEM),
+    "system": (common_pb2.CRI, common_pb2.NS_SYSTEM),
+    "inmem": (common_pb2.CONTAINERD, common_pb2.NS_SYSTEM),
 }
 
 # Text grpc-core (not the daemon) puts in the UNAVAILABLE statuses it makes itself. Matched narrowly:

@@ -75,8 +75,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "-n",
         choices=NAMESPACES,
         default=default("cri"),
-        help="containerd namespace: cri (k8s.io, the default) or system (inmem, talosctl's "
-        "in-memory cache, is accepted only to say that this daemon has none)",
+        help="as talosctl: cri (the CRI containerd's k8s.io, the default), system (the CRI "
+        "containerd's system namespace) or inmem (the node's system containerd, namespace system)",
     )
     parser.add_argument(
         "--timeout",
@@ -210,12 +210,6 @@ def build_parser() -> Parser:
 
 def _run(args: argparse.Namespace) -> int:
     cmd: Command = args.command
-    if cmd.uses_namespace and args.namespace == "inmem":
-        raise CliError(
-            "namespace inmem (talosctl's in-memory image cache) is not supported by this daemon; "
-            "use --namespace cri or --namespace system",
-            EXIT_USAGE,
-        )
     module = importlib.import_module(cmd.module)
     code: int = module.run(args)
     return code

@@ -1,8 +1,9 @@
 """Which image records an image gets, per namespace.
 
 CRI (k8s.io) keys its cache on three records, all labelled `io.cri-containerd.image=managed`:
-the id `sha256:<config digest>`, the repo tag and the repo digest. The system namespace gets the
-reference implementation's aliases, which are the same three names.
+the id `sha256:<config digest>` (CRI's image id), the repo tag and the repo digest. Other
+namespaces (`system`) get the reference implementation's aliases there: the tag, the repo digest
+and `sha256:<manifest or index digest>`, the digest `List` shows, as Talos's machined names them.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ class Target:
         return descriptor_pb2.Descriptor(media_type=self.media_type, digest=self.digest, size=self.size)
 
 
-def record_names(ref: Reference, target_digest: str, config_digest: str) -> list[str]:
-    """Tag record first (if any), then the repo digest, then the id."""
+def record_names(ref: Reference, target_digest: str, config_digest: str, namespace: str) -> list[str]:
+    """Tag record first (if any), then the repo digest, then the id alias (see the module docstring)."""
     names = []
     if ref.tag:
         names.append(f"{ref.repository}:{ref.tag}")
     names.append(ref.pinned(target_digest))
-    names.append(config_digest)
+    names.append(config_digest if namespace == CRI_NAMESPACE else target_digest)
     return names
 
 
@@ -69,7 +70,7 @@ async def create_records(
     if ns.namespace == CRI_NAMESPACE:
         labels[L.CRI_MANAGED] = "managed"
     store = ImageStore(ns)
-    names = record_names(ref, target.digest, config_digest)
+    names = record_names(ref, target.digest, config_digest, ns.namespace)
     mine: list[str] = []
     try:
         for name in reversed(names):

@@ -28,10 +28,13 @@ class UnusableKey(ValueError):
 
 
 def load_public_key(pem: str) -> PublicKey:
-    """The key of a `PUBLIC KEY` or `CERTIFICATE` PEM block (the rule's `publicKey.certificate`)."""
+    """The key of a `PUBLIC KEY` (SPKI), `RSA PUBLIC KEY` (PKCS#1) or `CERTIFICATE` PEM block (the
+    rule's `publicKey.certificate`): the forms people paste from cosign, openssl and KMS consoles."""
     blocks = [m.group(0) for m in _PEM_BLOCK.finditer(pem)]
     if not blocks:
-        raise UnusableKey("no PEM block found (expected BEGIN PUBLIC KEY or BEGIN CERTIFICATE)")
+        raise UnusableKey(
+            "no PEM block found (expected BEGIN PUBLIC KEY, BEGIN RSA PUBLIC KEY or BEGIN CERTIFICATE)"
+        )
     if len(blocks) > 1:
         raise UnusableKey(f"expected one PEM block, found {len(blocks)}")
     block = blocks[0].encode()
@@ -40,10 +43,12 @@ def load_public_key(pem: str) -> PublicKey:
     try:
         if kind == "CERTIFICATE":
             key = x509.load_pem_x509_certificate(block).public_key()
-        elif kind == "PUBLIC KEY":
+        elif kind in ("PUBLIC KEY", "RSA PUBLIC KEY"):
             key = serialization.load_pem_public_key(block)
         else:
-            raise UnusableKey(f"unsupported PEM block {kind!r} (expected PUBLIC KEY or CERTIFICATE)")
+            raise UnusableKey(
+                f"unsupported PEM block {kind!r} (expected PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE)"
+            )
     except (ValueError, UnsupportedAlgorithm) as e:
         if isinstance(e, UnusableKey):
             raise
