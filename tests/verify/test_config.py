@@ -66,7 +66,10 @@ def test_defaults() -> None:
     c = VerificationConfig()
     assert c.rules == ()
     assert c.no_match == "allow"
-    assert c.trusted_root is None and c.tuf_refresh is False
+    assert c.trusted_root is None and c.tuf_refresh is True
+    t = c.tuf
+    assert (t.url, t.root, t.source_url) == (None, None, "https://tuf-repo-cdn.sigstore.dev")
+    assert (t.refresh_interval, t.max_age, t.timeout) == (86400.0, 7 * 86400.0, 60.0)
     assert (c.cache.success_ttl, c.cache.failure_ttl, c.cache.max_entries) == (300.0, 30.0, 1024)
 
 
