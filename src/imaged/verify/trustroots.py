@@ -331,6 +331,8 @@ class TrustRoots:
             except OSError as e:
                 log.warning("trust root refreshed but not saved to %s: %s", saved, e)
             self._state, self._loaded = TrustState(root, Source.REFRESHED, now), True
+            if self.failures:
+                log.info("trust root refresh from %s works again (%d failed)", source.url, self.failures)
             if changed:
                 log.info(
                     "trust root updated from %s: %s (was %s)",
@@ -338,8 +340,6 @@ class TrustRoots:
                     root.fingerprint,
                     f"{current.source} {current.root.fingerprint}" if current else "none",
                 )
-            elif self.failures:
-                log.info("trust root refresh from %s works again (%d failed)", source.url, self.failures)
             self.failures, self.last_error = 0, None
             outcome = "updated" if changed else "unchanged"
             if self._on_refresh is not None:
