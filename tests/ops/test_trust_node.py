@@ -190,3 +190,24 @@ def test_kill_9_during_a_refresh_leaves_the_previous_root(
             assert again.stop() == 0
     finally:
         repo.close()
+
+
+async def test_reload_keeps_the_manager_unless_its_settings_change(tmp_path: pathlib.Path) -> None:
+    from imaged.config import load_text
+    from imaged.daemon.runtime import Runtime
+
+    base = f"state:\n  dir: {tmp_path}\nverification:\n  tufRefresh: false\n"
+    rules = "  rules:\n    - image: r.io/*\n      keyless: {issuer: i, subject: s}\n"
+    rt = Runtime(load_text(base))
+    try:
+        first = rt.trust
+        assert rt.trust_problem() is None and not rt.keyless_rules()
+        rt.reload(load_text(base + rules))  # rules change: the root, schedule and streak carry on
+        assert rt.trust is first and rt.keyless_rules() and rt.verifier.trust is first
+        status = rt.metrics.trust_status()
+        assert status is not None and status[0] == "embedded" and status[2] is False
+        rt.reload(load_text(base + rules + "  tuf:\n    refreshInterval: 2h\n"))
+        assert rt.trust is not first and rt.trust.settings.interval == 7200.0
+        assert rt.verifier.trust is rt.trust
+    finally:
+        await rt.close()
