@@ -46,7 +46,7 @@ class Daemon:
         self.servers: list[grpc.aio.Server] = []
         self._stop = asyncio.Event()
         self._serving: bool | None = None
-        self._trust_problem: str | None = ""  # "" = not reported yet
+        self._trust_stale: bool | None = None  # None: not reported yet
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _sockets(self) -> list[tuple[SocketConfig, bool]]:
@@ -99,14 +99,15 @@ class Daemon:
             await asyncio.sleep(HEALTH_INTERVAL)
 
     async def _watch_trust(self, rt: Runtime) -> None:
+        """The trust root's own health service; the detail (its age) goes to the log on change."""
         problem = rt.trust_problem()
-        if problem == self._trust_problem:
+        stale = problem is not None
+        if stale == self._trust_stale:
             return
-        first, self._trust_problem = self._trust_problem == "", problem
+        first, self._trust_stale = self._trust_stale is None, stale
         r = health_pb2.HealthCheckResponse
-        status = r.NOT_SERVING if problem else r.SERVING
-        await self.health.set(TRUST_HEALTH_SERVICE, status)
-        if problem:
+        await self.health.set(TRUST_HEALTH_SERVICE, r.NOT_SERVING if stale else r.SERVING)
+        if problem is not None:
             log.warning("%s: health %s is NOT_SERVING", problem, TRUST_HEALTH_SERVICE)
         elif not first:
             log.info("trust root fresh again: health %s is SERVING", TRUST_HEALTH_SERVICE)
