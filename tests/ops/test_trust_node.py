@@ -193,6 +193,12 @@ def test_kill_9_during_a_refresh_leaves_the_previous_root(
         repo.close()
 
 
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 async def test_reload_keeps_the_manager_unless_its_settings_change(tmp_path: pathlib.Path) -> None:
     from imaged.config import load_text
     from imaged.daemon.runtime import Runtime
@@ -210,5 +216,13 @@ async def test_reload_keeps_the_manager_unless_its_settings_change(tmp_path: pat
         rt.reload(load_text(base + rules + "  tuf:\n    refreshInterval: 2h\n"))
         assert rt.trust is not first and rt.trust.settings.interval == 7200.0
         assert rt.verifier.trust is rt.trust
+        # A trustedRoot file alone is read again on each reload (an operator replaced it).
+        f = OLD.write_trusted_root(tmp_path / "root.json")
+        file_mode = base + rules + f"  trustedRoot: {f}\n"
+        for instance in (OLD, NEW):
+            instance.write_trusted_root(f)
+            rt.reload(load_text(file_mode))
+            root = rt.verifier.trust_root
+            assert root is not None and root.fingerprint == f"sha256:{_sha256(instance.trusted_root_json())}"
     finally:
         await rt.close()

@@ -49,13 +49,14 @@ class Runtime:
         self.puller = self._puller()
 
     def _trust_roots(self, config: Config, running: TrustRoots | None) -> TrustRoots:
-        """The trust-root manager for `config`: the running one when its settings are unchanged
-        (its root, refresh schedule and failure streak carry on)."""
+        """The trust-root manager for `config`: the running one when its TUF settings are
+        unchanged (its root, refresh schedule and failure streak carry on); a `trustedRoot` file
+        alone is read again, as SIGHUP always did."""
         try:
             settings = Settings.from_config(config.verification, config.state.dir)
         except TrustRootError as e:
             raise errors.FailedPrecondition(f"verification trust root: {e}") from None
-        if running is not None and running.settings == settings:
+        if running is not None and settings.tuf is not None and running.settings == settings:
             return running
         counter = self.metrics.trust_refreshes
         return TrustRoots(settings, on_refresh=lambda outcome: counter.labels(outcome).inc())
