@@ -1,7 +1,8 @@
 """`make run`: the daemon on a working default, with a private containerd if none answers.
 
 Uses .run/ for everything (`IMAGED_RUN_DIR` names another directory): .run/imaged.yaml (written
-once, yours to edit), .run/imaged.sock, and .run/containerd/ when it starts containerd itself. That
+once, yours to edit), .run/imaged.sock, .run/state/ (the daemon's state: the saved trust root),
+and .run/containerd/ when it starts containerd itself. That
 containerd is stopped when the daemon exits. Ctrl-C or SIGTERM stops both; SIGHUP makes the daemon
 re-read its configuration.
 """
@@ -80,6 +81,8 @@ listen:
 containerd:
   system_socket: {sock}
   cri_socket: {sock}
+state:
+  dir: {RUN}/state
 log:
   level: info
 """

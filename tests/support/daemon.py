@@ -47,6 +47,8 @@ class DaemonProcess:
         cfg: dict[str, Any] = {
             "listen": {"admin": {"path": self.socket}},
             "containerd": {"system_socket": containerd_socket, "cri_socket": containerd_socket},
+            # Never the machine's /var/lib/imaged: a saved trust root is this daemon's alone.
+            "state": {"dir": str(self.dir / "state")},
         }
         self.config = deep_merge(cfg, config or {})
         self.config_path.write_text(yaml.safe_dump(self.config))

@@ -1,4 +1,4 @@
-"""The verdict cache on its own, trust root loading, TUF refresh fallback and reload safety."""
+"""The verdict cache on its own, trust root loading and reload safety (refreshes: test_trustroots.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
-from imaged.verify import ImageVerifier, VerificationConfig, service
+from imaged.errors import FailedPrecondition, Unavailable
+from imaged.verify import ImageVerifier, VerificationConfig
 from imaged.verify.cache import Outcome, VerdictCache
-from imaged.verify.trust import TrustRootError, embedded_public_good, load_trust_root_file, parse_trust_root
+from imaged.verify.trust import TrustRootError, embedded_public_good, parse_trust_root
 from tests.support.sigstore import PrivateSigstore
 from tests.verify.fake_registry import FakeRegistry
 
@@ -127,39 +127,6 @@ def _keyless_config(**extra: Any) -> VerificationConfig:
     return VerificationConfig.model_validate(
         {"rules": [{"image": "*", "keyless": {"issuer": "i", "subject": "s"}}], **extra}
     )
-
-
-async def test_tuf_refresh_failure_falls_back_to_the_embedded_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    attempts: list[int] = []
-
-    def fail() -> Any:
-        attempts.append(1)
-        raise TrustRootError("TUF refresh from https://tuf-repo-cdn.sigstore.dev failed: no network")
-
-    monkeypatch.setattr(service, "refresh_public_good", fail)
-    v = ImageVerifier(_keyless_config(tufRefresh=True), FakeRegistry())
-    embedded = v.trust_root
-    for _ in range(2):
-        with pytest.raises(PermissionDenied, match="no signatures found"):  # only the trust root matters here
-            await v.verify("r.io/app@sha256:" + "1" * 64)
-    assert attempts == [1] and v.trust_root is embedded
-
-
-async def test_tuf_refresh_result_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
-    fresh = load_trust_root_file(PrivateSigstore().write_trusted_root(tmp_path / "root.json"))
-    monkeypatch.setattr(service, "refresh_public_good", lambda: fresh)
-    v = ImageVerifier(_keyless_config(tufRefresh=True), FakeRegistry())
-    with pytest.raises(PermissionDenied, match="no signatures found"):
-        await v.verify("r.io/app@sha256:" + "1" * 64)
-    assert v.trust_root is fresh
-    rule = v.match("r.io/app")
-    assert rule is not None and rule.verifier is not None and rule.verifier.trust is fresh  # type: ignore[attr-defined]
-
-
-def test_tuf_refresh_is_not_attempted_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service, "refresh_public_good", lambda: pytest.fail("no TUF without tufRefresh"))
-    v = ImageVerifier(_keyless_config(), FakeRegistry())
-    assert v.trust_root is not None and v.trust_root.source.startswith("embedded")
 
 
 def test_reload_keeps_the_old_policy_when_the_new_trust_root_is_unusable(tmp_path: pathlib.Path) -> None:

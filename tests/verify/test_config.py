@@ -66,7 +66,10 @@ def test_defaults() -> None:
     c = VerificationConfig()
     assert c.rules == ()
     assert c.no_match == "allow"
-    assert c.trusted_root is None and c.tuf_refresh is False
+    assert c.trusted_root is None and c.tuf_refresh is True
+    t = c.tuf
+    assert (t.url, t.root, t.source_url) == (None, None, "https://tuf-repo-cdn.sigstore.dev")
+    assert (t.refresh_interval, t.max_age, t.timeout) == (86400.0, 7 * 86400.0, 60.0)
     assert (c.cache.success_ttl, c.cache.failure_ttl, c.cache.max_entries) == (300.0, 30.0, 1024)
 
 
@@ -280,6 +283,62 @@ def test_trusted_root_valid_file(tmp_path: Any) -> None:
     p = tmp_path / "root.json"
     p.write_bytes(data)
     assert load({"trustedRoot": str(p)}).trusted_root == str(p)
+
+
+# -- tuf ------------------------------------------------------------------------------------------
+
+
+def _tuf_root(tmp_path: Any) -> str:
+    from tests.support.tufrepo import TufRepository
+
+    repo = TufRepository()
+    try:
+        return str(repo.write_initial_root(tmp_path / "root.json"))
+    finally:
+        repo.close()
+
+
+def test_tuf_private_repository(tmp_path: Any) -> None:
+    root = _tuf_root(tmp_path)
+    c = load({"tuf": {"url": "https://tuf.internal.example/", "root": root, "refreshInterval": "6h"}})
+    assert c.tuf.source_url == "https://tuf.internal.example" and c.tuf.root == root
+    assert c.tuf.refresh_interval == 6 * 3600.0
+    # The public-good instance named explicitly needs no root: sigstore-python ships it.
+    assert load({"tuf": {"url": "https://tuf-repo-cdn.sigstore.dev"}}).tuf.root is None
+
+
+@pytest.mark.parametrize(
+    ("tuf", "message"),
+    [
+        ({"url": "ftp://mirror.example"}, "url must be an http(s) URL"),
+        ({"url": "https://mirror.example"}, "root (the repository's initial root.json) is required"),
+        ({"url": "https://m.example", "root": "/nonexistent/root.json"}, "root: cannot read /nonexistent"),
+        ({"refreshInterval": "500ms"}, "refreshInterval must be at least 1s"),
+        ({"timeout": 0}, "timeout must be at least 1s"),
+        ({"maxAge": -1}, "greater than or equal to 0"),
+        ({"refresh": "1h"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_tuf_refused(tuf: dict[str, Any], message: str) -> None:
+    [(_, msg)] = errors({"tuf": tuf})
+    assert message in msg
+
+
+def test_tuf_root_must_be_tuf_root_metadata(tmp_path: Any) -> None:
+    from tests.support.tufrepo import TufRepository
+
+    p = tmp_path / "root.json"
+    p.write_text('{"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1"}')
+    [(_, msg)] = errors({"tuf": {"url": "https://m.example", "root": str(p)}})
+    assert "not TUF metadata" in msg
+    repo = TufRepository()
+    try:
+        repo.publish(b"{}")
+        p.write_bytes(repo.timestamp_json())
+    finally:
+        repo.close()
+    [(_, msg)] = errors({"tuf": {"url": "https://m.example", "root": str(p)}})
+    assert "TUF timestamp metadata, not root" in msg
 
 
 # -- warnings -----------------------------------------------------------------------------------

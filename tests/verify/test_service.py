@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import sigstore
 
 from imaged.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from imaged.registry.reference import parse
@@ -133,7 +134,8 @@ async def test_legacy_keyless_a2_by_tag() -> None:
     assert verdict.digested_ref == f"docker.io/phbelitz/rekor-test@{digest}"
     assert verdict.message == (
         "verified via legacy signature (signed by philipp.belitz@securesystems.de "
-        "(issuer https://github.com/login/oauth), Rekor log index 98235800); rule 0 (docker.io/phbelitz/*)"
+        "(issuer https://github.com/login/oauth), Rekor log index 98235800); rule 0 (docker.io/phbelitz/*); "
+        f"trust root: embedded (sigstore-python {sigstore.__version__})"
     )
     assert reg.calls[0] == ("resolve", "latest")
 

@@ -98,6 +98,12 @@ class ShutdownConfig(Section):
     grace_seconds: float = Field(default=30.0, ge=0, le=3600)
 
 
+class StateConfig(Section):
+    """Where the daemon keeps what must survive a restart (the last good trust root, TUF metadata)."""
+
+    dir: str = "/var/lib/imaged"
+
+
 class Config(Section):
     listen: ListenConfig = ListenConfig()
     containerd: ContainerdConfig = ContainerdConfig()
@@ -107,3 +113,4 @@ class Config(Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    state: StateConfig = StateConfig()

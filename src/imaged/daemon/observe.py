@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("imaged.rpc")
 
@@ -37,6 +39,44 @@ class Metrics:
         self.unverified = self.verdicts.labels("unverified")
         self.refused = self.verdicts.labels("refused")
         self.cache_hits = Counter("imaged_verification_cache_hits", "Verdicts served from cache", registry=r)
+        self.trust_refreshes = Counter(
+            "imaged_trust_root_refreshes",
+            "TUF refreshes of the Sigstore trust root, by outcome (updated, unchanged, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        # (source, age seconds, stale) of the trust root in use, None when none is loaded: set
+        # by the runtime, read at each scrape.
+        self.trust_status: Callable[[], tuple[str, float | None, bool] | None] = lambda: None
+        r.register(_TrustRootCollector(self))
+
+
+class _TrustRootCollector(Collector):
+    """Trust root gauges computed at scrape time (an age is a function of the clock)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        age = GaugeMetricFamily(
+            "imaged_trust_root_age_seconds",
+            "Age of the Sigstore trust root in use (since a TUF refresh confirmed it, else its "
+            "file's mtime), labelled with its source: embedded, disk, refreshed or file",
+            labels=["source"],
+        )
+        stale = GaugeMetricFamily(
+            "imaged_trust_root_stale", "1 when the trust root is older than verification.tuf.maxAge"
+        )
+        status = self._metrics.trust_status()
+        if status is not None:
+            source, seconds, is_stale = status
+            if seconds is not None:
+                age.add_metric([source], seconds)
+            stale.add_metric([], 1.0 if is_stale else 0.0)
+        return [age, stale]
 
 
 def _ref_of(request: Any) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 
+from imaged import errors
 from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced, leases
 from imaged.daemon.observe import Metrics
@@ -17,6 +19,8 @@ from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
 from imaged.verify.service import ImageVerifier
+from imaged.verify.trust import TrustRootError
+from imaged.verify.trustroots import Settings, TrustRoots
 
 log = logging.getLogger("imaged")
 
@@ -36,10 +40,45 @@ class Runtime:
         self._retired: collections.deque[RegistryClient] = collections.deque()
         self._closing: set[asyncio.Task[None]] = set()
         self.registry = RegistryClient(config.registries)
+        self.trust = self._trust_roots(config, None)
+        self._trust_task: asyncio.Task[None] | None = None
+        self.metrics.trust_status = lambda: self.trust.status()
         self.verifier = ImageVerifier(
-            config.verification, self.registry, on_cache_hit=self.metrics.cache_hits.inc
+            config.verification, self.registry, on_cache_hit=self.metrics.cache_hits.inc, trust=self.trust
         )
         self.puller = self._puller()
+
+    def _trust_roots(self, config: Config, running: TrustRoots | None) -> TrustRoots:
+        """The trust-root manager for `config`: the running one when its TUF settings are
+        unchanged (its root, refresh schedule and failure streak carry on); a `trustedRoot` file
+        alone is read again, as SIGHUP always did."""
+        try:
+            settings = Settings.from_config(config.verification, config.state.dir)
+        except TrustRootError as e:
+            raise errors.FailedPrecondition(f"verification trust root: {e}") from None
+        if running is not None and settings.tuf is not None and running.settings == settings:
+            return running
+        counter = self.metrics.trust_refreshes
+        return TrustRoots(settings, on_refresh=lambda outcome: counter.labels(outcome).inc())
+
+    def keyless_rules(self) -> bool:
+        """Whether the policy has a rule that needs the trust root (else it is not refreshed)."""
+        return any(rule.keyless is not None for rule in self.config.verification.rules)
+
+    def trust_problem(self) -> str | None:
+        """A trust root too old (or missing) while keyless rules need it: for health."""
+        return self.trust.stale() if self.keyless_rules() else None
+
+    def start(self) -> None:
+        """Background work: the trust root's refresh loop."""
+        self._trust_task = asyncio.get_running_loop().create_task(self.trust.run(self.keyless_rules))
+
+    async def _stop_trust(self) -> None:
+        task, self._trust_task = self._trust_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _puller(self) -> Puller:
         cfg = self.config
@@ -103,11 +142,19 @@ class Runtime:
             RegistryClient(config.registries) if config.registries != self.config.registries else old_registry
         )
         # Raises on a bad policy: nothing has changed yet.
-        verifier = ImageVerifier(config.verification, registry, on_cache_hit=self.metrics.cache_hits.inc)
+        trust = self._trust_roots(config, self.trust)
+        verifier = ImageVerifier(
+            config.verification, registry, on_cache_hit=self.metrics.cache_hits.inc, trust=trust
+        )
         self.config = config
         self.registry = registry
         self.verifier = verifier
         self.puller = self._puller()
+        if trust is not self.trust:
+            self.trust = trust
+            if self._trust_task is not None:
+                self._trust_task.cancel()
+                self.start()
         if registry is not old_registry:
             self._retired.append(old_registry)
             if len(self._retired) > MAX_RETIRED:
@@ -118,6 +165,7 @@ class Runtime:
         return config, needs_restart
 
     async def close(self) -> None:
+        await self._stop_trust()
         for task in list(self._closing):
             await task
         while self._retired:

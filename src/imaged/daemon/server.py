@@ -28,6 +28,9 @@ from imaged.service.image_service import ImageService, add_image_service
 log = logging.getLogger("imaged")
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# A health service of its own: NOT_SERVING while the Sigstore trust root is older than
+# verification.tuf.maxAge (the daemon itself still serves; verification still works).
+TRUST_HEALTH_SERVICE = "imaged.TrustRoot"
 HEALTH_INTERVAL = 1.0
 MAX_MESSAGE = 16 * 1024 * 1024
 NAMESPACES = ("k8s.io", "system")
@@ -43,6 +46,7 @@ class Daemon:
         self.servers: list[grpc.aio.Server] = []
         self._stop = asyncio.Event()
         self._serving: bool | None = None
+        self._trust_stale: bool | None = None  # None: not reported yet
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _sockets(self) -> list[tuple[SocketConfig, bool]]:
@@ -91,7 +95,22 @@ class Daemon:
                     log.info("containerd %s", "reachable: serving" if ok else "unreachable: not serving")
                 self._serving = ok
                 systemd.notify(f"STATUS={'serving' if ok else 'waiting for containerd'}")
+            await self._watch_trust(rt)
             await asyncio.sleep(HEALTH_INTERVAL)
+
+    async def _watch_trust(self, rt: Runtime) -> None:
+        """The trust root's own health service; the detail (its age) goes to the log on change."""
+        problem = rt.trust_problem()
+        stale = problem is not None
+        if stale == self._trust_stale:
+            return
+        first, self._trust_stale = self._trust_stale is None, stale
+        r = health_pb2.HealthCheckResponse
+        await self.health.set(TRUST_HEALTH_SERVICE, r.NOT_SERVING if stale else r.SERVING)
+        if problem is not None:
+            log.warning("%s: health %s is NOT_SERVING", problem, TRUST_HEALTH_SERVICE)
+        elif not first:
+            log.info("trust root fresh again: health %s is SERVING", TRUST_HEALTH_SERVICE)
 
     async def _remove_stale_leases(self, rt: Runtime, address: str) -> None:
         """Leases of an earlier imaged that died mid-call: theirs only, recognised by our label."""
@@ -119,11 +138,14 @@ class Daemon:
         """SIGHUP: a valid file takes effect for new calls; an invalid one is refused and logged."""
         if self.rt is None:
             return
+        rt = self.rt
         try:
-            config, restart = self.rt.reload(load(self.config_path))
+            config, restart = rt.reload(load(self.config_path))
         except (ConfigError, errors.ImagedError, ValueError) as e:
             log.error("configuration reload refused, keeping the running one: %s", e)
             return
+        finally:
+            rt.trust.request_refresh()  # SIGHUP also refreshes the trust root
         self.config = config
         log.info("configuration reloaded from %s", self.config_path or "(defaults)")
         if restart:
@@ -169,6 +191,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        rt.start()
         self._spawn(self._watch_health(rt))
         interval = systemd.watchdog_interval()
         if interval:

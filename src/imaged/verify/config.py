@@ -1,7 +1,7 @@
 """The `verification` configuration section: ordered image rules, trust root, cache.
 
 The schema is the reference's `ImageVerificationConfig` (camelCase keys; snake_case names are
-accepted too) with a few additions (`noMatch`, `trustedRoot`, `tufRefresh`, `cache`). Everything
+accepted too) with a few additions (`noMatch`, `trustedRoot`, `tufRefresh`, `tuf`, `cache`). Everything
 the reference only discovered at verification time (regexes that do not compile, PEM that does
 not parse, an unreadable trusted root) is refused at load, with the rule index in the error.
 
@@ -90,15 +90,80 @@ class CacheConfig(Section):
     max_entries: int = Field(default=1024, alias="maxEntries", ge=0, le=1_000_000)
 
 
+PUBLIC_GOOD_TUF_URL = "https://tuf-repo-cdn.sigstore.dev"
+# python-tuf's own bound for root metadata (UpdaterConfig.root_max_length).
+MAX_TUF_ROOT_SIZE = 512_000
+
+
+class TufConfig(Section):
+    """The TUF repository that keeps the keyless trust root fresh (see `trustroots.py`).
+
+    `url` unset means the Sigstore public-good instance, whose initial TUF root ships with
+    sigstore-python. Any other URL (a private Sigstore, an air-gapped mirror) needs its own
+    initial `root`: TUF trusts nothing the repository says until it chains to that file."""
+
+    url: str | None = None
+    root: str | None = None
+    refresh_interval: Duration = Field(default=86400.0, alias="refreshInterval")
+    # A root older than this is reported (health, metric, log); 0 turns the report off.
+    max_age: Duration = Field(default=7 * 86400.0, alias="maxAge")
+    # Longest a refresh may take (all downloads together); it then fails and is retried later.
+    timeout: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _check(self) -> TufConfig:
+        if self.url is not None:
+            u = self.url.rstrip("/")
+            if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", u):
+                raise ValueError(f"url must be an http(s) URL, got {self.url!r}")
+            if u != PUBLIC_GOOD_TUF_URL and self.root is None:
+                raise ValueError(
+                    f"root (the repository's initial root.json) is required for {u}: "
+                    "only the public-good instance's ships with sigstore-python"
+                )
+        if self.refresh_interval < 1:
+            raise ValueError("refreshInterval must be at least 1s")
+        if self.timeout < 1:
+            raise ValueError("timeout must be at least 1s")
+        if self.root is not None:
+            problem = tuf_root_problem(self.root)
+            if problem:
+                raise ValueError(f"root: {problem}")
+        return self
+
+    @property
+    def source_url(self) -> str:
+        return (self.url or PUBLIC_GOOD_TUF_URL).rstrip("/")
+
+
+def tuf_root_problem(path: str) -> str | None:
+    """Why `path` is not a usable initial TUF root (python-tuf checks its signatures at use)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TUF_ROOT_SIZE + 1)
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    if len(data) > MAX_TUF_ROOT_SIZE:
+        return f"{path}: larger than {MAX_TUF_ROOT_SIZE} bytes"
+    from tuf.api.metadata import Metadata
+
+    try:
+        kind = Metadata.from_bytes(data).signed.type
+    except Exception as e:  # python-tuf raises DeserializationError, ValueError, TypeError
+        return f"{path}: not TUF metadata: {e}"
+    return None if kind == "root" else f"{path}: TUF {kind} metadata, not root"
+
+
 class VerificationConfig(Section):
     rules: tuple[Rule, ...] = ()
     no_match: Literal["allow", "deny"] = Field(default="allow", alias="noMatch")
-    # A Sigstore trusted_root.json (private Sigstore); unset = the public-good root embedded in
-    # sigstore-python, which needs no network.
+    # A Sigstore trusted_root.json. Alone (no `tuf.url`), it is THE root: a private Sigstore
+    # without TUF, never refreshed. With `tuf.url`, it is the root used until the first refresh.
     trusted_root: str | None = Field(default=None, alias="trustedRoot")
-    # Refresh the public-good root over TUF at first use (needs network; falls back to the
-    # embedded root with a warning). Ignored when `trustedRoot` is set.
-    tuf_refresh: bool = Field(default=False, alias="tufRefresh")
+    # Keep the root fresh over TUF (`tuf`): at start, every `tuf.refreshInterval` and on SIGHUP.
+    # Off: no network; the last root saved by a refresh, else the embedded one, is used.
+    tuf_refresh: bool = Field(default=True, alias="tufRefresh")
+    tuf: TufConfig = TufConfig()
     cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")

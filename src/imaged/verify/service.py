@@ -7,6 +7,9 @@ signature the rule accepts, found by `discovery` and checked by the rule's verif
 PERMISSION_DENIED saying why. Registry trouble is raised as the registry client's error
 (UNAVAILABLE, NOT_FOUND, UNAUTHENTICATED...), never turned into a verdict.
 
+A keyless verdict names the trust root it was checked against (`; trust root: refreshed
+2026-12-07T10:00Z`): which root that is, and when it changes, is `trustroots.TrustRoots`'s call.
+
 A verdict that did not need the registry (no match, skip) carries the pinned reference only if
 the request was already pinned: resolving a tag just to echo it back would cost a round trip
 and CRI pulls the original reference when `verified` is false anyway.
@@ -15,6 +18,7 @@ and CRI pulls the original reference when `verified` is false anyway.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -24,20 +28,15 @@ from typing import Literal, Protocol
 
 from sigstore.errors import VerificationError
 
-from imaged.errors import FailedPrecondition, PermissionDenied
+from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
 from imaged.registry.reference import Reference, parse
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.config import Rule, VerificationConfig, config_warnings
 from imaged.verify.discovery import STAGES, RegistryAPI
 from imaged.verify.matching import Glob
 from imaged.verify.material import Signature, SignatureVerifier
-from imaged.verify.trust import (
-    TrustRoot,
-    TrustRootError,
-    embedded_public_good,
-    load_trust_root_file,
-    refresh_public_good,
-)
+from imaged.verify.trust import TrustRoot, TrustRootError
+from imaged.verify.trustroots import TrustRoots, TrustState
 from imaged.verify.verifiers import build_verifier
 
 log = logging.getLogger(__name__)
@@ -82,32 +81,32 @@ class MatchedRule:
 class _Policy:
     config: VerificationConfig
     rules: tuple[MatchedRule, ...]
-    trust: TrustRoot | None
+    trust: TrustState | None  # None: no keyless rule, or no root yet (keyless verifiers are None)
 
 
-def _load_trust(config: VerificationConfig) -> TrustRoot:
-    try:
-        if config.trusted_root:
-            return load_trust_root_file(config.trusted_root)
-        return embedded_public_good()
-    except TrustRootError as e:
-        raise FailedPrecondition(f"verification trusted root unusable: {e}") from None
+def _unusable(e: TrustRootError) -> FailedPrecondition:
+    return FailedPrecondition(f"verification trusted root unusable: {e}")
 
 
-def _compile(config: VerificationConfig, trust: TrustRoot | None) -> _Policy:
-    if trust is None and any(r.keyless is not None for r in config.rules):
-        trust = _load_trust(config)
+def _compile(config: VerificationConfig, trust: TrustState | None) -> _Policy:
+    """Rules ready to apply. A keyless rule's fingerprint (its verdicts' cache key) includes the
+    root's: verdicts reached under another root are never served under this one."""
     rules = []
     for i, rule in enumerate(config.rules):
         content = rule.model_dump_json(by_alias=True)
-        if rule.keyless is not None and trust is not None:
-            content += trust.fingerprint
+        verifier = None
+        if rule.keyless is not None:
+            if trust is not None:
+                content += trust.root.fingerprint
+                verifier = build_verifier(rule, trust.root)
+        else:
+            verifier = build_verifier(rule, None)
         rules.append(
             MatchedRule(
                 index=i,
                 rule=rule,
                 glob=Glob.compile(rule.image),
-                verifier=build_verifier(rule, trust),
+                verifier=verifier,
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
             )
         )
@@ -154,16 +153,35 @@ class ImageVerifier:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_cache_hit: Callable[[], None] | None = None,
+        trust: TrustRoots | None = None,
     ) -> None:
+        """`trust` is the daemon's manager (shared across reloads); without one, the root is
+        `trustedRoot` or the embedded one, never refreshed."""
         self._registry = registry
         self._on_cache_hit = on_cache_hit
         self._clock = clock
-        self._policy = _compile(config, None)
+        self._own_trust = trust is None
+        self._trust = trust if trust is not None else self._offline_trust(config)
+        self._policy = _compile(config, self._initial_trust(config))
         self._cache = self._new_cache(config)
-        self._tuf_done = False
-        self._tuf_lock = asyncio.Lock()
         for w in config_warnings(config):
             log.warning("verification config: %s", w)
+
+    @staticmethod
+    def _offline_trust(config: VerificationConfig) -> TrustRoots:
+        try:
+            return TrustRoots.offline(config)
+        except TrustRootError as e:
+            raise _unusable(e) from None
+
+    def _initial_trust(self, config: VerificationConfig) -> TrustState | None:
+        """The root now, if a keyless rule needs one (not loaded otherwise)."""
+        if not any(r.keyless is not None for r in config.rules):
+            return None
+        try:
+            return self._trust.current()
+        except TrustRootError as e:
+            raise _unusable(e) from None
 
     def _new_cache(self, config: VerificationConfig) -> VerdictCache:
         c = config.cache
@@ -175,17 +193,27 @@ class ImageVerifier:
 
     @property
     def trust_root(self) -> TrustRoot | None:
-        return self._policy.trust
+        """The root keyless rules were last compiled with."""
+        return self._policy.trust.root if self._policy.trust is not None else None
+
+    @property
+    def trust(self) -> TrustRoots:
+        return self._trust
 
     def warnings(self) -> list[str]:
         return config_warnings(self._policy.config)
 
     def reload(self, config: VerificationConfig) -> None:
         """Apply a new configuration; on error the old one stays. Clears the verdict cache."""
-        policy = _compile(config, None)
+        trust = self._offline_trust(config) if self._own_trust else self._trust
+        old, self._trust = self._trust, trust
+        try:
+            policy = _compile(config, self._initial_trust(config))
+        except BaseException:
+            self._trust = old
+            raise
         self._policy = policy
         self._cache = self._new_cache(config)
-        self._tuf_done = False
         for w in config_warnings(config):
             log.warning("verification config: %s", w)
 
@@ -219,8 +247,9 @@ class ImageVerifier:
         registry: RegistryAPI = self._registry
         if credentials is not None and credentials[0]:
             registry = self._registry.with_credentials(*credentials)
+        trust: TrustState | None = None
         if matched.rule.keyless is not None:
-            matched = await self._maybe_refresh_trust(matched)
+            matched, trust = await self._with_current_trust(policy, matched)
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
         # Per credentials too: a caller joining another's verification in flight, or finding its
@@ -245,24 +274,29 @@ class ImageVerifier:
             outcome = await self._cache.get(key, compute)
         if not outcome.verified:
             raise PermissionDenied(_truncate(f"image verification failed: {outcome.message}"))
-        return Verdict(True, outcome.message, pinned_ref.pinned())
+        message = outcome.message if trust is None else f"{outcome.message}; trust root: {trust.describe()}"
+        return Verdict(True, message, pinned_ref.pinned())
 
-    async def _maybe_refresh_trust(self, matched: MatchedRule) -> MatchedRule:
-        """With `tufRefresh`, fetch the public-good root once before the first keyless check."""
-        config = self._policy.config
-        if not config.tuf_refresh or config.trusted_root or self._tuf_done:
-            return matched
-        async with self._tuf_lock:
-            if not self._tuf_done:
-                try:
-                    trust = await asyncio.to_thread(refresh_public_good)
-                except TrustRootError as e:
-                    log.warning("%s; using the embedded public-good trusted root", e)
-                else:
-                    if self._policy.config is config:
-                        self._policy = _compile(config, trust)
-                self._tuf_done = True
-        return self._policy.rules[matched.index] if self._policy.config is config else matched
+    async def _with_current_trust(
+        self, policy: _Policy, matched: MatchedRule
+    ) -> tuple[MatchedRule, TrustState]:
+        """`matched` compiled against the root in use now (recompiled when it changed)."""
+        try:
+            state = await self._trust.first_root()
+        except TrustRootError as e:
+            raise _unusable(e) from None
+        if state is None:
+            why = self._trust.last_error or "no refresh has succeeded yet"
+            raise Unavailable(f"no Sigstore trust root for keyless verification yet: {why}")
+        if policy.trust is not state:
+            if policy.trust is not None and policy.trust.root is state.root:
+                fresh = dataclasses.replace(policy, trust=state)  # same root, newer date
+            else:
+                fresh = _compile(policy.config, state)
+            if self._policy is policy:  # not replaced by a reload meanwhile
+                self._policy = fresh
+            policy = fresh
+        return policy.rules[matched.index], state
 
     async def _verify_digest(
         self, registry: RegistryAPI, ref: Reference, digest: str, matched: MatchedRule

@@ -1,8 +1,7 @@
 """Trust roots: the Sigstore `trusted_root.json` every keyless check is anchored in.
 
-Three sources: the public-good root embedded in sigstore-python (the default; no network, so
-verification works air-gapped), a `trusted_root.json` file (a private Sigstore), or the
-public-good root refreshed over TUF (opt-in, because it needs the network).
+Where a root comes from (embedded in sigstore-python, a configured file, TUF, the copy saved
+by the last refresh) is decided in `trustroots.py`; this module only turns bytes into a root.
 
 The file is loaded twice from the same bytes: into sigstore-python's `TrustedRoot`, which
 verifies bundles, and into a small typed view of its CAs and log keys, which the legacy
@@ -19,6 +18,7 @@ import logging
 import pathlib
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from cryptography import x509
@@ -31,9 +31,9 @@ from imaged.verify.keys import PublicKey, UnusableKey, check_key
 
 log = logging.getLogger(__name__)
 
-PUBLIC_GOOD_TUF_URL = "https://tuf-repo-cdn.sigstore.dev"
 _EMBEDDED_DIR = "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev"
 MAX_TRUST_ROOT_SIZE = 1024 * 1024
+EMBEDDED_SOURCE = "embedded Sigstore public-good trusted root"
 
 
 class TrustRootError(Exception):
@@ -75,7 +75,7 @@ class Authority:
 
 @dataclass(frozen=True)
 class TrustRoot:
-    source: str  # for messages: "embedded public-good", a path, "public-good (TUF)"
+    source: str  # for messages: "embedded ...", a path, "<url> (TUF)"
     fingerprint: str  # sha256 of the JSON: part of the verdict cache key
     sigstore: TrustedRoot
     authorities: tuple[Authority, ...]
@@ -211,28 +211,23 @@ def load_trust_root_file(path: str | pathlib.Path) -> TrustRoot:
     return parse_trust_root(data, str(p))
 
 
+def _embedded(name: str) -> Traversable:
+    return importlib.resources.files("sigstore._store").joinpath(_EMBEDDED_DIR, name)
+
+
 def embedded_public_good() -> TrustRoot:
     """The public-good root shipped inside sigstore-python (what it uses offline)."""
-    data = (
-        importlib.resources.files("sigstore._store").joinpath(_EMBEDDED_DIR, "trusted_root.json").read_bytes()
-    )
-    return parse_trust_root(data, "embedded Sigstore public-good trusted root")
+    return parse_trust_root(_embedded("trusted_root.json").read_bytes(), EMBEDDED_SOURCE)
 
 
-def refresh_public_good() -> TrustRoot:
-    """The public-good root fetched and checked over TUF. Blocking network I/O: run in a thread."""
-    from sigstore._internal.tuf import TrustUpdater  # no public API returns the verified file
-
+def embedded_public_good_mtime() -> float | None:
+    """When the embedded root was installed (its file's mtime): the best age it has."""
     try:
-        path = TrustUpdater(PUBLIC_GOOD_TUF_URL, offline=False).get_trusted_root_path()
-    except Exception as e:
-        raise TrustRootError(f"TUF refresh from {PUBLIC_GOOD_TUF_URL} failed: {e}") from None
-    root = load_trust_root_file(path)
-    return TrustRoot(
-        source=f"Sigstore public-good trusted root (TUF, {PUBLIC_GOOD_TUF_URL})",
-        fingerprint=root.fingerprint,
-        sigstore=root.sigstore,
-        authorities=root.authorities,
-        rekor_keys=root.rekor_keys,
-        ct_keys=root.ct_keys,
-    )
+        return pathlib.Path(str(_embedded("trusted_root.json"))).stat().st_mtime
+    except OSError:
+        return None
+
+
+def embedded_public_good_tuf_root() -> bytes:
+    """The public-good TUF repository's initial root.json, as sigstore-python ships it."""
+    return _embedded("root.json").read_bytes()

@@ -1,0 +1,171 @@
+"""One TUF refresh of a Sigstore `trusted_root.json`, done by python-tuf's `ngclient.Updater`.
+
+python-tuf runs the TUF client workflow: the chain of root rotations from the initial root,
+signature thresholds, expiry, version rollback against the metadata it keeps in
+`<dir>/metadata`, and the target's length and hashes. What is ours: the initial root (the
+public-good one sigstore-python ships, or the configured one), a fetcher that reaches hosts as
+the rest of imaged does (proxies from the environment, loopback direct) within one deadline,
+and a size bound on the target. The result is the verified bytes. Blocking: run it in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import urllib3
+from tuf.api import exceptions
+from tuf.ngclient.config import UpdaterConfig
+from tuf.ngclient.fetcher import FetcherInterface
+from tuf.ngclient.updater import Updater
+
+from imaged import __version__
+from imaged.registry.proxy import ProxyRules
+from imaged.verify.trust import MAX_TRUST_ROOT_SIZE
+
+TARGET = "trusted_root.json"
+CHUNK = 64 * 1024
+CONNECT_TIMEOUT = 15.0
+READ_TIMEOUT = 30.0
+
+
+class RefreshError(Exception):
+    """A refresh that produced no verified root; the message says why."""
+
+
+@dataclass(frozen=True)
+class TufSource:
+    """A TUF repository and the initial root.json its metadata must chain to."""
+
+    url: str
+    bootstrap: bytes
+
+    @property
+    def key(self) -> str:
+        """A directory name: readable host, and a hash of the URL and initial root, so that
+        state fetched under one anchor is never used under another."""
+        host = urllib.parse.urlsplit(self.url).netloc.replace(":", "_") or "tuf"
+        digest = hashlib.sha256(self.url.encode() + b"\0" + self.bootstrap).hexdigest()[:16]
+        return f"{host}-{digest}"
+
+
+class BoundedFetcher(FetcherInterface):
+    """urllib3 GETs under one deadline for the whole refresh; python-tuf bounds each length."""
+
+    def __init__(self, deadline: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._deadline = deadline
+        self._clock = clock
+        self._proxies = ProxyRules.from_environment()
+        self._headers = {"User-Agent": f"imaged/{__version__}"}
+        self._pools: dict[str, urllib3.PoolManager] = {}
+
+    def _pool(self, url: str) -> urllib3.PoolManager:
+        proxy = self._proxies.for_url(url)
+        key = str(proxy) if proxy is not None else ""
+        pool = self._pools.get(key)
+        if pool is None:
+            if proxy is None:
+                pool = urllib3.PoolManager(headers=self._headers)
+            else:
+                pool = urllib3.ProxyManager(
+                    str(proxy.url), headers=self._headers, proxy_headers=proxy.headers
+                )
+            self._pools[key] = pool
+        return pool
+
+    def _remaining(self) -> float:
+        left = self._deadline - self._clock()
+        if left <= 0:
+            raise exceptions.SlowRetrievalError("the refresh ran out of time")
+        return left
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        left = self._remaining()
+        timeout = urllib3.Timeout(connect=min(left, CONNECT_TIMEOUT), read=min(left, READ_TIMEOUT))
+        try:
+            response = self._pool(url).request(
+                "GET", url, preload_content=False, timeout=timeout, retries=urllib3.Retry(2, redirect=5)
+            )
+        except urllib3.exceptions.HTTPError as e:
+            raise exceptions.DownloadError(f"{url}: {_cause(e)}") from None
+        if response.status >= 400:
+            response.release_conn()
+            raise exceptions.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
+        return self._chunks(url, response)
+
+    def _chunks(self, url: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            for chunk in response.stream(CHUNK):
+                self._remaining()
+                yield chunk
+        except urllib3.exceptions.HTTPError as e:
+            raise exceptions.DownloadError(f"{url}: {_cause(e)}") from None
+        finally:
+            response.release_conn()
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.clear()
+
+
+def _cause(e: BaseException) -> str:
+    reason = getattr(e, "reason", None)
+    return str(reason or e)
+
+
+def fetch_trusted_root(
+    source: TufSource, directory: pathlib.Path, timeout: float, saved: pathlib.Path | None = None
+) -> bytes:
+    """Refresh the TUF metadata kept in `directory/metadata` and return the verified target.
+
+    `saved` is our copy of the last good root: when the repository still names those bytes,
+    they are returned without downloading them again. Raises RefreshError.
+    """
+    metadata = directory / "metadata"
+    fetcher = BoundedFetcher(time.monotonic() + timeout)
+    try:
+        metadata.mkdir(parents=True, exist_ok=True)
+        updater = Updater(
+            metadata_dir=str(metadata),
+            metadata_base_url=source.url + "/",
+            target_base_url=source.url + "/targets/",
+            fetcher=fetcher,
+            config=UpdaterConfig(app_user_agent=f"imaged/{__version__}"),
+            bootstrap=source.bootstrap,
+        )
+        updater.refresh()
+        info = updater.get_targetinfo(TARGET)
+        if info is None:
+            raise RefreshError(f"{source.url} publishes no {TARGET}")
+        if info.length > MAX_TRUST_ROOT_SIZE:
+            raise RefreshError(
+                f"{source.url}: {TARGET} is {info.length} bytes, more than {MAX_TRUST_ROOT_SIZE}"
+            )
+        if saved is not None and updater.find_cached_target(info, str(saved)) is not None:
+            return saved.read_bytes()
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as tmp:
+            path = updater.download_target(info, filepath=str(pathlib.Path(tmp) / TARGET))
+            return pathlib.Path(path).read_bytes()
+    except RefreshError:
+        raise
+    except Exception as e:  # python-tuf's RepositoryError and DownloadError, OSError, ValueError
+        raise RefreshError(f"{type(e).__name__}: {describe(e)}") from None
+    finally:
+        fetcher.close()
+
+
+def describe(e: BaseException) -> str:
+    """An exception and the causes python-tuf chains to it, in one line."""
+    parts: list[str] = []
+    seen: BaseException | None = e
+    while seen is not None and len(parts) < 4:
+        text = str(seen).strip()
+        if text and text not in parts:
+            parts.append(text)
+        seen = seen.__cause__
+    return ": ".join(parts) or type(e).__name__

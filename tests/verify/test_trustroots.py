@@ -1,0 +1,510 @@
+"""The trust-root manager: where the root comes from, refreshes over a real TUF repository served
+on loopback (tests.support.tufrepo, python-tuf on both sides), what a failed or hostile refresh
+leaves behind, the schedule, staleness, and verification across a key rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
+from imaged.registry.client import RegistryClient
+from imaged.verify import ImageVerifier, VerificationConfig
+from imaged.verify.trust import EMBEDDED_SOURCE, embedded_public_good
+from imaged.verify.trustroots import (
+    START_SPREAD,
+    Settings,
+    Source,
+    TrustRoots,
+    TrustState,
+    save_root,
+)
+from imaged.verify.tufclient import RefreshError, TufSource
+from tests.conftest import REPO
+from tests.support.registry import Registry
+from tests.support.sigstore import OciPusher, PrivateSigstore
+from tests.support.tufrepo import TufRepository
+from tests.verify.test_e2e_registry import registries_config
+
+EMAIL, ISSUER = "release@example.com", "https://accounts.example.com"
+OLD = PrivateSigstore(seed=b"trust-old")
+NEW = PrivateSigstore(seed=b"trust-new")
+
+
+def merged_root(*instances: PrivateSigstore) -> bytes:
+    """One trusted root listing every instance's CA and logs (a rotation's overlap period)."""
+    doc = instances[0].trusted_root()
+    for other in instances[1:]:
+        more = other.trusted_root()
+        for key in ("certificateAuthorities", "tlogs", "ctlogs"):
+            doc[key] = doc[key] + more[key]
+    return json.dumps(doc, indent=2).encode()
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def repo() -> Iterator[TufRepository]:
+    r = TufRepository()
+    r.publish(OLD.trusted_root_json())
+    yield r
+    r.close()
+
+
+def verification(**extra: Any) -> VerificationConfig:
+    return VerificationConfig.model_validate(
+        {"rules": [{"image": "*", "keyless": {"issuer": ISSUER, "subject": EMAIL}}], **extra}
+    )
+
+
+def private(repo: TufRepository, tmp: pathlib.Path, **tuf: Any) -> VerificationConfig:
+    root = repo.write_initial_root(tmp / "tuf-root.json")
+    extra = {k: v for k, v in tuf.items() if k == "trustedRoot"}
+    t = {k: v for k, v in tuf.items() if k != "trustedRoot"}
+    return verification(tuf={"url": repo.url, "root": str(root), **t}, **extra)
+
+
+def manager(
+    config: VerificationConfig, state: pathlib.Path | None, clock: Clock | None = None, **kw: Any
+) -> TrustRoots:
+    return TrustRoots(Settings.from_config(config, state), clock=clock or Clock(), **kw)
+
+
+# -- where the root comes from --------------------------------------------------------------------
+
+
+def test_file_alone_is_used_as_configured_and_never_refreshed(tmp_path: pathlib.Path) -> None:
+    f = OLD.write_trusted_root(tmp_path / "root.json")
+    m = manager(verification(trustedRoot=str(f)), tmp_path / "state")
+    assert m.settings.tuf is None and not m.refreshes and m.directory is None
+    state = m.current()
+    assert state is not None and state.source is Source.FILE and state.root.source == str(f)
+    assert state.describe() == f"file {f}"
+
+
+def test_public_good_by_default_embedded_until_saved(tmp_path: pathlib.Path) -> None:
+    m = manager(verification(), tmp_path / "state")
+    assert m.url == "https://tuf-repo-cdn.sigstore.dev" and m.refreshes
+    state = m.current()
+    assert state is not None and state.source is Source.EMBEDDED and state.root.source == EMBEDDED_SOURCE
+    assert state.root.fingerprint == embedded_public_good().fingerprint
+    # A root saved by an earlier refresh of the same repository wins over the embedded one.
+    saved = m.saved_path
+    assert saved is not None
+    save_root(saved, OLD.trusted_root_json(), 1_700_000_000.0)
+    again = manager(verification(), tmp_path / "state").current()
+    assert again is not None and again.source is Source.DISK and again.as_of == 1_700_000_000.0
+    assert again.describe() == "disk 2023-11-14T22:13Z"
+    # tufRefresh off: no network, but the saved root is still the newest known.
+    off = manager(verification(tufRefresh=False), tmp_path / "state")
+    assert not off.refreshes and (s := off.current()) is not None and s.source is Source.DISK
+
+
+def test_private_repository_saved_then_bootstrap_file_then_nothing(
+    repo: TufRepository, tmp_path: pathlib.Path
+) -> None:
+    state_dir = tmp_path / "state"
+    assert manager(private(repo, tmp_path), state_dir).current() is None  # no embedded root for it
+    boot = OLD.write_trusted_root(tmp_path / "boot.json")
+    with_file = manager(private(repo, tmp_path, trustedRoot=str(boot)), state_dir)
+    assert with_file.refreshes  # trustedRoot with tuf.url: a starting point, TUF still in charge
+    s = with_file.current()
+    assert s is not None and s.source is Source.FILE
+    saved = with_file.saved_path
+    assert saved is not None and saved.parent.name.startswith("127.0.0.1_")
+    save_root(saved, NEW.trusted_root_json(), 1_700_000_000.0)
+    s = manager(private(repo, tmp_path, trustedRoot=str(boot)), state_dir).current()
+    assert s is not None and s.source is Source.DISK
+    assert s.root.fingerprint == manager(private(repo, tmp_path), state_dir).current().root.fingerprint  # type: ignore[union-attr]
+
+
+def test_another_initial_root_does_not_inherit_a_saved_root(
+    repo: TufRepository, tmp_path: pathlib.Path
+) -> None:
+    a = manager(private(repo, tmp_path), tmp_path / "state")
+    other = TufRepository()
+    try:
+        b_root = other.write_initial_root(tmp_path / "other-root.json")
+        b = manager(verification(tuf={"url": repo.url, "root": str(b_root)}), tmp_path / "state")
+    finally:
+        other.close()
+    assert a.directory != b.directory  # same URL, another anchor: another directory
+
+
+def test_saved_root_that_is_not_a_root_is_ignored(tmp_path: pathlib.Path, caplog: Any) -> None:
+    m = manager(verification(), tmp_path / "state")
+    assert m.saved_path is not None
+    m.saved_path.parent.mkdir(parents=True)
+    m.saved_path.write_bytes(b'{"mediaType": "garbage"')
+    (m.saved_path.parent / ".trusted_root.json.abc123").write_bytes(b"half a ro")
+    with caplog.at_level(logging.WARNING):
+        s = m.current()
+    assert s is not None and s.source is Source.EMBEDDED
+    assert "ignoring the saved trust root" in caplog.text
+    assert not list(m.saved_path.parent.glob(".trusted_root.json.*"))  # a killed refresh's leftover
+
+
+def test_unreadable_tuf_root_at_start(tmp_path: pathlib.Path, repo: TufRepository) -> None:
+    config = private(repo, tmp_path)
+    assert config.tuf.root is not None
+    os.unlink(config.tuf.root)
+    with pytest.raises(FailedPrecondition, match=r"tuf\.root: cannot read"):
+        ImageVerifier(config, None, trust=None)  # type: ignore[arg-type]
+
+
+# -- refreshing -----------------------------------------------------------------------------------
+
+
+class FakeFetch:
+    def __init__(self, *results: bytes | Exception) -> None:
+        self.results = list(results)
+        self.calls = 0
+
+    def __call__(
+        self, source: TufSource, d: pathlib.Path, timeout: float, saved: pathlib.Path | None
+    ) -> bytes:
+        self.calls += 1
+        r = self.results.pop(0) if len(self.results) > 1 else self.results[0]
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+
+async def test_a_failed_refresh_keeps_the_root_and_logs_once_per_streak(
+    tmp_path: pathlib.Path, caplog: Any
+) -> None:
+    down = RefreshError("DownloadError: connection refused")
+    fetch = FakeFetch(down, down, down, OLD.trusted_root_json(), down, down)
+    outcomes: list[str] = []
+    m = manager(verification(), tmp_path / "state", fetch=fetch, on_refresh=outcomes.append)
+    before = m.current()
+    with caplog.at_level(logging.DEBUG, logger="imaged.verify.trustroots"):
+        for _ in range(3):
+            assert await m.refresh() == "failed"
+        assert m.current() is before and m.failures == 3 and m.last_error == str(down)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "keeping the embedded" in warnings[0].getMessage()
+        assert m.saved_path is not None and not m.saved_path.exists()
+        assert await m.refresh() == "updated"
+        assert "works again (3 failed)" in caplog.text and m.failures == 0
+        for _ in range(2):
+            assert await m.refresh() == "failed"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # a new streak is reported again
+    assert "keeping the refreshed" in warnings[1].getMessage()
+    assert outcomes == ["failed"] * 3 + ["updated"] + ["failed"] * 2
+
+
+async def test_refresh_saves_then_uses_and_an_unchanged_root_keeps_its_object(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    fetch = FakeFetch(OLD.trusted_root_json())
+    m = manager(verification(), tmp_path / "state", clock, fetch=fetch)
+    assert await m.refresh() == "updated"
+    s = m.current()
+    assert s is not None and s.source is Source.REFRESHED and s.as_of == clock.now
+    assert s.root.source == "https://tuf-repo-cdn.sigstore.dev (TUF)"
+    assert m.saved_path is not None and m.saved_path.read_bytes() == OLD.trusted_root_json()
+    assert m.saved_path.stat().st_mtime == clock.now
+    clock.now += 3600
+    assert await m.refresh() == "unchanged"
+    s2 = m.current()
+    assert s2 is not None and s2.root is s.root and s2.as_of == clock.now  # confirmed current
+    assert m.saved_path.stat().st_mtime == clock.now
+
+
+async def test_a_verified_target_that_is_no_trust_root_is_a_failure(tmp_path: pathlib.Path) -> None:
+    m = manager(verification(), tmp_path / "state", fetch=FakeFetch(b'{"not": "a root"}'))
+    assert await m.refresh() == "failed" and m.last_error is not None
+    assert "not a Sigstore trusted root" in m.last_error
+    assert (s := m.current()) is not None and s.source is Source.EMBEDDED
+
+
+async def test_refresh_is_off_without_tuf_refresh_or_state_dir(tmp_path: pathlib.Path) -> None:
+    fetch = FakeFetch(OLD.trusted_root_json())
+    assert await manager(verification(tufRefresh=False), tmp_path, fetch=fetch).refresh() == "off"
+    assert await manager(verification(), None, fetch=fetch).refresh() == "off"
+    assert fetch.calls == 0
+
+
+async def test_first_root_tries_one_refresh_then_answers_at_once(
+    repo: TufRepository, tmp_path: pathlib.Path
+) -> None:
+    fetch = FakeFetch(RefreshError("down"))
+    m = manager(private(repo, tmp_path), tmp_path / "state", fetch=fetch)
+    assert await m.first_root() is None and fetch.calls == 1
+    assert await m.first_root() is None and fetch.calls == 1  # no refresh per request
+    # Verify says so as an error, not a verdict.
+    v = ImageVerifier(private(repo, tmp_path), RegistryStub(), trust=m)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable, match="no Sigstore trust root for keyless verification yet: down"):
+        await v.verify("r.io/app@sha256:" + "1" * 64)
+
+
+class RegistryStub:
+    def with_credentials(self, *a: Any) -> Any:
+        return self
+
+
+def test_schedule(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    rng_value = [0.5]
+    m = manager(verification(), tmp_path / "state", clock, rng=lambda: rng_value[0])
+    assert m._first_delay() == 0.5 * START_SPREAD  # embedded: refresh soon after start
+    assert m.saved_path is not None
+    save_root(m.saved_path, OLD.trusted_root_json(), clock.now - 3600)
+    m = manager(verification(), tmp_path / "state", clock, rng=lambda: rng_value[0])
+    assert m._first_delay() == pytest.approx(86400 - 3600)  # a fresh saved root: when it is due
+    assert m._next_delay("updated") == pytest.approx(86400)
+    rng_value[0] = 1.0
+    assert m._next_delay("unchanged") == pytest.approx(86400 * 1.1)  # jitter: ±10%
+    rng_value[0] = 0.5
+    delays = []
+    for n in range(1, 13):
+        m.failures = n
+        delays.append(m._next_delay("failed"))
+    assert delays[:3] == [60, 120, 240] and max(delays) == 86400  # backoff, capped at the interval
+
+
+async def test_run_refreshes_at_start_on_request_and_only_when_needed(tmp_path: pathlib.Path) -> None:
+    fetch = FakeFetch(OLD.trusted_root_json())
+    config = verification(tuf={"refreshInterval": "1h"})
+    m = manager(config, tmp_path / "state", rng=lambda: 0.0, fetch=fetch)
+    needed = [True]
+    task = asyncio.ensure_future(m.run(lambda: needed[0]))
+    try:
+        for _ in range(100):
+            if fetch.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert fetch.calls == 1  # at start
+        m.request_refresh()
+        await asyncio.sleep(0.2)
+        assert fetch.calls == 2  # SIGHUP
+        needed[0] = False
+        m.request_refresh()
+        await asyncio.sleep(0.2)
+        assert fetch.calls == 2  # no keyless rule: nothing to keep fresh
+    finally:
+        task.cancel()
+
+
+def test_staleness(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    m = manager(verification(tuf={"maxAge": "24h"}), tmp_path / "state", clock)
+    assert m.saved_path is not None
+    save_root(m.saved_path, OLD.trusted_root_json(), clock.now - 3600)
+    m = manager(verification(tuf={"maxAge": "24h"}), tmp_path / "state", clock)
+    assert m.status() is None  # nothing loaded yet: nothing to report
+    m.current()
+    assert m.status() == ("disk", 3600.0, False) and m.stale() is None
+    clock.now += 2 * 86400
+    detail = m.stale()
+    assert (
+        detail is not None
+        and "trust root (disk 2027-01-15T07:00Z) is 2.0d old, more than tuf.maxAge 1.0d" in detail
+    )
+    assert m.status() == ("disk", 2 * 86400 + 3600.0, True)
+    assert manager(verification(tuf={"maxAge": 0}), tmp_path / "state", clock).stale() is None
+
+
+# -- a real TUF repository on loopback: what python-tuf refuses stays refused --------------------
+
+
+async def test_refresh_from_a_loopback_repository(tmp_path: pathlib.Path) -> None:
+    r = TufRepository()
+    try:
+        r.publish(OLD.trusted_root_json())
+        m = manager(private(r, tmp_path), tmp_path / "state")
+        assert await m.refresh() == "updated"
+        s = m.current()
+        assert s is not None and s.source is Source.REFRESHED
+        assert m.saved_path is not None and m.saved_path.read_bytes() == OLD.trusted_root_json()
+        assert (m.saved_path.parent / "metadata" / "root_history" / "1.root.json").exists()
+        fetched = len(r.requests)
+        assert await m.refresh() == "unchanged"
+        assert not any(p.startswith("targets/") for p in r.requests[fetched:])  # our saved copy matched
+        r.rotate_root("timestamp")  # an honest key rotation of the repository itself
+        r.publish(merged_root(OLD, NEW))
+        assert await m.refresh() == "updated"
+        assert m.saved_path.read_bytes() == merged_root(OLD, NEW)
+    finally:
+        r.close()
+
+
+async def _refused(r: TufRepository, m: TrustRoots, expected: str) -> None:
+    before, saved = m.current(), m.saved_path
+    assert before is not None and saved is not None
+    kept = saved.read_bytes()
+    assert await m.refresh() == "failed"
+    assert m.last_error is not None and expected in m.last_error, m.last_error
+    assert m.current() is before and saved.read_bytes() == kept
+
+
+@pytest.fixture
+async def honest(tmp_path: pathlib.Path) -> AsyncIterator[tuple[TufRepository, TrustRoots]]:
+    r = TufRepository()
+    r.publish(OLD.trusted_root_json())
+    m = manager(private(r, tmp_path), tmp_path / "state")
+    assert await m.refresh() == "updated"
+    r.publish(merged_root(OLD, NEW))
+    assert await m.refresh() == "updated"
+    yield r, m
+    r.close()
+
+
+async def test_metadata_rollback_is_refused(honest: tuple[TufRepository, TrustRoots]) -> None:
+    r, m = honest
+    seen = r.timestamp_json()
+    r.publish(NEW.trusted_root_json())
+    assert await m.refresh() == "updated"  # the client has seen a newer timestamp since
+    r.serve_timestamp(seen)  # correctly signed and not expired, but older: a rollback (or freeze)
+    await _refused(r, m, "BadVersionNumberError")
+
+
+async def test_expired_metadata_is_refused(honest: tuple[TufRepository, TrustRoots]) -> None:
+    r, m = honest
+    r.publish_expired(NEW.trusted_root_json())
+    await _refused(r, m, "ExpiredMetadataError")
+
+
+async def test_a_root_signed_by_the_wrong_keys_is_refused(honest: tuple[TufRepository, TrustRoots]) -> None:
+    r, m = honest
+    r.serve_root_signed_by_wrong_keys()
+    await _refused(r, m, "UnsignedMetadataError: root was signed by 0/1 keys")
+
+
+async def test_another_repository_at_the_mirror_url_is_refused(tmp_path: pathlib.Path) -> None:
+    ours, theirs = TufRepository(), TufRepository()
+    try:
+        ours.publish(OLD.trusted_root_json())
+        theirs.publish(NEW.trusted_root_json())
+        config = verification(
+            tuf={"url": theirs.url, "root": str(ours.write_initial_root(tmp_path / "ours.json"))}
+        )
+        m = manager(config, tmp_path / "state")
+        assert await m.refresh() == "failed"
+        assert m.last_error is not None and "UnsignedMetadataError" in m.last_error
+        assert m.current() is None and m.saved_path is not None and not m.saved_path.exists()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+async def test_a_stalled_download_fails_within_the_timeout(tmp_path: pathlib.Path) -> None:
+    r = TufRepository()
+    try:
+        r.publish(OLD.trusted_root_json())
+        r.stall_targets.set()
+        m = manager(private(r, tmp_path, timeout="2s"), tmp_path / "state")
+        start = time.monotonic()
+        assert await m.refresh() == "failed"
+        assert time.monotonic() - start < 10
+        assert m.last_error is not None and "timed out" in m.last_error
+    finally:
+        r.close()
+
+
+# -- the saved root survives kill -9 at any moment --------------------------------------------------
+
+WRITER = """
+import sys, pathlib
+from imaged.verify.trustroots import save_root
+path = pathlib.Path(sys.argv[1])
+a, b = (bytes([c]) * 3_000_000 for c in b"ab")
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    save_root(path, a if n % 2 else b, float(n))
+"""
+
+
+def test_kill_9_while_saving_leaves_a_whole_root(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "trust" / "trusted_root.json"
+    whole = {b"a" * 3_000_000, b"b" * 3_000_000}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    for i in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(0.05 + 0.037 * i)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        if path.exists():
+            assert path.read_bytes() in whole
+    assert path.exists()
+    TrustRoots._remove_leftovers(path.parent)
+    assert [p.name for p in path.parent.iterdir()] == ["trusted_root.json"]
+
+
+# -- verification across a key rotation (real registry, real TUF repository) ----------------------
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    with Registry() as reg:
+        yield reg
+
+
+async def test_a_rotation_published_over_tuf_is_trusted_after_a_refresh(
+    registry: Registry, tmp_path: pathlib.Path
+) -> None:
+    r = TufRepository()
+    r.publish(OLD.trusted_root_json())
+    push = OciPusher(registry)
+    image = push.push_minimal_image("trust/rotated", "v1", label="rotated")
+    push.push_bundle_referrer(
+        "trust/rotated", image, NEW.sign_bundle(image.digest, NEW.issue_leaf(EMAIL, ISSUER))
+    )
+    config = VerificationConfig.model_validate(
+        {
+            "rules": [{"image": f"{registry.host}/trust/*", "keyless": {"issuer": ISSUER, "subject": EMAIL}}],
+            "tuf": {"url": r.url, "root": str(r.write_initial_root(tmp_path / "root.json"))},
+        }
+    )
+    m = manager(config, tmp_path / "state", Clock(time.time()))
+    ref = f"{registry.host}/trust/rotated:v1"
+    try:
+        async with RegistryClient(registries_config()) as client:
+            v = ImageVerifier(config, client, trust=m)
+            with pytest.raises(PermissionDenied, match="no signature satisfies"):
+                await v.verify(ref)  # first use: one refresh fetched the old root
+            assert (s := m.current()) is not None and s.source is Source.REFRESHED
+            old_rule = v.match(ref)
+            r.publish(merged_root(OLD, NEW))  # the new CA and logs, published over TUF
+            with pytest.raises(PermissionDenied):
+                await v.verify(ref)  # not before a refresh (and the failure is cached)
+            assert await m.refresh() == "updated"
+            verdict = await v.verify(ref)  # the cached failure belonged to the old root
+            assert verdict.verified
+            s = m.current()
+            assert s is not None and verdict.message.endswith(f"; trust root: {s.describe()}")
+            assert s.describe().startswith("refreshed 20")
+            new_rule = v.match(ref)
+            assert old_rule is not None and new_rule is not None
+            assert old_rule.fingerprint != new_rule.fingerprint  # the verdict cache key
+    finally:
+        r.close()
+
+
+def test_trust_state_describe() -> None:
+    root = embedded_public_good()
+    assert TrustState(root, Source.REFRESHED, 1_796_637_600.0).describe() == "refreshed 2026-12-07T10:00Z"
+    assert TrustState(root, Source.EMBEDDED, None).describe().startswith("embedded (sigstore-python ")
