@@ -92,7 +92,6 @@ state = "{self.dir}/state"
   disable = true
 [plugins.'io.containerd.cri.v1.runtime']
   disable_apparmor = true
-  disable_cgroup = false
 [plugins.'io.containerd.cri.v1.runtime'.cni]
   bin_dirs = ["{self.dir}/cni-bin"]
   conf_dir = "{self.dir}/cni-conf"
