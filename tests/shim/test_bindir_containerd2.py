@@ -8,7 +8,7 @@ verdict). The shim reaches the test's imaged through IMAGED_SOCKET in containerd
 systemd unit would set it.
 
 Measured here (README, "containerd 2.x"): `ctr image pull` (Transfer) is verified; `ctr image pull
---local` is not; a CRI `PullImage` is verified with the default CRI config and with a hosts.toml mirror
+--local` and `ctr image import` are not; a CRI `PullImage` is verified with the default CRI config and with a hosts.toml mirror
 (`registry.config_path`), and is not when the CRI config has `registry.mirrors` (containerd then falls
 back to its local pull, logging a warning).
 """
@@ -168,6 +168,16 @@ def test_local_pull_does_not_run_the_verifiers(env: Env, cd2: PrivateContainerd)
     assert r.returncode == 0, r.stderr
     assert len(env.seen("bindir/unsigned")) == before
     cd2.ctr("images", "rm", "--sync", ref, namespace="bindir")
+
+
+def test_import_does_not_run_the_verifiers(env: Env, cd2: PrivateContainerd) -> None:
+    """`ctr image import` (Transfer's import) is not verified either: an archive is trusted as given."""
+    name = f"{env.reg.host}/bindir/unsigned:imported"
+    data = archives.oci_archive([(name, archives.simple_image("bindir-import"))])
+    before = len(env.recorded())
+    cd2.ctr("images", "import", "-", namespace="bindir", input=data)
+    assert name in images(cd2)
+    assert len(env.recorded()) == before
 
 
 # -- CRI PullImage, as the kubelet pulls ------------------------------------------------------------
