@@ -8,9 +8,9 @@ verdict). The shim reaches the test's imaged through IMAGED_SOCKET in containerd
 systemd unit would set it.
 
 Measured here (README, "containerd 2.x"): `ctr image pull` (Transfer) is verified; `ctr image pull
---local` and `ctr image import` are not; a CRI `PullImage` is verified with the default CRI config and with a hosts.toml mirror
-(`registry.config_path`), and is not when the CRI config has `registry.mirrors` (containerd then falls
-back to its local pull, logging a warning).
+--local` and `ctr image import` are not; a CRI `PullImage` is verified with the default CRI config and
+with a hosts.toml mirror (`registry.config_path`), and is not when the CRI config has
+`registry.mirrors` (containerd then falls back to its local pull, logging a warning).
 """
 
 from __future__ import annotations
