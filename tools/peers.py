@@ -141,6 +141,10 @@ def _run_go(peer: Peer, args: list[str], *, cwd: pathlib.Path | None, env: dict[
     r = subprocess.run([go_binary(), *args], cwd=cwd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         err = (r.stderr or r.stdout).strip()
+        try:  # `go mod download -json` reports its error in the JSON on stdout
+            err = json.loads(r.stdout)["Error"].strip() or err
+        except (ValueError, KeyError, TypeError):
+            pass
         raise PeerBuildError(
             f"building peer {peer.name}: module {peer.module}@{peer.version}: `go {' '.join(args)}` "
             f"failed (exit {r.returncode}):\n{err[-4000:]}"
