@@ -49,16 +49,6 @@ class PrivateContainerd:
         self.major = 2 if bin_dir else 1
         self.config.write_text((self._config_v3() if bin_dir else self._config_v2()) + extra_config)
 
-    @property
-    def version(self) -> str:
-        """The server's version as `ctr version` prints it (`1.6.20~ds1`, `v2.4.2`)."""
-        out = self.ctr("version", check=False).stdout
-        server = out.split("Server:", 1)[-1]
-        for line in server.splitlines():
-            if line.strip().startswith("Version:"):
-                return line.split(":", 1)[1].strip()
-        return "?"
-
     def _config_v2(self) -> str:
         return f"""version = 2
 root = "{self.dir}/root"
