@@ -244,6 +244,8 @@ def build_all(names: list[str] | None = None) -> dict[str, str]:
             build(PEERS[name])
         except PeerBuildError as e:
             errors[name] = str(e)
+        except OSError as e:  # the cache directory cannot be written, Go cannot be run, ...
+            errors[name] = f"building peer {name}: {e}"
     return errors
 
 

@@ -59,7 +59,7 @@ def require(name: str) -> pathlib.Path:
         if name not in _errors:
             try:
                 b.build(peer)
-            except b.PeerBuildError as e:
+            except (b.PeerBuildError, OSError) as e:
                 _errors[name] = str(e)
         if name in _errors:
             pytest.fail(f"peer {name} is missing: {_errors[name]}", pytrace=False)
