@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := containerd runc docker-registry skopeo umoci busybox-static zstd zsh bash-completion strace systemd
 CONFIG ?= .run/imaged.yaml
 
-.PHONY: all deps venv protos run demo test lint fmt bench soak clean
+.PHONY: all deps venv peers protos run demo test lint fmt bench soak clean
 
 all: test
 
@@ -38,7 +38,14 @@ run: deps venv
 demo: deps venv
 	$(PY) tools/demo.py
 
+# Real peers built from their Go modules (tools/peers.py): containerd 2.x, crictl + critest, cosign v3,
+# into ~/.cache/imaged-peers (IMAGED_PEERS_CACHE); reused when present. IMAGED_PEERS=none skips them.
+peers: venv
+	$(PY) tools/peers.py build
+
+# A failed peer build does not stop the suite: the tests that need that peer fail, naming the error.
 test: deps venv lint
+	@$(PY) tools/peers.py build || echo "peers: a build failed (above); the tests that need it will fail"
 	$(VENV)/bin/pytest -q
 
 lint: venv

@@ -23,6 +23,9 @@ from tests.support import cri
 from tests.support.containerd import PrivateContainerd
 from tests.support.images import copy_to_archive
 
+# Each test using containerd/daemon runs against containerd 1.6 and 2.x (tests/conftest.py).
+CONTAINERD_MATRIX = True
+
 SKOPEO_NAME = {
     "docker": "registry.test/archive/skopeo-docker:v1",
     "oci": "registry.test/archive/skopeo-oci:v1",

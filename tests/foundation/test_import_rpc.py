@@ -13,6 +13,9 @@ from tests.support import archives
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import CRI, SYSTEM, DaemonProcess
 
+# Each test using containerd/daemon runs against containerd 1.6 and 2.x (tests/conftest.py).
+CONTAINERD_MATRIX = True
+
 
 def chunked(instance: common_pb2.ContainerdInstance | None, data: bytes, size: int = 32 * 1024):  # type: ignore[no-untyped-def]
     if instance is not None:

@@ -35,6 +35,9 @@ import json, sys
 import grpc
 from machine import image_pb2, image_pb2_grpc
 from common import common_pb2
+
+# Each test using containerd/daemon runs against containerd 1.6 and 2.x (tests/conftest.py).
+CONTAINERD_MATRIX = True
 socket, driver, ns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 stub = image_pb2_grpc.ImageServiceStub(grpc.insecure_channel("unix:" + socket))
 req = image_pb2.ImageServiceListRequest(containerd=common_pb2.ContainerdInstance(driver=driver, namespace=ns))

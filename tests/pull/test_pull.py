@@ -21,6 +21,9 @@ from tests.support.daemon import CRI, SYSTEM, DaemonProcess
 from tests.support.images import push_multiplatform_image, push_test_image
 from tests.support.registry import Registry
 
+# Each test using containerd/daemon runs against containerd 1.6 and 2.x (tests/conftest.py).
+CONTAINERD_MATRIX = True
+
 Status = image_pb2.ImageServicePullLayerProgress.Status
 
 

@@ -16,6 +16,9 @@ from tests.support.daemon import SYSTEM, DaemonProcess
 from tests.support.registry import Registry
 from tests.support.sigstore import OciPusher, PrivateSigstore
 
+# Each test using containerd/daemon runs against containerd 1.6 and 2.x (tests/conftest.py).
+CONTAINERD_MATRIX = True
+
 
 @pytest.fixture(scope="module")
 def env(containerd: PrivateContainerd) -> Iterator[tuple[Registry, DaemonProcess, PrivateSigstore, object]]:

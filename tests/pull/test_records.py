@@ -17,6 +17,9 @@ from imaged.images.records import Target, create_records, record_names
 from imaged.registry.reference import parse
 from tests.support.containerd import PrivateContainerd
 
+# Each test using containerd/daemon runs against containerd 1.6 and 2.x (tests/conftest.py).
+CONTAINERD_MATRIX = True
+
 TARGET = Target("application/vnd.oci.image.manifest.v1+json", "sha256:" + "ab" * 32, 1234)
 CONFIG = "sha256:" + "cd" * 32
 

@@ -23,6 +23,7 @@ from imaged.pb.containerd.services.content.v1 import content_pb2, content_pb2_gr
 from imaged.pb.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from imaged.pb.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+from tests.support.containerd import ctr_binary
 
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 INDEX_TYPES = {
@@ -182,11 +183,14 @@ def rss_kib(pid: int) -> tuple[int, int]:
 def ctr_remove_all(socket: str, ns: str) -> None:
     """Remove every image of `ns` (tests start from an empty namespace of a private containerd)."""
     names = subprocess.run(
-        ["ctr", "-a", socket, "-n", ns, "images", "ls", "-q"], capture_output=True, text=True, timeout=60
+        [ctr_binary(socket), "-a", socket, "-n", ns, "images", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout.split()
     if names:
         subprocess.run(
-            ["ctr", "-a", socket, "-n", ns, "images", "rm", "--sync", *names],
+            [ctr_binary(socket), "-a", socket, "-n", ns, "images", "rm", "--sync", *names],
             capture_output=True,
             timeout=120,
         )

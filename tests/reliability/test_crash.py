@@ -31,6 +31,9 @@ from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import SYSTEM, DaemonProcess
 from tests.support.registry import Registry
 
+# Each test using containerd/daemon runs against containerd 1.6 and 2.x (tests/conftest.py).
+CONTAINERD_MATRIX = True
+
 NS = "system"
 
 

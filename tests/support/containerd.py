@@ -1,4 +1,12 @@
-"""A private containerd for tests: own root, state and socket under a short /tmp path."""
+"""A private containerd for tests: own root, state and socket under a short /tmp path.
+
+`PrivateContainerd()` is Debian's containerd 1.6 (config version 2, `ctr` on PATH);
+`PrivateContainerd(bin_dir=...)` is a containerd 2.x built by tools/peers.py: config version 3, its own
+`ctr`, and `bin_dir` first on the PATH given to that containerd only, where it finds
+`containerd-shim-runc-v2` (Debian's `runc` serves as the runtime). `extra_config` is appended to the
+config file; `env` is added to the containerd process's environment (the bindir verifiers it runs
+inherit it).
+"""
 
 from __future__ import annotations
 
@@ -17,15 +25,32 @@ class PrivateContainerd:
 
     instances: ClassVar[list[PrivateContainerd]] = []
 
-    def __init__(self, base: str | None = None) -> None:
+    def __init__(
+        self,
+        base: str | None = None,
+        *,
+        bin_dir: pathlib.Path | None = None,
+        extra_config: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         PrivateContainerd.instances.append(self)
         self.dir = pathlib.Path(base or tempfile.mkdtemp(prefix="icd-", dir="/tmp"))
         self.socket = str(self.dir / "c.sock")
         self.config = self.dir / "config.toml"
         self.log = self.dir / "containerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.config.write_text(
-            f"""version = 2
+        self.bin_dir = bin_dir
+        self.binary = str(bin_dir / "containerd") if bin_dir else "containerd"
+        self.ctr_binary = str(bin_dir / "ctr") if bin_dir else "ctr"
+        self.env = dict(os.environ)
+        if bin_dir is not None:
+            self.env["PATH"] = f"{bin_dir}:{self.env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        self.env.update(env or {})
+        self.major = 2 if bin_dir else 1
+        self.config.write_text((self._config_v3() if bin_dir else self._config_v2()) + extra_config)
+
+    def _config_v2(self) -> str:
+        return f"""version = 2
 root = "{self.dir}/root"
 state = "{self.dir}/state"
 [grpc]
@@ -41,13 +66,33 @@ state = "{self.dir}/state"
   bin_dir = "{self.dir}/cni-bin"
   conf_dir = "{self.dir}/cni-conf"
 """
-        )
+
+    def _config_v3(self) -> str:
+        # NRI is off: its socket is one machine-wide path, and these containerds are private.
+        return f"""version = 3
+root = "{self.dir}/root"
+state = "{self.dir}/state"
+[grpc]
+  address = "{self.socket}"
+[ttrpc]
+  address = "{self.socket}.ttrpc"
+[debug]
+  address = "{self.dir}/debug.sock"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+[plugins.'io.containerd.cri.v1.runtime']
+  disable_apparmor = true
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["{self.dir}/cni-bin"]
+  conf_dir = "{self.dir}/cni-conf"
+"""
 
     def start(self, timeout: float = 30.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            ["containerd", "--config", str(self.config)],
+            [self.binary, "--config", str(self.config)],
+            env=self.env,
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -63,7 +108,7 @@ state = "{self.dir}/state"
         raise RuntimeError(f"containerd did not start: {self.log.read_text()[-2000:]}")
 
     def ctr_ok(self) -> bool:
-        r = subprocess.run(["ctr", "-a", self.socket, "version"], capture_output=True, timeout=10)
+        r = subprocess.run([self.ctr_binary, "-a", self.socket, "version"], capture_output=True, timeout=10)
         return r.returncode == 0
 
     def stop(self) -> None:
@@ -94,7 +139,7 @@ state = "{self.dir}/state"
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
-            ["ctr", "-a", self.socket, "-n", namespace, *args],
+            [self.ctr_binary, "-a", self.socket, "-n", namespace, *args],
             capture_output=True,
             text=input is None,
             input=input,
@@ -103,3 +148,11 @@ state = "{self.dir}/state"
         if check and r.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args)} failed: {r.stderr}")
         return r  # type: ignore[return-value]
+
+
+def ctr_binary(socket: str) -> str:
+    """The `ctr` matching the containerd serving `socket` (Debian's for one this suite did not start)."""
+    for cd in PrivateContainerd.instances:
+        if cd.socket == socket:
+            return cd.ctr_binary
+    return "ctr"

@@ -11,6 +11,7 @@ Usage::
     Registry(htpasswd={"alice": "secret"})        # Basic auth (bcrypt htpasswd, made with libcrypt)
     Registry(token_auth=True, htpasswd={...})     # Bearer tokens from tests.support.tokenserver
     Registry(tls=True)                            # HTTPS with a private CA: reg.ca_pem_path
+    Registry(proxy_of=origin.url)                 # a pull-through cache of `origin` (proxy mode)
 
 Counting requests: the registry's own access log (one combined-log line per request, on its stdout) is
 parsed; `requests()` gives every (method, path, status) seen so far, `blob_get_count()` counts GETs of
@@ -169,15 +170,21 @@ class Registry:
         tls: bool = False,
         token_auth: bool = False,
         token_tls: bool | None = None,
+        proxy_of: str | None = None,
         start: bool = True,
     ) -> None:
-        """`token_tls`: whether the token server is HTTPS (default: as the registry)."""
+        """`token_tls`: whether the token server is HTTPS (default: as the registry).
+
+        `proxy_of`: the URL of a registry this one is a pull-through cache of (`proxy.remoteurl`):
+        it fetches what it lacks from there, keeps it, and refuses pushes.
+        """
         from tests.support.tokenserver import TokenServer
 
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="ireg-", dir="/tmp"))
         self.users = dict(htpasswd or {})
         self.tls = tls
         self.token_auth = token_auth
+        self.proxy_of = proxy_of
         self.port = free_port()
         self.log_path = self.dir / "registry.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -244,6 +251,8 @@ class Registry:
             ]
         elif (self.dir / "htpasswd").exists():
             lines += ["auth:", "  htpasswd:", "    realm: imaged-test", f"    path: {self.dir / 'htpasswd'}"]
+        if self.proxy_of is not None:
+            lines += ["proxy:", f"  remoteurl: {self.proxy_of}"]
         path = self.dir / "config.yml"
         path.write_text("\n".join(lines) + "\n")
         return path
