@@ -10,6 +10,13 @@ PERMISSION_DENIED saying why. Registry trouble is raised as the registry client'
 A verdict that did not need the registry (no match, skip) carries the pinned reference only if
 the request was already pinned: resolving a tag just to echo it back would cost a round trip
 and CRI pulls the original reference when `verified` is false anyway.
+
+A rule's authorities are counted against its threshold (threshold.py) over every discovery stage
+until it holds; its attestation requirements (attest.py) are then checked against the bundle
+referrers found and, if needed, the legacy `.att` tag. In warn mode (the rule's `mode`, else
+`verification.mode`), what would be PERMISSION_DENIED (a failed check, a deny rule, noMatch deny)
+is `verified: true` with `warned` set and a message that starts with the failure; registry
+errors stay errors.
 """
 
 from __future__ import annotations
@@ -22,15 +29,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sigstore.errors import VerificationError
-
 from imaged.errors import FailedPrecondition, PermissionDenied
 from imaged.registry.reference import Reference, parse
+from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
-from imaged.verify.config import Rule, VerificationConfig, config_warnings
-from imaged.verify.discovery import STAGES, RegistryAPI
+from imaged.verify.cel import CelEvaluator, evaluator
+from imaged.verify.config import Mode, Rule, VerificationConfig, config_warnings
+from imaged.verify.discovery import STAGES, RegistryAPI, discover_legacy_attestations
 from imaged.verify.matching import Glob
-from imaged.verify.material import Signature, SignatureVerifier
+from imaged.verify.material import (
+    SIGN_PREDICATE,
+    AttestationMaterial,
+    Authority,
+    BundleSignature,
+    Signature,
+    SignatureVerifier,
+)
+from imaged.verify.threshold import Tally
 from imaged.verify.trust import (
     TrustRoot,
     TrustRootError,
@@ -38,11 +53,13 @@ from imaged.verify.trust import (
     load_trust_root_file,
     refresh_public_good,
 )
-from imaged.verify.verifiers import build_verifier
+from imaged.verify.verifiers import build_authorities
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4000
+# What a warned verdict's message says after the failure (callers may look for it).
+WARN_NOTE = "allowed in warn mode"
 
 
 class RegistryClientLike(RegistryAPI, Protocol):
@@ -58,6 +75,8 @@ class Verdict:
     verified: bool
     message: str
     digested_ref: str
+    # verified only because the deciding rule (or noMatch) is in warn mode: `message` is the failure
+    warned: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,8 +86,14 @@ class MatchedRule:
     index: int
     rule: Rule
     glob: Glob
-    verifier: SignatureVerifier | None
+    authorities: tuple[Authority, ...]
     fingerprint: str  # rule content and trust root: the verdict cache key
+    mode: Mode = "enforce"  # the rule's, else the configuration's
+
+    @property
+    def verifier(self) -> SignatureVerifier | None:
+        """The first authority (the only one of a rule in the reference's form)."""
+        return self.authorities[0] if self.authorities else None
 
     @property
     def action(self) -> Literal["verify", "skip", "deny"]:
@@ -95,20 +120,21 @@ def _load_trust(config: VerificationConfig) -> TrustRoot:
 
 
 def _compile(config: VerificationConfig, trust: TrustRoot | None) -> _Policy:
-    if trust is None and any(r.keyless is not None for r in config.rules):
+    if trust is None and any(r.keyless_authorities() for r in config.rules):
         trust = _load_trust(config)
     rules = []
     for i, rule in enumerate(config.rules):
         content = rule.model_dump_json(by_alias=True)
-        if rule.keyless is not None and trust is not None:
+        if rule.keyless_authorities() and trust is not None:
             content += trust.fingerprint
         rules.append(
             MatchedRule(
                 index=i,
                 rule=rule,
                 glob=Glob.compile(rule.image),
-                verifier=build_verifier(rule, trust),
+                authorities=build_authorities(rule, trust),
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
+                mode=rule.mode or config.mode,
             )
         )
     return _Policy(config, tuple(rules), trust)
@@ -125,25 +151,6 @@ def _truncate(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
-def _check(
-    verifier: SignatureVerifier, signatures: list[Signature], digest: str
-) -> tuple[str | None, list[str]]:
-    """First signature the verifier accepts -> (success message, []), else (None, reasons)."""
-    reasons: list[str] = []
-    for sig in signatures:
-        try:
-            who = verifier.verify(sig, digest)
-        except VerificationError as e:
-            reasons.append(f"{sig.where}: {e}")
-            continue
-        except Exception as e:  # hostile input must never crash or pass verification
-            log.warning("unexpected error verifying %s: %s", sig.where, e, exc_info=True)
-            reasons.append(f"{sig.where}: unusable ({type(e).__name__}: {e})")
-            continue
-        return f"{sig.how} (signed by {who})", []
-    return None, reasons
-
-
 class ImageVerifier:
     """Applies the `verification` rules to image references (see the module docstring)."""
 
@@ -154,8 +161,10 @@ class ImageVerifier:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_cache_hit: Callable[[], None] | None = None,
+        cel: CelEvaluator | None = None,
     ) -> None:
         self._registry = registry
+        self._cel = cel
         self._on_cache_hit = on_cache_hit
         self._clock = clock
         self._policy = _compile(config, None)
@@ -208,18 +217,18 @@ class ImageVerifier:
         matched = self.match(ref)
         if matched is None:
             if policy.config.no_match == "deny":
-                raise PermissionDenied(f"no verification rule matches {ref.repository}, and noMatch is deny")
+                failure = f"no verification rule matches {ref.repository}, and noMatch is deny"
+                return self._refuse(failure, policy.config.mode, "noMatch", pinned)
             return Verdict(False, "no matched rule", pinned)
         if matched.action == "deny":
-            raise PermissionDenied(
-                f"verification denied by matched {matched.describe()} for {ref.repository}"
-            )
+            failure = f"verification denied by matched {matched.describe()} for {ref.repository}"
+            return self._refuse(failure, matched.mode, matched.describe(), pinned)
         if matched.action == "skip":
             return Verdict(False, f"verification skipped by matched {matched.describe()}", pinned)
         registry: RegistryAPI = self._registry
         if credentials is not None and credentials[0]:
             registry = self._registry.with_credentials(*credentials)
-        if matched.rule.keyless is not None:
+        if matched.rule.keyless_authorities():
             matched = await self._maybe_refresh_trust(matched)
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
@@ -244,8 +253,22 @@ class ImageVerifier:
         else:
             outcome = await self._cache.get(key, compute)
         if not outcome.verified:
-            raise PermissionDenied(_truncate(f"image verification failed: {outcome.message}"))
+            return self._refuse(
+                f"image verification failed: {outcome.message}",
+                matched.mode,
+                matched.describe(),
+                pinned_ref.pinned(),
+            )
         return Verdict(True, outcome.message, pinned_ref.pinned())
+
+    @staticmethod
+    def _refuse(failure: str, mode: Mode, who: str, pinned: str) -> Verdict:
+        """PERMISSION_DENIED with `failure`, or in warn mode a warned verdict that allows."""
+        if mode != "warn":
+            raise PermissionDenied(_truncate(failure))
+        log.warning("warn mode: allowing what %s refuses: %s", who, failure)
+        note = f"; {WARN_NOTE} ({who})"
+        return Verdict(True, _truncate(failure[: MAX_MESSAGE - len(note)] + note), pinned, warned=True)
 
     async def _maybe_refresh_trust(self, matched: MatchedRule) -> MatchedRule:
         """With `tufRefresh`, fetch the public-good root once before the first keyless check."""
@@ -267,29 +290,88 @@ class ImageVerifier:
     async def _verify_digest(
         self, registry: RegistryAPI, ref: Reference, digest: str, matched: MatchedRule
     ) -> Outcome:
-        verifier = matched.verifier
-        assert verifier is not None
+        rule = matched.rule
+        tally = Tally(matched.authorities, rule.threshold)
         target = f"{ref.repository}@{digest}"
-        failures: list[str] = []
         notes: list[str] = []
+        attestations: list[AttestationMaterial] = []
         for stage in STAGES:
             found = await stage(registry, ref, digest)
             notes.extend(found.notes)
-            if not found.signatures:
-                continue
-            success, reasons = await asyncio.to_thread(_check, verifier, found.signatures, digest)
-            if success is not None:
-                return Outcome(True, f"{success}; {matched.describe()}")
-            failures.extend(reasons)
-        expects = verifier.describe()
-        if not failures:
-            return Outcome(
-                False,
-                f"{target}: no signatures found; {matched.describe()} expects a {expects} "
-                f"({'; '.join(notes)})",
+            signatures: list[Signature] = []
+            for sig in found.signatures:
+                if isinstance(sig, BundleSignature) and sig.predicate_type != SIGN_PREDICATE:
+                    attestations.append(sig)
+                    if sig.is_attestation:
+                        continue  # the referrer says it is one: not tried as a signature
+                signatures.append(sig)
+            if signatures:
+                await asyncio.to_thread(tally.add, signatures, digest)
+            if tally.satisfied():
+                break
+        if not tally.satisfied():
+            return Outcome(False, self._signature_failure(target, matched, tally, notes))
+        messages = tally.successes()
+        several = len(matched.authorities) > 1
+        summary = f"{matched.describe()}: {tally.summary()}" if several else matched.describe()
+        if rule.attestations:
+            results = await self._check_attestations(registry, ref, digest, matched, attestations, notes)
+            failed = [r for r in results if not r.satisfied]
+            if failed:
+                reasons = "; ".join(f"{r.describe()}: " + "; ".join(r.reasons) for r in failed)
+                return Outcome(
+                    False,
+                    f"{target}: signed ({'; '.join(messages)}), but {len(failed)} of the "
+                    f"{len(results)} attestations {matched.describe()} requires are not satisfied: {reasons}",
+                )
+            messages += [r.message for r in results if r.message]
+        return Outcome(True, f"{'; '.join(messages)}; {summary}")
+
+    async def _check_attestations(
+        self,
+        registry: RegistryAPI,
+        ref: Reference,
+        digest: str,
+        matched: MatchedRule,
+        materials: list[AttestationMaterial],
+        notes: list[str],
+    ) -> list[AttestationResult]:
+        cel = self._cel or evaluator()
+
+        def check(found: list[AttestationMaterial]) -> list[AttestationResult]:
+            return [
+                check_requirement(a, matched.authorities, found, digest, ref.repository, cel)
+                for a in matched.rule.attestations
+            ]
+
+        results = await asyncio.to_thread(check, materials)
+        if all(r.satisfied for r in results):
+            return results
+        # Not all among the referrers: cosign's legacy layout, the `.att` tag, before refusing.
+        envelopes, more = await discover_legacy_attestations(registry, ref, digest)
+        notes.extend(more)
+        if envelopes:
+            results = await asyncio.to_thread(check, [*materials, *envelopes])
+        return results
+
+    @staticmethod
+    def _signature_failure(target: str, matched: MatchedRule, tally: Tally, notes: list[str]) -> str:
+        failures = tally.failures()
+        if len(matched.authorities) == 1:
+            expects = matched.authorities[0].describe()
+            if not failures:
+                return (
+                    f"{target}: no signatures found; {matched.describe()} expects a {expects} "
+                    f"({'; '.join(notes)})"
+                )
+            return (
+                f"{target}: no signature satisfies {matched.describe()}, which expects a {expects}: "
+                + "; ".join(failures)
             )
-        return Outcome(
-            False,
-            f"{target}: no signature satisfies {matched.describe()}, which expects a {expects}: "
-            + "; ".join(failures),
-        )
+        expects = "; ".join(f"{a.name}: {a.describe()}" for a in matched.authorities)
+        if not tally.signatures:
+            return (
+                f"{target}: no signatures found; {matched.describe()} expects {matched.rule.threshold} of "
+                f"{len(matched.authorities)} authorities ({expects}) ({'; '.join(notes)})"
+            )
+        return f"{target}: {tally.summary()} under {matched.describe()}: " + "; ".join(failures)
