@@ -162,6 +162,7 @@ class ImageVerifier:
         clock: Callable[[], float] = time.monotonic,
         on_cache_hit: Callable[[], None] | None = None,
         cel: CelEvaluator | None = None,
+        quiet: bool = False,
     ) -> None:
         self._registry = registry
         self._cel = cel
@@ -171,7 +172,8 @@ class ImageVerifier:
         self._cache = self._new_cache(config)
         self._tuf_done = False
         self._tuf_lock = asyncio.Lock()
-        for w in config_warnings(config):
+        # quiet: a candidate policy (PolicyService.Test), whose warnings are not the daemon's
+        for w in () if quiet else config_warnings(config):
             log.warning("verification config: %s", w)
 
     def _new_cache(self, config: VerificationConfig) -> VerdictCache:
