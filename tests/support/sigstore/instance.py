@@ -238,3 +238,14 @@ class PrivateSigstore:
         material["tlogEntries"] = [entry.bundle_json()] if entry else []
         bundle = {"mediaType": BUNDLE_MEDIA_TYPE, "verificationMaterial": material, "dsseEnvelope": envelope}
         return BundleSignature(bundle=bundle, statement=stmt, signature=signature, tlog_entry=entry)
+
+    def legacy_envelope(self, statement: bytes, signer: StaticKey) -> bytes:
+        """A legacy `.att` layer signed with a key (no tlog, as `cosign attest --key --tlog-upload=false`)."""
+        signature = signer.sign(pae(INTOTO_PAYLOAD_TYPE, statement))
+        return json.dumps(
+            {
+                "payloadType": INTOTO_PAYLOAD_TYPE,
+                "payload": b64(statement),
+                "signatures": [{"keyid": "", "sig": b64(signature)}],
+            }
+        ).encode()
