@@ -79,6 +79,12 @@ def test(args: argparse.Namespace) -> int:
         try:
             resp = client.unary("Test", req, service="policy")
         except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise CliError(
+                    f"imaged at {client.socket} does not serve imaged.v1.PolicyService: it is the "
+                    "read-only socket (use the admin socket) or an older imaged",
+                    EXIT_USAGE,
+                ) from None
             err = client.error(e, f"testing {args.config}")
             err.code = EXIT_USAGE
             raise err from None
