@@ -425,3 +425,34 @@ async def test_warn_mode_deny_and_no_match(client: RegistryClient) -> None:
         "no verification rule matches b.io/app, and noMatch is deny"
     )
     assert verdict.digested_ref == f"b.io/app@sha256:{'1' * 64}"
+
+
+async def test_legacy_att_tag_keyless(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """cosign attest (keyless, legacy layout): certificate, chain and SET annotations on the layer."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image("att/legacy-keyless", "v1", label="legacy-keyless")
+    leaf = ps.issue_leaf(EMAIL, ISSUER)
+    push.push_bundle_referrer("att/legacy-keyless", image, ps.sign_bundle(image.digest, leaf))
+    statement = attestation_statement(image.digest, SLSA_PROVENANCE_V1, slsa_provenance(BUILDER))
+    layer = ps.legacy_keyless_envelope(statement, leaf)
+    push.push_legacy_attestations("att/legacy-keyless", image.digest, [layer])
+    v = verifier(registry, trusted_root, client, keyless_with(PROVENANCE_RULE))
+    verdict = await v.verify(f"{registry.host}/att/legacy-keyless:v1")
+    assert (
+        verdict.verified
+        and f"attestation {SLSA_PROVENANCE_V1} by {EMAIL} (issuer {ISSUER}), Rekor" in verdict.message
+    )
+    # Another signer's certificate in the annotation: the log entry and signature no longer match it.
+    mallory = ps.issue_leaf("mallory@example.com", ISSUER)
+    envelope, annotations = layer
+    push.push_legacy_attestations(
+        "att/legacy-keyless",
+        image.digest,
+        [(envelope, {**annotations, "dev.sigstore.cosign/certificate": mallory.pem.decode()})],
+    )
+    v = verifier(registry, trusted_root, client, keyless_with(PROVENANCE_RULE))
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify(f"{registry.host}/att/legacy-keyless:v1")
+    assert "Rekor entry does not record the attestation's signing certificate" in info.value.message
