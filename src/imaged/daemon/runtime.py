@@ -143,3 +143,6 @@ class Runtime:
         await self.registry.close()
         for cd in self._containerd.values():
             await cd.close()
+        from imaged.verify.cel import close_evaluator
+
+        await asyncio.to_thread(close_evaluator)

@@ -177,3 +177,9 @@ def evaluator() -> CelEvaluator:
     if _EVALUATOR is None:
         _EVALUATOR = CelEvaluator()
     return _EVALUATOR
+
+
+def close_evaluator() -> None:
+    """Stop the helper process, if one was started (daemon shutdown)."""
+    if _EVALUATOR is not None:
+        _EVALUATOR.close()
