@@ -304,8 +304,9 @@ class ImageVerifier:
             for sig in found.signatures:
                 if isinstance(sig, BundleSignature) and sig.predicate_type != SIGN_PREDICATE:
                     attestations.append(sig)
-                    if sig.is_attestation:
-                        continue  # the referrer says it is one: not tried as a signature
+                    if sig.is_attestation:  # the referrer says it is one: not tried as a signature
+                        notes.append(f"{sig.where} is an attestation ({sig.predicate_type}), not a signature")
+                        continue
                 signatures.append(sig)
             if signatures:
                 await asyncio.to_thread(tally.add, signatures, digest)
