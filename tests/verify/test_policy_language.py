@@ -456,3 +456,12 @@ async def test_legacy_att_tag_keyless(
     with pytest.raises(PermissionDenied) as info:
         await v.verify(f"{registry.host}/att/legacy-keyless:v1")
     assert "Rekor entry does not record the attestation's signing certificate" in info.value.message
+
+
+def test_warn_note_is_spelled_alike_where_callers_look_for_it() -> None:
+    """The shim and imagectl recognise a warned verdict by this text without importing the engine."""
+    from imaged.cli import cmd_verify
+    from imaged.shim import image_verifier
+
+    assert image_verifier.WARN_NOTE == cmd_verify.WARN_NOTE == WARN_NOTE
+    assert cmd_verify.warned(f"image verification failed: x; {WARN_NOTE} (rule 0 (a.io/*))")
