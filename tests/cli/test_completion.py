@@ -123,6 +123,7 @@ def test_bash(
         "rm",
         "remove",
         "verify",
+        "policy",
         "completion",
     ]
     assert bash_complete(s, ["imagectl", "l"], bindir, with_lib) == ["list", "ls"]

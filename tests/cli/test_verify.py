@@ -73,7 +73,13 @@ def test_verified(env: Env) -> None:
     j = env.ctl("verify", ref, "-o", "json")
     assert j.rc == 0
     doc = json.loads(j.out)
-    assert doc == {"image": ref, "verified": True, "message": doc["message"], "digested_image_ref": pinned}
+    assert doc == {
+        "image": ref,
+        "verified": True,
+        "warned": False,
+        "message": doc["message"],
+        "digested_image_ref": pinned,
+    }
     assert doc["message"].startswith("verified")
 
 

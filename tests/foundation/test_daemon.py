@@ -74,11 +74,16 @@ def test_example_config_is_valid() -> None:
     from tests.conftest import REPO
 
     example = str(REPO / "config.example.yaml")
+    # Its policy is open (no rule, noMatch allow): valid, with that warning; --strict refuses it.
+    valid = f"imaged: configuration {example} is valid (1 warning)\n"
     r = run_imaged("--config", example, "--check-config")
-    assert (r.returncode, r.stdout) == (0, f"imaged: configuration {example} is valid\n"), r.stderr
+    assert (r.returncode, r.stdout.splitlines(True)[-1]) == (0, valid), r.stderr
+    assert r.stdout.startswith("warning: verification: noMatch is allow: an image no rule matches")
     # The file may also follow the flag, as people type it.
     r = run_imaged("--check-config", example)
-    assert (r.returncode, r.stdout) == (0, f"imaged: configuration {example} is valid\n"), r.stderr
+    assert (r.returncode, r.stdout.splitlines(True)[-1]) == (0, valid), r.stderr
+    r = run_imaged("--check-config", example, "--strict")
+    assert r.returncode == 1 and "--strict: refusing a configuration with warnings" in r.stderr
     r = run_imaged("--check-config", example, "--config", "/elsewhere.yaml")
     assert r.returncode == 2 and "name two files" in r.stderr
 

@@ -132,8 +132,9 @@ def test_public_key_pem_kinds(pem: str) -> None:
         ),
         ({"image": "a.io/*"}, "a rule needs one of keyless or publicKey"),
         (
-            {"image": "a.io/*", "keyless": KEYLESS, "publicKey": {"certificate": P256_PEM}},
-            "keyless and publicKey are mutually exclusive",
+            # keyless and publicKey together are two authorities (any one verifies); 3 of 2 cannot
+            {"image": "a.io/*", "keyless": KEYLESS, "publicKey": {"certificate": P256_PEM}, "threshold": 3},
+            "threshold 3 is more than the rule's 2 authorities",
         ),
         (
             {"image": "a.io/*", "keyless": {"subject": "a@b.c"}},

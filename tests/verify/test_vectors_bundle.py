@@ -227,3 +227,49 @@ def test_keyless_bundle_is_refused_by_a_key_rule() -> None:
     key = load_public_key((vdir("B4") / "cosign.pub").read_text())
     msg = refused(StaticKeyVerifier(key), as_sig(bundle_bytes("B1")), digest_of("B1"))
     assert msg.startswith("DSSE signature does not verify with the rule's ECDSA secp256r1 key")
+
+
+@pytest.mark.parametrize(
+    ("policy", "satisfied"),
+    [('predicate.Data == "{\\"foo\\": \\"bar\\"}\\n"', True), ('predicate.Data.contains("baz")', False)],
+)
+def test_b5_real_cosign_attest_bundle_as_an_attestation(
+    trust: TrustRoot, policy: str, satisfied: bool
+) -> None:
+    """The real `cosign attest` bundle (B5) under an attestation requirement: signature, identity,
+    Statement v0.1 subject and the CEL policy over its predicate; a false policy is named."""
+    from imaged.verify.attest import check_requirement
+    from imaged.verify.cel import CelEvaluator
+    from imaged.verify.config import AttestationRule
+
+    r = KeylessRule.model_validate(
+        {"issuer": "https://github.com/login/oauth", "subject": "cody@soyland.com"}
+    )
+    requirement = AttestationRule.model_validate(
+        {"predicateType": "https://cosign.sigstore.dev/attestation/v1", "policy": policy}
+    )
+    material = BundleSignature(bundle_bytes("B5"), where="B5", predicate_type=requirement.predicate_type)
+    cel = CelEvaluator()
+    try:
+        result = check_requirement(
+            requirement,
+            (KeylessVerifier(r, trust),),
+            [material],
+            digest_of("B5"),
+            "127.0.0.1:60943/repo",
+            cel,
+        )
+        assert result.satisfied == satisfied, result.reasons
+        if satisfied:
+            assert (
+                result.message
+                and "cody@soyland.com (issuer https://github.com/login/oauth)" in result.message
+            )
+        else:
+            assert result.reasons == (f"B5: predicate does not satisfy the policy {policy!r}",)
+        other = check_requirement(
+            requirement, (KeylessVerifier(r, trust),), [material], OTHER_DIGEST, "r", cel
+        )
+        assert not other.satisfied and "do not include the image digest" in other.reasons[0]
+    finally:
+        cel.close()

@@ -119,9 +119,16 @@ class Client:
     def images(self) -> Any:
         return image_pb2_grpc.ImageServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
-    def unary(self, method: str, request: Any) -> Any:
+    @property
+    def policy(self) -> Any:
+        from imaged.pb.policy.v1 import policy_pb2_grpc
+
+        return policy_pb2_grpc.PolicyServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def unary(self, method: str, request: Any, service: str = "images") -> Any:
         """A unary call that Ctrl-C cancels cleanly (see cancel_on_interrupt); raises grpc.RpcError."""
-        future = getattr(self.images, method).future(request, timeout=self.timeout)
+        stub = self.policy if service == "policy" else self.images
+        future = getattr(stub, method).future(request, timeout=self.timeout)
         with cancel_on_interrupt(future):
             return future.result()
 

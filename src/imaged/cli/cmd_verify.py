@@ -59,6 +59,14 @@ def credentials(args: argparse.Namespace) -> image_pb2.ImageServiceCredentials |
     return image_pb2.ImageServiceCredentials(host=host, username=args.username, password=password)
 
 
+# What a verdict allowed in warn mode says after its failure (imaged.verify.service.WARN_NOTE).
+WARN_NOTE = "allowed in warn mode"
+
+
+def warned(message: str) -> bool:
+    return f"; {WARN_NOTE} (" in message
+
+
 def run(args: argparse.Namespace) -> int:
     creds = credentials(args)
     req = image_pb2.ImageServiceVerifyRequest(image_ref=args.image)
@@ -81,12 +89,16 @@ def run(args: argparse.Namespace) -> int:
         doc = {
             "image": args.image,
             "verified": resp.verified,
+            "warned": resp.verified and warned(resp.message),
             "message": resp.message,
             "digested_image_ref": resp.digested_image_ref,
         }
         print(json.dumps(doc, separators=(",", ":")), flush=True)
     else:
-        print(f"verified:  {'yes' if resp.verified else 'no'}")
+        shown = "no"
+        if resp.verified:
+            shown = "yes, in warn mode: the checks failed" if warned(resp.message) else "yes"
+        print(f"verified:  {shown}")
         print(f"message:   {resp.message or '-'}")
         print(f"reference: {resp.digested_image_ref or '-'}", flush=True)
     return 0 if resp.verified else EXIT_FAILED

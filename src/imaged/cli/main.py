@@ -143,6 +143,39 @@ def _configure_verify(p: argparse.ArgumentParser) -> None:
     _output_option(p, ("text", "json"))
 
 
+def _configure_policy(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(title="policy commands", metavar="COMMAND", dest="policy_command", required=True)
+    ex = sub.add_parser(
+        "explain",
+        help="which rule decides for an image and what it demands (offline: reads the file)",
+        description="Which rule decides for each image and what it demands, read from a configuration "
+        "file (offline: nothing is asked of the daemon or a registry).",
+    )
+    ex.add_argument(
+        "--config",
+        metavar="FILE",
+        help="imaged configuration (default: $IMAGED_CONFIG, else /etc/imaged/config.yaml)",
+    )
+    ex.add_argument("images", metavar="IMAGE", nargs="+", help="image reference")
+    te = sub.add_parser(
+        "test",
+        help="a candidate configuration's verdicts on real images, through the running daemon",
+        description="Evaluate FILE's verification policy against real images with the daemon's registry "
+        "access, without changing the daemon's policy. Exit 1 when a verdict differs from --expect "
+        "(without it: when an image is denied or errors).",
+    )
+    te.add_argument("--config", metavar="FILE", required=True, help="candidate imaged configuration")
+    te.add_argument(
+        "--expect",
+        metavar="FILE",
+        help="YAML mapping of image to expected verdict: verified, warned, unverified, denied or error "
+        "(its images are tested when none is named)",
+    )
+    te.add_argument("images", metavar="IMAGE", nargs="*", help="image reference")
+    for q in (ex, te):
+        _global_options(q, suppress=True)
+
+
 def _configure_completion(p: argparse.ArgumentParser) -> None:
     p.add_argument("shell", metavar="SHELL", choices=("bash", "zsh"), help="bash or zsh")
 
@@ -168,6 +201,13 @@ COMMANDS = (
         "check an image against the daemon's verification policy",
         "imaged.cli.cmd_verify",
         _configure_verify,
+        uses_namespace=False,
+    ),
+    Command(
+        "policy",
+        "explain a policy offline, or test a candidate policy on real images",
+        "imaged.cli.cmd_policy",
+        _configure_policy,
         uses_namespace=False,
     ),
     Command(

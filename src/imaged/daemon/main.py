@@ -61,7 +61,13 @@ def main(argv: list[str] | None = None) -> None:
         nargs="?",
         const="",
         metavar="FILE",
-        help="validate the configuration (FILE, else as --config says) and exit",
+        help="validate the configuration (FILE, else as --config says), print its warnings and exit",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --check-config: exit 1 when there is any warning (shadowed rules, unanchored "
+        "regexes, open policies)",
     )
     parser.add_argument("--version", action="version", version=f"imaged {__version__}")
     args = parser.parse_args(argv)
@@ -83,11 +89,23 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"imaged: {e}", file=sys.stderr)
         sys.exit(2)
+    if args.strict and args.check_config is None:
+        parser.error("--strict goes with --check-config")
     if args.check_config is not None:
+        from imaged.verify.config import config_warnings, open_policy_warnings
+
+        warnings = config_warnings(config.verification) + open_policy_warnings(config.verification)
+        for w in warnings:
+            print(f"warning: verification: {w}")
+        count = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
         if path is None:
-            print(f"imaged: no configuration file (none given, no {DEFAULT_CONFIG}); the defaults are valid")
+            none = f"no configuration file (none given, no {DEFAULT_CONFIG})"
+            print(f"imaged: {none}; the defaults are valid{count}")
         else:
-            print(f"imaged: configuration {path} is valid")
+            print(f"imaged: configuration {path} is valid{count}")
+        if warnings and args.strict:
+            print("imaged: --strict: refusing a configuration with warnings", file=sys.stderr)
+            sys.exit(1)
         return
     setup_logging(args.log_format or config.log.format, config.log.level)
     try:

@@ -38,6 +38,8 @@ class Metrics:
         self.verified = self.verdicts.labels("verified")
         self.unverified = self.verdicts.labels("unverified")
         self.refused = self.verdicts.labels("refused")
+        # Failed or denied, but allowed: the deciding rule (or noMatch) is in warn mode.
+        self.warned = self.verdicts.labels("warned")
         self.cache_hits = Counter("imaged_verification_cache_hits", "Verdicts served from cache", registry=r)
         self.trust_refreshes = Counter(
             "imaged_trust_root_refreshes",

@@ -18,7 +18,7 @@ from imaged.pull.puller import Puller, PullOptions, VerifiedPin
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
-from imaged.verify.service import ImageVerifier
+from imaged.verify.service import WARN_NOTE, ImageVerifier, Verdict
 from imaged.verify.trust import TrustRootError
 from imaged.verify.trustroots import Settings, TrustRoots
 
@@ -27,6 +27,8 @@ log = logging.getLogger("imaged")
 # Replaced registry clients kept open for the calls still using them (a pull has no time limit);
 # past this many, the oldest is closed. Idle, one holds no connection for long (keep-alive ends).
 MAX_RETIRED = 8
+# containerd refuses a label over 4096 bytes (key and value); a warned verdict's failure may be long.
+MAX_LABEL_VALUE = 3000
 
 
 class Runtime:
@@ -61,9 +63,18 @@ class Runtime:
         counter = self.metrics.trust_refreshes
         return TrustRoots(settings, on_refresh=lambda outcome: counter.labels(outcome).inc())
 
+    def trust_for(self, config: Config) -> TrustRoots | None:
+        """The running trust-root manager if `config` names the same trust root, else None (a
+        candidate policy then gets an offline root of its own, never a refresh loop)."""
+        try:
+            settings = Settings.from_config(config.verification, config.state.dir)
+        except TrustRootError:
+            return None
+        return self.trust if self.trust.settings == settings else None
+
     def keyless_rules(self) -> bool:
         """Whether the policy has a rule that needs the trust root (else it is not refreshed)."""
-        return any(rule.keyless is not None for rule in self.config.verification.rules)
+        return any(rule.keyless_authorities() for rule in self.config.verification.rules)
 
     def trust_problem(self) -> str | None:
         """A trust root too old (or missing) while keyless rules need it: for health."""
@@ -94,17 +105,32 @@ class Runtime:
             on_bytes=self.metrics.pulled_bytes.inc,
         )
 
+    def count_verdict(self, verdict: Verdict) -> None:
+        m = self.metrics
+        (m.warned if verdict.warned else m.verified if verdict.verified else m.unverified).inc()
+
     async def verify_for_pull(self, ref: Reference) -> VerifiedPin | None:
-        """Pull applies the verification policy first: deny/failure raise, success pins the digest."""
+        """Pull applies the verification policy first: deny/failure raise, success pins the digest.
+
+        A verdict allowed in warn mode pins the digest that was evaluated when one was resolved
+        (what runs is what was looked at), and its label says it was allowed, not verified."""
         if self.verifier.match(ref) is None and self.config.verification.no_match == "allow":
             return None
-        verdict = await self.verifier.verify(str(ref))
-        (self.metrics.verified if verdict.verified else self.metrics.unverified).inc()
+        try:
+            verdict = await self.verifier.verify(str(ref))
+        except errors.PermissionDenied:
+            self.metrics.refused.inc()
+            raise
+        self.count_verdict(verdict)
         if not verdict.verified:
             return None
-        digest = parse(verdict.digested_ref).digest
-        assert digest is not None
-        return VerifiedPin(digest, verdict.message)
+        digest = parse(verdict.digested_ref).digest if verdict.digested_ref else None
+        label = verdict.message
+        if verdict.warned:
+            label = f"{WARN_NOTE}, not verified: {label}"
+        if len(label) > MAX_LABEL_VALUE:
+            label = label[: MAX_LABEL_VALUE - 1] + "…"
+        return VerifiedPin(digest, label)
 
     def containerd_for(self, driver: int) -> Containerd:
         cfg = self.config.containerd
@@ -173,3 +199,6 @@ class Runtime:
         await self.registry.close()
         for cd in self._containerd.values():
             await cd.close()
+        from imaged.verify.cel import close_evaluator
+
+        await asyncio.to_thread(close_evaluator)

@@ -23,10 +23,13 @@ from imaged.daemon import sockets, systemd
 from imaged.daemon.observe import Metrics, ObservingInterceptor
 from imaged.daemon.runtime import Runtime
 from imaged.pb.machine import image_pb2
+from imaged.pb.policy.v1 import policy_pb2, policy_pb2_grpc
 from imaged.service.image_service import ImageService, add_image_service
+from imaged.service.policy_service import PolicyService
 
 log = logging.getLogger("imaged")
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # A health service of its own: NOT_SERVING while the Sigstore trust root is older than
 # verification.tuf.maxAge (the daemon itself still serves; verification still works).
@@ -64,8 +67,12 @@ class Daemon:
             ],
         )
         add_image_service(ImageService(rt, readonly=readonly), server)
+        names = [SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        if not readonly:  # a candidate policy may name files on this node (trustedRoot): operators only
+            policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(rt), server)
+            names.append(POLICY_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(names, server)
         sockets.prepare(sock.path)
         old = os.umask(0o777 & ~sock.mode)
         try:

@@ -61,9 +61,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class VerifiedPin:
-    """What verification decided for a pull: the digest to pin to and the label to record."""
+    """What verification decided for a pull: the digest to pin to (None: a tag allowed in warn mode
+    that was not resolved, by a deny rule) and the label to record."""
 
-    digest: str
+    digest: str | None
     message: str
 
 
@@ -123,9 +124,10 @@ class Puller:
         root: Descriptor | None = None
         pin = await self.verify(ref) if self.verify is not None else None
         if pin is not None:
+            labels[L.VERIFIED] = pin.message
+        if pin is not None and pin.digest is not None:
             # Under a rule that wants a signature there is no falling back: an unreachable
             # registry fails the pull, whatever is recorded (its signer may no longer be trusted).
-            labels[L.VERIFIED] = pin.message
             pinned = ref.with_digest(pin.digest)
         elif ref.digest:
             pinned = ref
@@ -150,7 +152,9 @@ class Puller:
             if present is not None:
                 return present
         # Failures name what was asked for, or the digest a verification pinned it to.
-        return await self._wrap(pinned if pin else ref, self._pull(ns, pinned, progress, labels, root))
+        return await self._wrap(
+            pinned if pin and pin.digest else ref, self._pull(ns, pinned, progress, labels, root)
+        )
 
     @staticmethod
     async def _wrap(ref: Reference, work: Awaitable[T]) -> T:

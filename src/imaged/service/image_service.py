@@ -210,7 +210,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         except errors.PermissionDenied:
             self.rt.metrics.refused.inc()
             raise
-        (self.rt.metrics.verified if verdict.verified else self.rt.metrics.unverified).inc()
+        self.rt.count_verdict(verdict)
         return image_pb2.ImageServiceVerifyResponse(
             verified=verdict.verified,
             message=verdict.message,

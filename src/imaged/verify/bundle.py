@@ -39,6 +39,37 @@ def bundle_kind(raw: bytes) -> str:
     raise VerificationError("bundle has neither dsseEnvelope nor messageSignature")
 
 
+def _load(raw: bytes) -> Bundle:
+    try:
+        return Bundle.from_json(raw)
+    except SigstoreError as e:
+        raise VerificationError(f"bundle is not usable: {e}") from None
+    except Exception as e:  # pydantic and friends, on malformed input
+        raise VerificationError(f"bundle is malformed: {e}") from None
+
+
+def open_keyless_dsse(
+    sig: BundleSignature, trust: TrustRoot, policy: VerificationPolicy
+) -> tuple[str, str, bytes]:
+    """An attestation bundle: (who signed, payloadType, payload) once sigstore-python has checked
+    the envelope, certificate, log entry and `policy`. The statement itself is the caller's."""
+    if bundle_kind(sig.bundle) != "dsse":
+        raise VerificationError("bundle signs a message, not an in-toto statement")
+    bundle = _load(sig.bundle)
+    try:
+        payload_type, payload = trust.verifier.verify_dsse(bundle, policy)
+    except VerificationError:
+        raise
+    except Exception as e:  # anything unexpected on hostile input is a refusal, never a pass
+        raise VerificationError(f"bundle verification failed: {type(e).__name__}: {e}") from None
+    entry = bundle.log_entry._inner
+    return (
+        f"{ident.describe(bundle.signing_certificate)}, Rekor log index {entry.log_index}",
+        payload_type,
+        payload,
+    )
+
+
 def verify_keyless_bundle(
     sig: BundleSignature, digest: str, trust: TrustRoot, policy: VerificationPolicy
 ) -> str:

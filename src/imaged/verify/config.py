@@ -9,16 +9,23 @@ Regexes (`subjectRegex`, `issuerRegex`) have Go `MatchString` semantics as in co
 reference: a *search* anywhere in the value, so `@example\\.com` also matches
 `evil@example.com.attacker.net`; anchor them (`^...$`). `config_warnings` names unanchored ones.
 They are compiled with Python's `re`, whose syntax is close to RE2's for ordinary patterns.
+
+A rule names its authorities with `keyless` and `publicKey`, each a single mapping (the
+reference's form) or a list: any one of them verifies, or, with `threshold: k`, k distinct ones
+(each by a signature of its own). `attestations` adds in-toto statements the image must carry,
+signed by one of the rule's authorities, whose predicate satisfies a CEL expression (compiled
+here, at load). `mode: warn` (globally or per rule) evaluates as `enforce` and then allows.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
 from imaged.config.base import Section
+from imaged.verify.claims import CLAIMS, split_claim_key
 from imaged.verify.keys import UnusableKey, load_public_key
 from imaged.verify.matching import Glob, pattern_problem
 
@@ -45,17 +52,24 @@ def parse_duration(v: object) -> object:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Mode = Literal["enforce", "warn"]
+MAX_AUTHORITIES = 16
+MAX_ATTESTATIONS = 8
 
 
 class KeylessRule(Section):
     """Certificate identity (Fulcio keyless): OIDC issuer and subject, exact or by regex.
 
-    When both the exact value and the regex are given, both must hold."""
+    When both the exact value and the regex are given, both must hold. `claims` constrains
+    Fulcio's CI extensions (`sourceRepositoryURI`, `sourceRepositoryRef`, `buildSignerURI`,
+    `buildTrigger`, `runnerEnvironment`...; see claims.py), each exact or as `<name>Regex`."""
 
+    name: str | None = None  # how messages call this authority; default: its issuer and subject
     issuer: str | None = None
     issuer_regex: str | None = Field(default=None, alias="issuerRegex")
     subject: str | None = None
     subject_regex: str | None = Field(default=None, alias="subjectRegex")
+    claims: dict[str, str] = Field(default_factory=dict)
 
 
 class PublicKeyRule(Section):
@@ -63,15 +77,35 @@ class PublicKeyRule(Section):
     CERTIFICATE PEM block (the certificate's key is used; the certificate itself is not trusted
     as an identity)."""
 
+    name: str | None = None  # how messages call this key; default: its algorithm and hash
     certificate: str | None = None
+
+
+class AttestationRule(Section):
+    """An in-toto attestation the image must carry: its predicate type and a CEL expression over it
+    (variables `predicate`, `predicateType`, `statement`, `image`; see verify/cel.py)."""
+
+    predicate_type: str = Field(default="", alias="predicateType")
+    policy: str = "true"
 
 
 class Rule(Section):
     image: str = ""
-    keyless: KeylessRule | None = None
-    public_key: PublicKeyRule | None = Field(default=None, alias="publicKey")
+    mode: Mode | None = None  # unset: `verification.mode`
+    # One mapping (the reference's form) or a list of them: several authorities.
+    keyless: KeylessRule | tuple[KeylessRule, ...] | None = None
+    public_key: PublicKeyRule | tuple[PublicKeyRule, ...] | None = Field(default=None, alias="publicKey")
+    threshold: int = Field(default=1, ge=1, le=MAX_AUTHORITIES)
+    attestations: tuple[AttestationRule, ...] = ()
     skip: bool = False
     deny: bool = False
+
+    def keyless_authorities(self) -> tuple[tuple[str, KeylessRule], ...]:
+        """(name in messages and errors, spec) of each keyless authority."""
+        return _named("keyless", self.keyless)
+
+    def key_authorities(self) -> tuple[tuple[str, PublicKeyRule], ...]:
+        return _named("publicKey", self.public_key)
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
@@ -80,6 +114,14 @@ class Rule(Section):
             # pydantic puts this under `rules[<index>]`, so each message names its rule.
             raise ValueError("; ".join(problems))
         return self
+
+
+def _named(field: str, value: object) -> tuple[tuple[str, Any], ...]:
+    if value is None:
+        return ()
+    if isinstance(value, tuple):
+        return tuple((f"{field}[{i}]", v) for i, v in enumerate(value))
+    return ((field, value),)
 
 
 class CacheConfig(Section):
@@ -155,6 +197,9 @@ def tuf_root_problem(path: str) -> str | None:
 
 
 class VerificationConfig(Section):
+    # warn: every verdict that would refuse (failed check, deny rule, noMatch deny) allows instead,
+    # with `verified: true`, a message starting with the failure, a warning and a metric.
+    mode: Mode = "enforce"
     rules: tuple[Rule, ...] = ()
     no_match: Literal["allow", "deny"] = Field(default="allow", alias="noMatch")
     # A Sigstore trusted_root.json. Alone (no `tuf.url`), it is THE root: a private Sigstore
@@ -182,40 +227,87 @@ def _regex_problem(name: str, value: str) -> str | None:
     try:
         re.compile(value)
     except re.error as e:
-        return f"keyless.{name} {value!r} is not a valid regular expression: {e}"
+        return f"{name} {value!r} is not a valid regular expression: {e}"
     return None
 
 
+def _keyless_problems(name: str, k: KeylessRule) -> list[str]:
+    out: list[str] = []
+    if not k.issuer and not k.issuer_regex:
+        out.append(f"{name}.issuer (or {name}.issuerRegex) is required")
+    if not k.subject and not k.subject_regex:
+        out.append(f"{name}.subject or {name}.subjectRegex is required")
+    for field, value in (("issuerRegex", k.issuer_regex), ("subjectRegex", k.subject_regex)):
+        if value and (problem := _regex_problem(f"{name}.{field}", value)):
+            out.append(problem)
+    for key, value in k.claims.items():
+        split = split_claim_key(key)
+        if split is None:
+            out.append(
+                f"{name}.claims.{key} is not a Fulcio claim (known: {', '.join(CLAIMS)}; "
+                "add Regex for a regular expression)"
+            )
+        elif not value:
+            out.append(f"{name}.claims.{key} is empty")
+        elif split[1] and (problem := _regex_problem(f"{name}.claims.{key}", value)):
+            out.append(problem)
+    return out
+
+
+def _attestation_problems(i: int, a: AttestationRule) -> list[str]:
+    name = f"attestations[{i}]"
+    out: list[str] = []
+    if not a.predicate_type:
+        out.append(f"{name}.predicateType is required (for example https://slsa.dev/provenance/v1)")
+    from imaged.verify.cel import CelError, compile_policy
+
+    try:
+        compile_policy(a.policy)
+    except CelError as e:
+        out.append(f"{name}.policy: {e}")
+    return out
+
+
 def rule_problems(rule: Rule) -> list[str]:
-    """Every reason `rule` is unusable (the reference's checks plus regex and PEM parsing)."""
+    """Every reason `rule` is unusable (the reference's checks plus regex, PEM and CEL parsing)."""
     out: list[str] = []
     if problem := pattern_problem(rule.image):
         out.append(problem)
-    has_verifier = rule.keyless is not None or rule.public_key is not None
+    keyless, keys = rule.keyless_authorities(), rule.key_authorities()
+    authorities = len(keyless) + len(keys)
+    has_verifier = authorities > 0
     if rule.skip and rule.deny:
         out.append("skip and deny are mutually exclusive")
     if (rule.skip or rule.deny) and has_verifier:
         out.append("a skip or deny rule cannot have keyless or publicKey")
+    if (rule.skip or rule.deny) and rule.attestations:
+        out.append("a skip or deny rule cannot have attestations")
     if not (rule.skip or rule.deny) and not has_verifier:
         out.append("a rule needs one of keyless or publicKey (or skip or deny)")
-    if rule.keyless is not None and rule.public_key is not None:
-        out.append("keyless and publicKey are mutually exclusive")
-    if (k := rule.keyless) is not None:
-        if not k.issuer and not k.issuer_regex:
-            out.append("keyless.issuer (or keyless.issuerRegex) is required")
-        if not k.subject and not k.subject_regex:
-            out.append("keyless.subject or keyless.subjectRegex is required")
-        for name, value in (("issuerRegex", k.issuer_regex), ("subjectRegex", k.subject_regex)):
-            if value and (problem := _regex_problem(name, value)):
-                out.append(problem)
-    if (p := rule.public_key) is not None:
+    if authorities > MAX_AUTHORITIES:
+        out.append(f"a rule has at most {MAX_AUTHORITIES} authorities (keyless and publicKey entries)")
+    if has_verifier and rule.threshold > authorities:
+        out.append(
+            f"threshold {rule.threshold} is more than the rule's {authorities} authorit"
+            f"{'y' if authorities == 1 else 'ies'}: no image could ever verify"
+        )
+    if len(rule.attestations) > MAX_ATTESTATIONS:
+        out.append(f"a rule requires at most {MAX_ATTESTATIONS} attestations")
+    for name, k in keyless:
+        out += _keyless_problems(name, k)
+    for name, p in keys:
         if not p.certificate or not p.certificate.strip():
-            out.append("publicKey.certificate is required")
+            out.append(f"{name}.certificate is required")
         else:
             try:
                 load_public_key(p.certificate)
             except UnusableKey as e:
-                out.append(f"publicKey.certificate: {e}")
+                out.append(f"{name}.certificate: {e}")
+    names = [k.name for _, k in keyless if k.name] + [p.name for _, p in keys if p.name]
+    if len(set(names)) != len(names):
+        out.append("authority names must be distinct")
+    for i, a in enumerate(rule.attestations):
+        out += _attestation_problems(i, a)
     return out
 
 
@@ -223,25 +315,74 @@ def _unanchored(value: str) -> bool:
     return not (value.startswith(("^", r"\A")) and value.endswith("$") and not value.endswith(r"\$"))
 
 
+def _matches_anything(regex: str) -> bool:
+    """A regex every value matches (`.*`, `^.*$`, ``): it constrains nothing."""
+    try:
+        compiled = re.compile(regex)
+    except re.error:
+        return False
+    return all(compiled.search(v) for v in ("", "x", "https://evil.example/x@y"))
+
+
+def _rule_name(i: int, rule: Rule) -> str:
+    return f"rules[{i}] ({rule.image!r})"
+
+
 def config_warnings(config: VerificationConfig) -> list[str]:
-    """Valid but probably unintended: unanchored regexes and rules no request can reach."""
+    """Valid but probably unintended: unanchored regexes, regexes and workflow identities that
+    constrain too little, and rules no request can reach (logged at start and reload)."""
     out: list[str] = []
     globs: list[Glob] = []
     for i, rule in enumerate(config.rules):
-        if (k := rule.keyless) is not None:
-            for name, value in (("subjectRegex", k.subject_regex), ("issuerRegex", k.issuer_regex)):
-                if value and _unanchored(value):
+        name = _rule_name(i, rule)
+        for kname, k in rule.keyless_authorities():
+            regexes = [("subjectRegex", k.subject_regex), ("issuerRegex", k.issuer_regex)]
+            regexes += [(f"claims.{c}", v) for c, v in k.claims.items() if c.endswith("Regex")]
+            for field, value in regexes:
+                if not value:
+                    continue
+                if _matches_anything(value):
+                    out.append(f"{name}: {kname}.{field} {value!r} matches any value; it constrains nothing")
+                elif _unanchored(value):
                     out.append(
-                        f"rules[{i}] ({rule.image!r}): keyless.{name} {value!r} is not anchored "
+                        f"{name}: {kname}.{field} {value!r} is not anchored "
                         "with ^...$; it matches anywhere in the value"
                     )
+            workflow = f"{k.subject or ''} {k.subject_regex or ''}"
+            if "/.github/workflows/" in workflow and not any(
+                c.startswith("sourceRepository") for c in k.claims
+            ):
+                out.append(
+                    f"{name}: {kname} names a GitHub workflow without a sourceRepositoryURI (or Ref) "
+                    "claim: a reusable workflow's identity passes for every repository that calls it"
+                )
         glob = Glob.compile(rule.image)
         for j, earlier in enumerate(globs):
             if earlier.covers(glob):
                 out.append(
-                    f"rules[{i}] ({rule.image!r}) is never used: rules[{j}] ({earlier.pattern!r}) "
+                    f"{name} is never used: rules[{j}] ({earlier.pattern!r}) "
                     "matches every image it matches, and the first matching rule wins"
                 )
                 break
         globs.append(glob)
+    return out
+
+
+def open_policy_warnings(config: VerificationConfig) -> list[str]:
+    """What lets images through unverified: warn mode, skip-everything rules, noMatch allow without
+    a catch-all rule. Deliberate in many configurations, so only `--check-config` reports them."""
+    out: list[str] = []
+    everything = Glob.compile("*")
+    if config.mode == "warn":
+        out.append("mode is warn: no rule refuses anything (failures are logged and allowed)")
+    for i, rule in enumerate(config.rules):
+        if rule.mode == "warn" and config.mode != "warn":
+            out.append(f"{_rule_name(i, rule)} is in warn mode: its failures are logged and allowed")
+        if rule.skip and Glob.compile(rule.image).covers(everything):
+            out.append(f"{_rule_name(i, rule)} skips verification for every image that reaches it")
+    if config.no_match == "allow" and not any(Glob.compile(r.image).covers(everything) for r in config.rules):
+        out.append(
+            "noMatch is allow: an image no rule matches is pulled without verification "
+            '(end with an `image: "*"` rule, or set noMatch: deny)'
+        )
     return out

@@ -28,10 +28,13 @@ from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, Index, Manifest, media_type_of, parse_index, parse_manifest
 from imaged.registry.reference import Reference
 from imaged.verify.material import (
+    ANN_PREDICATE_TYPE,
     BUNDLE_MEDIA_TYPE,
     COSIGN_SIG_ARTIFACT_TYPE,
+    DSSE_MEDIA_TYPE,
     SIMPLE_SIGNING_MEDIA_TYPE,
     BundleSignature,
+    Envelope,
     Signature,
     SimpleSigning,
 )
@@ -168,6 +171,7 @@ async def _referrer(
                 data,
                 where=f"bundle referrer {desc.digest}",
                 how=f"verified via bundle referrer with digest {desc.digest}",
+                predicate_type=manifest.annotations.get(ANN_PREDICATE_TYPE),
             ),
             what,
             found,
@@ -271,6 +275,42 @@ async def discover_legacy(registry: RegistryAPI, ref: Reference, digest: str) ->
         found,
     )
     return found
+
+
+async def discover_legacy_attestations(
+    registry: RegistryAPI, ref: Reference, digest: str
+) -> tuple[list[Envelope], list[str]]:
+    """The legacy `sha256-<hex>.att` tag's DSSE envelope layers (cosign attest without bundles)."""
+    tag = tag_for(digest, ".att")
+    notes: list[str] = []
+    try:
+        body, _, _ = await registry.get_manifest(
+            ref, tag, accept=f"{mt.OCI_MANIFEST}, {mt.DOCKER_MANIFEST}", max_size=MAX_MANIFEST_SIZE
+        )
+        manifest = parse_manifest(body, f"attestation manifest {tag}")
+    except NotFound:
+        return [], [f"no legacy attestation tag {tag}"]
+    except (InvalidArgument, ResourceExhausted) as e:
+        return [], [f"legacy attestation tag {tag} is not usable: {e.message}"]
+    layers = [(i, lay) for i, lay in enumerate(manifest.layers) if lay.media_type == DSSE_MEDIA_TYPE]
+    if len(layers) > MAX_SIGNATURES:
+        notes.append(f"{tag} has {len(layers)} attestations; only the first {MAX_SIGNATURES} are considered")
+        layers = layers[:MAX_SIGNATURES]
+    found = Found(f"legacy attestation tag {tag}", notes=notes)
+    made = await _fetch_layers(
+        registry,
+        ref,
+        layers,
+        lambda i, lay, data: SimpleSigning(
+            data, lay.annotations, where=f"legacy attestation {tag} layer {i}"
+        ),
+        tag,
+        found,
+    )
+    envelopes = [
+        Envelope(s.payload, s.annotations, where=s.where) for s in made if isinstance(s, SimpleSigning)
+    ]
+    return envelopes, found.notes
 
 
 STAGES: tuple[Callable[[RegistryAPI, Reference, str], Awaitable[Found]], ...] = (

@@ -21,6 +21,7 @@ from cryptography.x509.oid import ObjectIdentifier
 from sigstore.errors import VerificationError
 from sigstore.verify.policy import AllOf, VerificationPolicy
 
+from imaged.verify.claims import CLAIMS, split_claim_key
 from imaged.verify.config import KeylessRule
 
 OIDC_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
@@ -142,13 +143,64 @@ class SubjectPolicy:
             )
 
 
+def claim(cert: x509.Certificate, name: str) -> str | None:
+    """The value of Fulcio claim `name` (claims.py), None when the certificate lacks it.
+
+    Raises VerificationError when the extension is not a DER UTF8String, as Fulcio writes them."""
+    oid = CLAIMS[name]
+    try:
+        raw = cert.extensions.get_extension_for_oid(ObjectIdentifier(oid)).value
+    except x509.ExtensionNotFound:
+        return None
+    try:
+        return _der_utf8(raw.value)  # type: ignore[attr-defined]
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError(f"certificate claim {name} ({oid}) is malformed") from None
+
+
+class ClaimPolicy:
+    """Fulcio claim `name` equals `exact` and/or matches `regex` (searched, as cosign's flags)."""
+
+    def __init__(self, name: str, *, exact: str | None = None, regex: str | None = None) -> None:
+        if exact is None and regex is None:
+            raise ValueError("ClaimPolicy needs exact or regex")
+        self.name = name
+        self.exact = exact
+        self.regex = re.compile(regex) if regex is not None else None
+
+    def verify(self, cert: x509.Certificate) -> None:
+        found = claim(cert, self.name)
+        where = f"certificate claim {self.name} ({CLAIMS[self.name]})"
+        if found is None:
+            raise VerificationError(f"{where} mismatch: the certificate has no such claim")
+        if self.exact is not None and found != self.exact:
+            raise VerificationError(f"{where} mismatch: expected {self.exact!r}, found {found!r}")
+        if self.regex is not None and not _go_search(self.regex, found):
+            raise VerificationError(
+                f"{where} mismatch: expected a match of /{self.regex.pattern}/, found {found!r}"
+            )
+
+
+def claim_policies(rule: KeylessRule) -> list[ClaimPolicy]:
+    """One policy per constrained claim, exact value and regex together, in the configured order."""
+    wanted: dict[str, dict[str, str]] = {}
+    for key, value in rule.claims.items():
+        split = split_claim_key(key)
+        if split is None:  # refused at load
+            raise ValueError(f"unknown claim {key!r}")
+        name, is_regex = split
+        wanted.setdefault(name, {})["regex" if is_regex else "exact"] = value
+    return [ClaimPolicy(name, **parts) for name, parts in wanted.items()]
+
+
 def identity_policy(rule: KeylessRule) -> VerificationPolicy:
-    """The rule's identity as one policy: issuer first, then subject."""
+    """The rule's identity as one policy: issuer first, then subject, then CI claims."""
     children: list[VerificationPolicy] = []
     if rule.issuer or rule.issuer_regex:
         children.append(IssuerPolicy(exact=rule.issuer or None, regex=rule.issuer_regex or None))
     if rule.subject or rule.subject_regex:
         children.append(SubjectPolicy(exact=rule.subject or None, regex=rule.subject_regex or None))
+    children.extend(claim_policies(rule))
     return AllOf(children)
 
 

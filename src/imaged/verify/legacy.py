@@ -16,9 +16,9 @@ from sigstore.verify.policy import VerificationPolicy
 from imaged.verify import identity as ident
 from imaged.verify.certs import verify_fulcio_certificate
 from imaged.verify.keys import UnusableKey, check_key, decode_b64, verify_signature
-from imaged.verify.material import ANN_BUNDLE, ANN_CERTIFICATE, ANN_SIGNATURE, SimpleSigning
+from imaged.verify.material import ANN_BUNDLE, ANN_CERTIFICATE, ANN_SIGNATURE, Envelope, SimpleSigning
 from imaged.verify.payload import check_simple_signing
-from imaged.verify.rekor import check_entry_binds, verify_set
+from imaged.verify.rekor import check_entry_binds, check_envelope_entry_binds, verify_set
 from imaged.verify.trust import TrustRoot
 
 
@@ -61,3 +61,54 @@ def verify_legacy_keyless(
     policy.verify(cert)
     check_simple_signing(sig.payload, digest)
     return f"{ident.describe(cert)}, Rekor log index {evidence.log_index}"
+
+
+def open_legacy_keyless_envelope(
+    env: Envelope, trust: TrustRoot, policy: VerificationPolicy
+) -> tuple[str, str, bytes]:
+    """A legacy keyless attestation (`.att` layer): the envelope's signature with the certificate,
+    the SET, the log entry recording this payload and certificate, the chain at the logged time,
+    and the identity. Returns (who, payloadType, payload)."""
+    from imaged.oci import jsondoc
+    from imaged.verify.keys import decode_b64
+    from imaged.verify.static import pae
+
+    try:
+        doc = jsondoc.loads(env.envelope)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError("attestation layer is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("payloadType"), str):
+        raise VerificationError("attestation layer is not a DSSE envelope")
+    sigs = doc.get("signatures")
+    if not isinstance(sigs, list) or not sigs or not isinstance(sigs[0], dict):
+        raise VerificationError("DSSE envelope has no signatures")
+    try:
+        payload = decode_b64(str(doc.get("payload", "")), "DSSE payload")
+        signature = decode_b64(str(sigs[0].get("sig", "")), "DSSE signature")
+    except ValueError as e:
+        raise VerificationError(str(e)) from None
+    cert_pem = env.annotations.get(ANN_CERTIFICATE)
+    if not cert_pem:
+        raise VerificationError(
+            "attestation has no certificate (it is key-signed), and the authority is keyless"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        raise VerificationError("certificate annotation is not a PEM certificate") from None
+    set_annotation = env.annotations.get(ANN_BUNDLE)
+    if not set_annotation:
+        raise VerificationError(
+            "attestation has no Rekor bundle (SET); keyless needs transparency log evidence"
+        )
+    evidence = verify_set(set_annotation, trust)
+    check_envelope_entry_binds(evidence.body, payload, cert)
+    try:
+        key = check_key(cert.public_key())
+    except UnusableKey as e:
+        raise VerificationError(f"certificate key: {e}") from None
+    if not verify_signature(key, signature, pae(doc["payloadType"], payload)):
+        raise VerificationError("DSSE signature does not verify with the certificate's key")
+    verify_fulcio_certificate(cert, trust, evidence.integrated_time)
+    policy.verify(cert)
+    return f"{ident.describe(cert)}, Rekor log index {evidence.log_index}", doc["payloadType"], payload

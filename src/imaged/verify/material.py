@@ -15,6 +15,12 @@ ANN_SIGNATURE = "dev.cosignproject.cosign/signature"
 ANN_CERTIFICATE = "dev.sigstore.cosign/certificate"
 ANN_CHAIN = "dev.sigstore.cosign/chain"
 ANN_BUNDLE = "dev.sigstore.cosign/bundle"
+# cosign's referrer manifest annotation naming a bundle's in-toto predicate type.
+ANN_PREDICATE_TYPE = "dev.sigstore.bundle.predicateType"
+# The legacy `sha256-<hex>.att` tag: one DSSE envelope per layer, its type in this annotation.
+DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+ANN_ATT_PREDICATE_TYPE = "predicateType"
+SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +40,31 @@ class BundleSignature:
     bundle: bytes
     where: str = "bundle"
     how: str = "verified via bundle"
+    # The referrer manifest's `dev.sigstore.bundle.predicateType`, when it has one: a hint only
+    # (the verified statement says what it is), used to send attestations and signatures apart.
+    predicate_type: str | None = None
+
+    @property
+    def is_attestation(self) -> bool:
+        return self.predicate_type is not None and self.predicate_type != SIGN_PREDICATE
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A legacy cosign attestation: a DSSE envelope layer of the `.att` tag, with its annotations."""
+
+    envelope: bytes
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    where: str = "legacy attestation"
+
+    @property
+    def predicate_type(self) -> str | None:
+        return self.annotations.get(ANN_ATT_PREDICATE_TYPE)
 
 
 Signature = SimpleSigning | BundleSignature
+# What can carry an attestation: a bundle (referrer) or a legacy envelope.
+AttestationMaterial = BundleSignature | Envelope
 
 
 class SignatureVerifier(Protocol):
@@ -48,4 +76,16 @@ class SignatureVerifier(Protocol):
 
     def describe(self) -> str:
         """What the rule expects, for failure messages."""
+        ...
+
+
+class Authority(SignatureVerifier, Protocol):
+    """One of a rule's authorities: verifies image signatures and opens attestation envelopes."""
+
+    name: str
+
+    def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
+        """Verify the envelope's signature; return (who signed, payloadType, payload), unchecked
+        otherwise (the statement's subject and predicate are the caller's). Raises
+        sigstore's VerificationError."""
         ...

@@ -52,8 +52,7 @@ def check_simple_signing(payload: bytes, digest: str) -> None:
         raise VerificationError(f"signed payload is for image {named}, not {digest}")
 
 
-def check_statement(payload_type: str, payload: bytes, digest: str) -> None:
-    """The DSSE payload is an in-toto statement with `cosign sign`'s predicate and our digest."""
+def _statement(payload_type: str, payload: bytes) -> dict[str, Any]:
     if payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise VerificationError(f"DSSE payload type is {payload_type!r}, not {IN_TOTO_PAYLOAD_TYPE!r}")
     try:
@@ -62,12 +61,32 @@ def check_statement(payload_type: str, payload: bytes, digest: str) -> None:
         raise VerificationError("DSSE payload is not JSON") from None
     if not isinstance(doc, dict) or doc.get("_type") not in STATEMENT_TYPES:
         raise VerificationError("DSSE payload is not an in-toto statement")
+    return doc
+
+
+def check_statement(payload_type: str, payload: bytes, digest: str) -> None:
+    """The DSSE payload is an in-toto statement with `cosign sign`'s predicate and our digest."""
+    doc = _statement(payload_type, payload)
     predicate = doc.get("predicateType")
     if predicate != SIGN_PREDICATE:
         raise VerificationError(
             f"bundle is an attestation (predicateType {predicate!r}), not an image signature "
             f"(predicateType {SIGN_PREDICATE!r})"
         )
+    _check_subject(doc, digest)
+
+
+def check_attestation(payload_type: str, payload: bytes, digest: str, predicate_type: str) -> dict[str, Any]:
+    """The DSSE payload is an in-toto statement of `predicate_type` about `digest`; return it."""
+    doc = _statement(payload_type, payload)
+    found = doc.get("predicateType")
+    if found != predicate_type:
+        raise VerificationError(f"statement's predicateType is {found!r}, not {predicate_type!r}")
+    _check_subject(doc, digest)
+    return doc
+
+
+def _check_subject(doc: dict[str, Any], digest: str) -> None:
     algorithm, _, hex_ = digest.partition(":")
     subjects = doc.get("subject")
     named: list[str] = []

@@ -111,3 +111,48 @@ def check_entry_binds(
         raise VerificationError("Rekor entry records a key, not the signing certificate") from None
     if logged_cert != cert:
         raise VerificationError("Rekor entry records a different signing certificate")
+
+
+def _maybe_double_b64(value: str) -> bytes:
+    """intoto 0.0.2 entries base64 the base64 the envelope held; accept either."""
+    raw = decode_b64(value, "Rekor entry value")
+    try:
+        return decode_b64(raw.decode("ascii"), "Rekor entry value")
+    except (ValueError, UnicodeDecodeError):
+        return raw
+
+
+def check_envelope_entry_binds(entry: dict[str, Any], payload: bytes, cert: x509.Certificate) -> None:
+    """The log entry (intoto 0.0.2 or dsse 0.0.1, what cosign attest writes) records this payload's
+    hash and this certificate as the verifier."""
+    kind, version = entry.get("kind"), entry.get("apiVersion")
+    spec = entry.get("spec")
+    if not isinstance(spec, dict):
+        raise VerificationError("Rekor entry has no spec")
+    if kind == "intoto" and version == "0.0.2":
+        content = spec.get("content")
+        hashed = content.get("payloadHash") if isinstance(content, dict) else None
+        envelope = content.get("envelope") if isinstance(content, dict) else None
+        sigs = envelope.get("signatures") if isinstance(envelope, dict) else None
+        keys = [s.get("publicKey") for s in sigs if isinstance(s, dict)] if isinstance(sigs, list) else []
+    elif kind == "dsse" and version == "0.0.1":
+        hashed = spec.get("payloadHash")
+        sigs = spec.get("signatures")
+        keys = [s.get("verifier") for s in sigs if isinstance(s, dict)] if isinstance(sigs, list) else []
+    else:
+        raise VerificationError(f"Rekor entry kind {kind}/{version} is not intoto 0.0.2 or dsse 0.0.1")
+    if (
+        not isinstance(hashed, dict)
+        or hashed.get("algorithm") != "sha256"
+        or hashed.get("value") != hashlib.sha256(payload).hexdigest()
+    ):
+        raise VerificationError("Rekor entry records a different payload hash than the attestation's")
+    for value in keys:
+        if not isinstance(value, str):
+            continue
+        try:
+            if x509.load_pem_x509_certificate(_maybe_double_b64(value)) == cert:
+                return
+        except ValueError:
+            continue
+    raise VerificationError("Rekor entry does not record the attestation's signing certificate")

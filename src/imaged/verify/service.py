@@ -13,6 +13,13 @@ A keyless verdict names the trust root it was checked against (`; trust root: re
 A verdict that did not need the registry (no match, skip) carries the pinned reference only if
 the request was already pinned: resolving a tag just to echo it back would cost a round trip
 and CRI pulls the original reference when `verified` is false anyway.
+
+A rule's authorities are counted against its threshold (threshold.py) over every discovery stage
+until it holds; its attestation requirements (attest.py) are then checked against the bundle
+referrers found and, if needed, the legacy `.att` tag. In warn mode (the rule's `mode`, else
+`verification.mode`), what would be PERMISSION_DENIED (a failed check, a deny rule, noMatch deny)
+is `verified: true` with `warned` set and a message that starts with the failure; registry
+errors stay errors.
 """
 
 from __future__ import annotations
@@ -26,22 +33,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sigstore.errors import VerificationError
-
 from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
 from imaged.registry.reference import Reference, parse
+from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
-from imaged.verify.config import Rule, VerificationConfig, config_warnings
-from imaged.verify.discovery import STAGES, RegistryAPI
+from imaged.verify.cel import CelEvaluator, evaluator
+from imaged.verify.config import Mode, Rule, VerificationConfig, config_warnings
+from imaged.verify.discovery import STAGES, RegistryAPI, discover_legacy_attestations
 from imaged.verify.matching import Glob
-from imaged.verify.material import Signature, SignatureVerifier
+from imaged.verify.material import (
+    SIGN_PREDICATE,
+    AttestationMaterial,
+    Authority,
+    BundleSignature,
+    Signature,
+    SignatureVerifier,
+)
+from imaged.verify.threshold import Tally
 from imaged.verify.trust import TrustRoot, TrustRootError
 from imaged.verify.trustroots import TrustRoots, TrustState
-from imaged.verify.verifiers import build_verifier
+from imaged.verify.verifiers import build_authorities
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4000
+# What a warned verdict's message says after the failure (callers may look for it).
+WARN_NOTE = "allowed in warn mode"
 
 
 class RegistryClientLike(RegistryAPI, Protocol):
@@ -57,6 +74,8 @@ class Verdict:
     verified: bool
     message: str
     digested_ref: str
+    # verified only because the deciding rule (or noMatch) is in warn mode: `message` is the failure
+    warned: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,8 +85,14 @@ class MatchedRule:
     index: int
     rule: Rule
     glob: Glob
-    verifier: SignatureVerifier | None
+    authorities: tuple[Authority, ...]
     fingerprint: str  # rule content and trust root: the verdict cache key
+    mode: Mode = "enforce"  # the rule's, else the configuration's
+
+    @property
+    def verifier(self) -> SignatureVerifier | None:
+        """The first authority (the only one of a rule in the reference's form)."""
+        return self.authorities[0] if self.authorities else None
 
     @property
     def action(self) -> Literal["verify", "skip", "deny"]:
@@ -90,24 +115,25 @@ def _unusable(e: TrustRootError) -> FailedPrecondition:
 
 def _compile(config: VerificationConfig, trust: TrustState | None) -> _Policy:
     """Rules ready to apply. A keyless rule's fingerprint (its verdicts' cache key) includes the
-    root's: verdicts reached under another root are never served under this one."""
+    root's: verdicts reached under another root are never served under this one. Without a root
+    yet, a keyless rule has no authorities: `_with_current_trust` recompiles it before use."""
     rules = []
     for i, rule in enumerate(config.rules):
         content = rule.model_dump_json(by_alias=True)
-        verifier = None
-        if rule.keyless is not None:
-            if trust is not None:
-                content += trust.root.fingerprint
-                verifier = build_verifier(rule, trust.root)
-        else:
-            verifier = build_verifier(rule, None)
+        authorities: tuple[Authority, ...] = ()
+        if not rule.keyless_authorities():
+            authorities = build_authorities(rule, None)
+        elif trust is not None:
+            content += trust.root.fingerprint
+            authorities = build_authorities(rule, trust.root)
         rules.append(
             MatchedRule(
                 index=i,
                 rule=rule,
                 glob=Glob.compile(rule.image),
-                verifier=verifier,
+                authorities=authorities,
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
+                mode=rule.mode or config.mode,
             )
         )
     return _Policy(config, tuple(rules), trust)
@@ -124,25 +150,6 @@ def _truncate(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
-def _check(
-    verifier: SignatureVerifier, signatures: list[Signature], digest: str
-) -> tuple[str | None, list[str]]:
-    """First signature the verifier accepts -> (success message, []), else (None, reasons)."""
-    reasons: list[str] = []
-    for sig in signatures:
-        try:
-            who = verifier.verify(sig, digest)
-        except VerificationError as e:
-            reasons.append(f"{sig.where}: {e}")
-            continue
-        except Exception as e:  # hostile input must never crash or pass verification
-            log.warning("unexpected error verifying %s: %s", sig.where, e, exc_info=True)
-            reasons.append(f"{sig.where}: unusable ({type(e).__name__}: {e})")
-            continue
-        return f"{sig.how} (signed by {who})", []
-    return None, reasons
-
-
 class ImageVerifier:
     """Applies the `verification` rules to image references (see the module docstring)."""
 
@@ -154,17 +161,21 @@ class ImageVerifier:
         clock: Callable[[], float] = time.monotonic,
         on_cache_hit: Callable[[], None] | None = None,
         trust: TrustRoots | None = None,
+        cel: CelEvaluator | None = None,
+        quiet: bool = False,
     ) -> None:
         """`trust` is the daemon's manager (shared across reloads); without one, the root is
         `trustedRoot` or the embedded one, never refreshed."""
         self._registry = registry
+        self._cel = cel
         self._on_cache_hit = on_cache_hit
         self._clock = clock
         self._own_trust = trust is None
         self._trust = trust if trust is not None else self._offline_trust(config)
         self._policy = _compile(config, self._initial_trust(config))
         self._cache = self._new_cache(config)
-        for w in config_warnings(config):
+        # quiet: a candidate policy (PolicyService.Test), whose warnings are not the daemon's
+        for w in () if quiet else config_warnings(config):
             log.warning("verification config: %s", w)
 
     @staticmethod
@@ -176,7 +187,7 @@ class ImageVerifier:
 
     def _initial_trust(self, config: VerificationConfig) -> TrustState | None:
         """The root now, if a keyless rule needs one (not loaded otherwise)."""
-        if not any(r.keyless is not None for r in config.rules):
+        if not any(r.keyless_authorities() for r in config.rules):
             return None
         try:
             return self._trust.current()
@@ -236,19 +247,19 @@ class ImageVerifier:
         matched = self.match(ref)
         if matched is None:
             if policy.config.no_match == "deny":
-                raise PermissionDenied(f"no verification rule matches {ref.repository}, and noMatch is deny")
+                failure = f"no verification rule matches {ref.repository}, and noMatch is deny"
+                return self._refuse(failure, policy.config.mode, "noMatch", pinned)
             return Verdict(False, "no matched rule", pinned)
         if matched.action == "deny":
-            raise PermissionDenied(
-                f"verification denied by matched {matched.describe()} for {ref.repository}"
-            )
+            failure = f"verification denied by matched {matched.describe()} for {ref.repository}"
+            return self._refuse(failure, matched.mode, matched.describe(), pinned)
         if matched.action == "skip":
             return Verdict(False, f"verification skipped by matched {matched.describe()}", pinned)
         registry: RegistryAPI = self._registry
         if credentials is not None and credentials[0]:
             registry = self._registry.with_credentials(*credentials)
         trust: TrustState | None = None
-        if matched.rule.keyless is not None:
+        if matched.rule.keyless_authorities():
             matched, trust = await self._with_current_trust(policy, matched)
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
@@ -273,9 +284,23 @@ class ImageVerifier:
         else:
             outcome = await self._cache.get(key, compute)
         if not outcome.verified:
-            raise PermissionDenied(_truncate(f"image verification failed: {outcome.message}"))
+            return self._refuse(
+                f"image verification failed: {outcome.message}",
+                matched.mode,
+                matched.describe(),
+                pinned_ref.pinned(),
+            )
         message = outcome.message if trust is None else f"{outcome.message}; trust root: {trust.describe()}"
         return Verdict(True, message, pinned_ref.pinned())
+
+    @staticmethod
+    def _refuse(failure: str, mode: Mode, who: str, pinned: str) -> Verdict:
+        """PERMISSION_DENIED with `failure`, or in warn mode a warned verdict that allows."""
+        if mode != "warn":
+            raise PermissionDenied(_truncate(failure))
+        log.warning("warn mode: allowing what %s refuses: %s", who, failure)
+        note = f"; {WARN_NOTE} ({who})"
+        return Verdict(True, _truncate(failure[: MAX_MESSAGE - len(note)] + note), pinned, warned=True)
 
     async def _with_current_trust(
         self, policy: _Policy, matched: MatchedRule
@@ -301,29 +326,89 @@ class ImageVerifier:
     async def _verify_digest(
         self, registry: RegistryAPI, ref: Reference, digest: str, matched: MatchedRule
     ) -> Outcome:
-        verifier = matched.verifier
-        assert verifier is not None
+        rule = matched.rule
+        tally = Tally(matched.authorities, rule.threshold)
         target = f"{ref.repository}@{digest}"
-        failures: list[str] = []
         notes: list[str] = []
+        attestations: list[AttestationMaterial] = []
         for stage in STAGES:
             found = await stage(registry, ref, digest)
             notes.extend(found.notes)
-            if not found.signatures:
-                continue
-            success, reasons = await asyncio.to_thread(_check, verifier, found.signatures, digest)
-            if success is not None:
-                return Outcome(True, f"{success}; {matched.describe()}")
-            failures.extend(reasons)
-        expects = verifier.describe()
-        if not failures:
-            return Outcome(
-                False,
-                f"{target}: no signatures found; {matched.describe()} expects a {expects} "
-                f"({'; '.join(notes)})",
+            signatures: list[Signature] = []
+            for sig in found.signatures:
+                if isinstance(sig, BundleSignature) and sig.predicate_type != SIGN_PREDICATE:
+                    attestations.append(sig)
+                    if sig.is_attestation:  # the referrer says it is one: not tried as a signature
+                        notes.append(f"{sig.where} is an attestation ({sig.predicate_type}), not a signature")
+                        continue
+                signatures.append(sig)
+            if signatures:
+                await asyncio.to_thread(tally.add, signatures, digest)
+            if tally.satisfied():
+                break
+        if not tally.satisfied():
+            return Outcome(False, self._signature_failure(target, matched, tally, notes))
+        messages = tally.successes()
+        several = len(matched.authorities) > 1
+        summary = f"{matched.describe()}: {tally.summary()}" if several else matched.describe()
+        if rule.attestations:
+            results = await self._check_attestations(registry, ref, digest, matched, attestations, notes)
+            failed = [r for r in results if not r.satisfied]
+            if failed:
+                reasons = "; ".join(f"{r.describe()}: " + "; ".join(r.reasons) for r in failed)
+                return Outcome(
+                    False,
+                    f"{target}: signed ({'; '.join(messages)}), but {len(failed)} of the "
+                    f"{len(results)} attestations {matched.describe()} requires are not satisfied: {reasons}",
+                )
+            messages += [r.message for r in results if r.message]
+        return Outcome(True, f"{'; '.join(messages)}; {summary}")
+
+    async def _check_attestations(
+        self,
+        registry: RegistryAPI,
+        ref: Reference,
+        digest: str,
+        matched: MatchedRule,
+        materials: list[AttestationMaterial],
+        notes: list[str],
+    ) -> list[AttestationResult]:
+        cel = self._cel or evaluator()
+
+        def check(found: list[AttestationMaterial]) -> list[AttestationResult]:
+            return [
+                check_requirement(a, matched.authorities, found, digest, ref.repository, cel)
+                for a in matched.rule.attestations
+            ]
+
+        results = await asyncio.to_thread(check, materials)
+        if all(r.satisfied for r in results):
+            return results
+        # Not all among the referrers: cosign's legacy layout, the `.att` tag, before refusing.
+        envelopes, more = await discover_legacy_attestations(registry, ref, digest)
+        notes.extend(more)
+        if envelopes:
+            results = await asyncio.to_thread(check, [*materials, *envelopes])
+        return results
+
+    @staticmethod
+    def _signature_failure(target: str, matched: MatchedRule, tally: Tally, notes: list[str]) -> str:
+        failures = tally.failures()
+        if len(matched.authorities) == 1:
+            expects = matched.authorities[0].describe()
+            if not failures:
+                return (
+                    f"{target}: no signatures found; {matched.describe()} expects a {expects} "
+                    f"({'; '.join(notes)})"
+                )
+            return (
+                f"{target}: no signature satisfies {matched.describe()}, which expects a {expects}: "
+                + "; ".join(failures)
             )
-        return Outcome(
-            False,
-            f"{target}: no signature satisfies {matched.describe()}, which expects a {expects}: "
-            + "; ".join(failures),
-        )
+        expects = "; ".join(f"{a.name}: {a.describe()}" for a in matched.authorities)
+        if not tally.signatures:
+            return (
+                f"{target}: no signatures found; {matched.describe()} expects {matched.rule.threshold} of "
+                f"{len(matched.authorities)} authorities ({expects}) ({'; '.join(notes)})"
+            )
+        return f"{target}: {tally.summary()} under {matched.describe()}: " + "; ".join(failures)

@@ -51,6 +51,43 @@ def _hint_note(doc: dict[str, Any], key: PublicKey) -> str:
     return ""
 
 
+def _open_dsse(env: dict[str, Any], key: PublicKey, note: str = "") -> tuple[str, bytes]:
+    """(payloadType, payload) of a DSSE envelope one of whose signatures verifies with `key`."""
+    payload_type = env.get("payloadType")
+    payload = decode_b64(str(env.get("payload", "")), "DSSE payload")
+    sigs = env.get("signatures")
+    if not isinstance(payload_type, str) or not isinstance(sigs, list) or not sigs:
+        raise VerificationError("DSSE envelope lacks payloadType or signatures")
+    message = pae(payload_type, payload)
+    ok = any(
+        isinstance(s, dict)
+        and verify_signature(key, decode_b64(str(s.get("sig", "")), "DSSE signature"), message)
+        for s in sigs[:MAX_DSSE_SIGNATURES]
+    )
+    if not ok:
+        raise VerificationError(f"DSSE signature does not verify with the rule's {describe(key)}{note}")
+    return payload_type, payload
+
+
+def open_static_envelope(raw: bytes, key: PublicKey, *, bundle: bool) -> tuple[str, str, bytes]:
+    """An attestation signed with `key`: a bundle's DSSE envelope, or a legacy `.att` envelope
+    layer. Returns (who, payloadType, payload); the statement is the caller's to check."""
+    try:
+        doc = jsondoc.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError("attestation is not JSON") from None
+    if not isinstance(doc, dict):
+        raise VerificationError("attestation is not a JSON object")
+    env = doc.get("dsseEnvelope") if bundle else doc
+    if not isinstance(env, dict):
+        raise VerificationError("bundle has no dsseEnvelope" if bundle else "not a DSSE envelope")
+    try:
+        payload_type, payload = _open_dsse(env, key, _hint_note(doc, key) if bundle else "")
+    except ValueError as e:
+        raise VerificationError(str(e)) from None
+    return describe(key), payload_type, payload
+
+
 def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> str:
     try:
         doc = jsondoc.loads(sig.bundle)
@@ -62,21 +99,7 @@ def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> s
         raise VerificationError("not a Sigstore bundle (mediaType)")
     try:
         if isinstance(env := doc.get("dsseEnvelope"), dict):
-            payload_type = env.get("payloadType")
-            payload = decode_b64(str(env.get("payload", "")), "DSSE payload")
-            sigs = env.get("signatures")
-            if not isinstance(payload_type, str) or not isinstance(sigs, list) or not sigs:
-                raise VerificationError("DSSE envelope lacks payloadType or signatures")
-            message = pae(payload_type, payload)
-            ok = any(
-                isinstance(s, dict)
-                and verify_signature(key, decode_b64(str(s.get("sig", "")), "DSSE signature"), message)
-                for s in sigs[:MAX_DSSE_SIGNATURES]
-            )
-            if not ok:
-                raise VerificationError(
-                    f"DSSE signature does not verify with the rule's {describe(key)}{_hint_note(doc, key)}"
-                )
+            payload_type, payload = _open_dsse(env, key, _hint_note(doc, key))
             check_statement(payload_type, payload, digest)
         elif isinstance(ms := doc.get("messageSignature"), dict):
             md = ms.get("messageDigest")

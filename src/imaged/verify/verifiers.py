@@ -1,66 +1,98 @@
-"""A rule's verifier as one policy object: keyless identity or static key, over both formats."""
+"""A rule's authorities as policy objects: keyless identities and static keys, over both formats.
+
+Each authority verifies image signatures (`verify`) and opens attestation envelopes
+(`open_envelope`); a rule holds one or several (`build_authorities`), and the engine counts how
+many distinct ones verified against the rule's threshold.
+"""
 
 from __future__ import annotations
 
-from imaged.verify.bundle import verify_keyless_bundle
+from imaged.verify.bundle import open_keyless_dsse, verify_keyless_bundle
 from imaged.verify.config import KeylessRule, Rule
 from imaged.verify.identity import identity_policy
 from imaged.verify.keys import PublicKey, describe, load_public_key
-from imaged.verify.legacy import verify_legacy_keyless
-from imaged.verify.material import BundleSignature, Signature, SignatureVerifier
-from imaged.verify.static import verify_static_bundle, verify_static_simple_signing
+from imaged.verify.legacy import open_legacy_keyless_envelope, verify_legacy_keyless
+from imaged.verify.material import (
+    AttestationMaterial,
+    Authority,
+    BundleSignature,
+    Signature,
+    SignatureVerifier,
+)
+from imaged.verify.static import open_static_envelope, verify_static_bundle, verify_static_simple_signing
 from imaged.verify.trust import TrustRoot
 
 
-class KeylessVerifier:
-    """Fulcio certificate with the rule's issuer and subject, anchored in `trust`."""
+def _either(exact: str | None, regex: str | None) -> str:
+    return " and ".join(x for x in (repr(exact) if exact else "", f"/{regex}/" if regex else "") if x)
 
-    def __init__(self, rule: KeylessRule, trust: TrustRoot) -> None:
+
+class KeylessVerifier:
+    """Fulcio certificate with the rule's issuer, subject and claims, anchored in `trust`."""
+
+    def __init__(self, rule: KeylessRule, trust: TrustRoot, name: str | None = None) -> None:
         self.rule = rule
         self.trust = trust
         self.policy = identity_policy(rule)
+        subject = f"subject {_either(rule.subject, rule.subject_regex)}"
+        self.name = rule.name or (f"{name} ({subject})" if name else subject)
 
     def verify(self, signature: Signature, digest: str) -> str:
         if isinstance(signature, BundleSignature):
             return verify_keyless_bundle(signature, digest, self.trust, self.policy)
         return verify_legacy_keyless(signature, digest, self.trust, self.policy)
 
+    def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
+        if isinstance(material, BundleSignature):
+            return open_keyless_dsse(material, self.trust, self.policy)
+        return open_legacy_keyless_envelope(material, self.trust, self.policy)
+
     def describe(self) -> str:
         r = self.rule
-        issuer = " and ".join(
-            x
-            for x in (repr(r.issuer) if r.issuer else "", f"/{r.issuer_regex}/" if r.issuer_regex else "")
-            if x
+        issuer = _either(r.issuer, r.issuer_regex)
+        subject = _either(r.subject, r.subject_regex)
+        claims = ", ".join(f"{k} {v!r}" for k, v in r.claims.items())
+        return f"keyless signature by subject {subject} from issuer {issuer}" + (
+            f" with claims {claims}" if claims else ""
         )
-        subject = " and ".join(
-            x
-            for x in (repr(r.subject) if r.subject else "", f"/{r.subject_regex}/" if r.subject_regex else "")
-            if x
-        )
-        return f"keyless signature by subject {subject} from issuer {issuer}"
 
 
 class StaticKeyVerifier:
     """A signature by one configured public key; no transparency log needed."""
 
-    def __init__(self, key: PublicKey) -> None:
+    def __init__(self, key: PublicKey, name: str | None = None) -> None:
         self.key = key
+        self.name = name or describe(key)
 
     def verify(self, signature: Signature, digest: str) -> str:
         if isinstance(signature, BundleSignature):
             return verify_static_bundle(signature, digest, self.key)
         return verify_static_simple_signing(signature, digest, self.key)
 
+    def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
+        if isinstance(material, BundleSignature):
+            return open_static_envelope(material.bundle, self.key, bundle=True)
+        return open_static_envelope(material.envelope, self.key, bundle=False)
+
     def describe(self) -> str:
         return f"signature by {describe(self.key)}"
 
 
-def build_verifier(rule: Rule, trust: TrustRoot | None) -> SignatureVerifier | None:
-    """The verifier for a validated rule; None for skip and deny rules."""
-    if rule.keyless is not None:
+def build_authorities(rule: Rule, trust: TrustRoot | None) -> tuple[Authority, ...]:
+    """The authorities of a validated rule, keyless first, in configuration order; () for skip/deny."""
+    out: list[Authority] = []
+    keyless = rule.keyless_authorities()
+    for field, k in keyless:
         if trust is None:
             raise ValueError("a keyless rule needs a trust root")
-        return KeylessVerifier(rule.keyless, trust)
-    if rule.public_key is not None and rule.public_key.certificate:
-        return StaticKeyVerifier(load_public_key(rule.public_key.certificate))
-    return None
+        out.append(KeylessVerifier(k, trust, name=field if len(keyless) > 1 else None))
+    for _field, p in rule.key_authorities():
+        if p.certificate:
+            out.append(StaticKeyVerifier(load_public_key(p.certificate), name=p.name))
+    return tuple(out)
+
+
+def build_verifier(rule: Rule, trust: TrustRoot | None) -> SignatureVerifier | None:
+    """The rule's first authority; None for skip and deny rules."""
+    authorities = build_authorities(rule, trust)
+    return authorities[0] if authorities else None

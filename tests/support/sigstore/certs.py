@@ -26,6 +26,16 @@ OID_OTHERNAME_SAN = ObjectIdentifier("1.3.6.1.4.1.57264.1.7")
 OID_SCT_LIST = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
 
 SanKind = Literal["email", "uri", "othername"]
+# Fulcio's CI claims (sigstore/fulcio docs/oid-info.md), written independently of imaged's table.
+CLAIM_OIDS = {
+    "buildSignerURI": "9",
+    "runnerEnvironment": "11",
+    "sourceRepositoryURI": "12",
+    "sourceRepositoryDigest": "13",
+    "sourceRepositoryRef": "14",
+    "buildConfigURI": "18",
+    "buildTrigger": "20",
+}
 
 
 def _der_length(n: int) -> bytes:
@@ -202,6 +212,7 @@ class FulcioCA:
         sct: bool = True,
         ct_log: CTLog | None = None,
         key: ec.EllipticCurvePrivateKey | None = None,
+        claims: dict[str, str] | None = None,
     ) -> Leaf:
         """Issue a leaf for `identity` (SAN) and OIDC `issuer`.
 
@@ -265,6 +276,10 @@ class FulcioCA:
             builder = builder.add_extension(
                 x509.UnrecognizedExtension(OID_ISSUER_V2, der_utf8string(v2)), False
             )
+        for name, value in (claims or {}).items():
+            suffix = name if name.isdigit() else CLAIM_OIDS[name]
+            oid = ObjectIdentifier(f"1.3.6.1.4.1.57264.1.{suffix}")
+            builder = builder.add_extension(x509.UnrecognizedExtension(oid, der_utf8string(value)), False)
         precert = builder.sign(self.intermediate_key, hashes.SHA256(), ecdsa_deterministic=True)
         cert = precert
         if sct:

@@ -64,6 +64,33 @@ def intoto_statement(image_digest: str, predicate: dict[str, Any] | None = None)
     return _compact(statement)
 
 
+SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
+DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+
+
+def attestation_statement(image_digest: str, predicate_type: str, predicate: dict[str, Any]) -> bytes:
+    """What `cosign attest --type <predicate_type>` signs: an in-toto Statement v1 about the image."""
+    return _compact(
+        {
+            "_type": STATEMENT_V1,
+            "subject": [{"name": "image", "digest": {"sha256": digest_hex(image_digest)}}],
+            "predicateType": predicate_type,
+            "predicate": predicate,
+        }
+    )
+
+
+def slsa_provenance(builder_id: str, repository: str = "https://github.com/org/app") -> dict[str, Any]:
+    """A SLSA v1 provenance predicate, the shape GitHub's attest-build-provenance writes."""
+    return {
+        "buildDefinition": {
+            "buildType": "https://actions.github.io/buildtypes/workflow/v1",
+            "externalParameters": {"workflow": {"ref": "refs/heads/main", "repository": repository}},
+        },
+        "runDetails": {"builder": {"id": builder_id}, "metadata": {"invocationId": "1"}},
+    }
+
+
 def pae(payload_type: str, payload: bytes) -> bytes:
     """DSSE v1 pre-authentication encoding: what the envelope signature covers."""
     return b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)

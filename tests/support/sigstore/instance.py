@@ -238,3 +238,32 @@ class PrivateSigstore:
         material["tlogEntries"] = [entry.bundle_json()] if entry else []
         bundle = {"mediaType": BUNDLE_MEDIA_TYPE, "verificationMaterial": material, "dsseEnvelope": envelope}
         return BundleSignature(bundle=bundle, statement=stmt, signature=signature, tlog_entry=entry)
+
+    def legacy_envelope(self, statement: bytes, signer: StaticKey) -> bytes:
+        """A legacy `.att` layer signed with a key (no tlog, as `cosign attest --key --tlog-upload=false`)."""
+        signature = signer.sign(pae(INTOTO_PAYLOAD_TYPE, statement))
+        return json.dumps(
+            {
+                "payloadType": INTOTO_PAYLOAD_TYPE,
+                "payload": b64(statement),
+                "signatures": [{"keyid": "", "sig": b64(signature)}],
+            }
+        ).encode()
+
+    def legacy_keyless_envelope(self, statement: bytes, leaf: Leaf) -> tuple[bytes, dict[str, str]]:
+        """A legacy keyless `.att` layer: the envelope, and the annotations cosign attest writes
+        (certificate, chain, Rekor SET over a `dsse` 0.0.1 entry)."""
+        signature = leaf.sign(pae(INTOTO_PAYLOAD_TYPE, statement))
+        envelope = {
+            "payloadType": INTOTO_PAYLOAD_TYPE,
+            "payload": b64(statement),
+            "signatures": [{"sig": b64(signature)}],
+        }
+        entry = self._integrate("dsse", dsse_body(envelope, statement, signature, leaf.pem), None, None, None)
+        annotations = {
+            ANN_CERTIFICATE: leaf.pem.decode(),
+            ANN_CHAIN: leaf.chain_pem.decode(),
+            ANN_BUNDLE: json.dumps(entry.legacy_bundle(), separators=(",", ":")),
+            "predicateType": json.loads(statement)["predicateType"],
+        }
+        return json.dumps(envelope).encode(), annotations

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formats import BUNDLE_MEDIA_TYPE, COSIGN_SIGN_PREDICATE, BundleSignature, LegacySignature, digest_hex
+from .formats import (
+    BUNDLE_MEDIA_TYPE,
+    COSIGN_SIGN_PREDICATE,
+    DSSE_MEDIA_TYPE,
+    BundleSignature,
+    LegacySignature,
+    digest_hex,
+)
 from .formats import sha256_digest as _sha256
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -93,7 +100,11 @@ def legacy_signature_manifest(signatures: Sequence[LegacySignature]) -> tuple[by
 
 
 def bundle_referrer_manifest(
-    subject: Descriptor, bundle: BundleSignature, *, created: str = "2025-01-01T00:00:00Z"
+    subject: Descriptor,
+    bundle: BundleSignature,
+    *,
+    created: str = "2025-01-01T00:00:00Z",
+    predicate_type: str = COSIGN_SIGN_PREDICATE,
 ) -> bytes:
     """cosign 3 referrer manifest, field order as in the real vectors (B1-B4)."""
     blob = bundle.json_bytes
@@ -110,7 +121,7 @@ def bundle_referrer_manifest(
             "layers": [{"mediaType": BUNDLE_MEDIA_TYPE, "size": len(blob), "digest": _sha256(blob)}],
             "annotations": {
                 "dev.sigstore.bundle.content": "dsse-envelope",
-                "dev.sigstore.bundle.predicateType": COSIGN_SIGN_PREDICATE,
+                "dev.sigstore.bundle.predicateType": predicate_type,
                 "org.opencontainers.image.created": created,
             },
             "subject": {"mediaType": subject.media_type, "size": subject.size, "digest": subject.digest},
@@ -286,6 +297,7 @@ class OciPusher:
         index_artifact_type: str = OCI_EMPTY,
         update_index: bool = True,
         created: str = "2025-01-01T00:00:00Z",
+        predicate_type: str = COSIGN_SIGN_PREDICATE,
     ) -> Descriptor:
         """Push a cosign 3 referrer for `subject` and list it in the referrers tag index.
 
@@ -297,7 +309,7 @@ class OciPusher:
         """
         self.push_blob(repo, b"{}", OCI_EMPTY)
         self.push_blob(repo, bundle.json_bytes, BUNDLE_MEDIA_TYPE)
-        body = bundle_referrer_manifest(subject, bundle, created=created)
+        body = bundle_referrer_manifest(subject, bundle, created=created, predicate_type=predicate_type)
         referrer = self.put_manifest(repo, _sha256(body), body, OCI_MANIFEST)
         if not update_index:
             return referrer
@@ -320,3 +332,30 @@ class OciPusher:
         manifests.append(entry.to_json())
         index = _compact({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
         return self.put_manifest(repo, tag, index, OCI_INDEX)
+
+    def push_legacy_attestations(
+        self, repo: str, image_digest: str, envelopes: Sequence[tuple[bytes, dict[str, str]]]
+    ) -> Descriptor:
+        """Write the `sha256-<hex>.att` tag: one DSSE envelope layer per (envelope JSON, annotations)."""
+        config = _compact({"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers"}})
+        self.push_blob(repo, config, OCI_CONFIG)
+        layers = []
+        for envelope, notes in envelopes:
+            blob = self.push_blob(repo, envelope, DSSE_MEDIA_TYPE)
+            layers.append(
+                {
+                    "mediaType": DSSE_MEDIA_TYPE,
+                    "size": blob.size,
+                    "digest": blob.digest,
+                    "annotations": notes,
+                }
+            )
+        manifest = _compact(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "size": len(config), "digest": _sha256(config)},
+                "layers": layers,
+            }
+        )
+        return self.put_manifest(repo, f"sha256-{digest_hex(image_digest)}.att", manifest, OCI_MANIFEST)

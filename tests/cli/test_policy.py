@@ -1,0 +1,248 @@
+"""Warn mode through the daemon (pull, run, label, metric) and the policy tools: imagectl policy
+test (a candidate configuration through imaged.v1.PolicyService, checked against expectations)
+and imagectl policy explain (offline), against a real daemon, registry and containerd."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from imaged.pb.machine import image_pb2
+from tests.cli.conftest import Ctl, run_imagectl
+from tests.pull.test_pull import pull, run
+from tests.support import archives
+from tests.support.containerd import PrivateContainerd
+from tests.support.daemon import SYSTEM, DaemonProcess
+from tests.support.registry import Registry, free_port
+from tests.support.sigstore import OciPusher, PrivateSigstore
+
+
+class Env:
+    def __init__(self, reg: Registry, d: DaemonProcess, ps: PrivateSigstore, port: int) -> None:
+        self.reg, self.d, self.ps, self.port = reg, d, ps, port
+        self.ctl = Ctl(d.socket)
+        self.key_pem = ps.static_key("policy").public_pem.decode()
+
+    def metric(self, outcome: str) -> float:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10).read().decode()
+        m = re.search(rf'^imaged_verifications_total\{{outcome="{outcome}"\}} (\S+)$', body, re.M)
+        return float(m.group(1)) if m else 0.0
+
+
+@pytest.fixture(scope="module")
+def env(containerd: PrivateContainerd) -> Iterator[Env]:
+    reg = Registry()
+    ps = PrivateSigstore(seed=b"cli-policy")
+    key_pem = ps.static_key("policy").public_pem.decode()
+    port = free_port()
+    rules = [
+        {"image": f"{reg.host}/warned/*", "mode": "warn", "publicKey": {"certificate": key_pem}},
+        {"image": f"{reg.host}/enforced/*", "publicKey": {"certificate": key_pem}},
+    ]
+    d = DaemonProcess(
+        containerd.socket, {"verification": {"rules": rules}, "metrics": {"listen": f"127.0.0.1:{port}"}}
+    )
+    d.start()
+    try:
+        yield Env(reg, d, ps, port)
+    finally:
+        d.stop()
+        reg.close()
+
+
+def test_unsigned_image_under_a_warn_rule_pulls_and_runs(env: Env, containerd: PrivateContainerd) -> None:
+    before = env.metric("warned")
+    digest = archives.push(env.reg, "warned/app", "v1", archives.simple_image("warned-runs"))
+    name, _ = pull(env.d, f"{env.reg.host}/warned/app:v1", SYSTEM)
+    assert name == f"{env.reg.host}/warned/app@{digest}"  # pinned to the digest that was evaluated
+    listed = {r.name: r for r in env.d.images.List(image_pb2.ImageServiceListRequest(containerd=SYSTEM))}
+    label = listed[f"{env.reg.host}/warned/app:v1"].labels["imaged.dev/verified"]
+    assert label.startswith("allowed in warn mode, not verified: image verification failed: "), label
+    assert "no signatures found" in label
+    assert "warned-runs" in run(containerd, "system", f"{env.reg.host}/warned/app:v1")
+    assert env.metric("warned") == before + 1
+    resp = env.d.images.Verify(image_pb2.ImageServiceVerifyRequest(image_ref=f"{env.reg.host}/warned/app:v1"))
+    assert resp.verified and resp.digested_image_ref == f"{env.reg.host}/warned/app@{digest}"
+    assert (
+        resp.message.startswith("image verification failed: ")
+        and "; allowed in warn mode (rule 0" in resp.message
+    )
+    assert env.metric("warned") == before + 2
+    out = env.ctl("verify", f"{env.reg.host}/warned/app:v1")
+    assert out.rc == 0 and out.lines[0] == "verified:  yes, in warn mode: the checks failed"
+    assert "WARNING" in env.d.logs() and "warn mode: allowing what rule 0" in env.d.logs()
+
+
+def test_the_same_rule_in_enforce_refuses(env: Env, containerd: PrivateContainerd) -> None:
+    before = env.metric("refused")
+    archives.push(env.reg, "enforced/app", "v1", archives.simple_image("enforced-refused"))
+    with pytest.raises(grpc.RpcError) as e:
+        pull(env.d, f"{env.reg.host}/enforced/app:v1", SYSTEM)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "no signatures found" in (e.value.details() or "")
+    assert f"{env.reg.host}/enforced/app" not in containerd.ctr("images", "ls", namespace="system").stdout
+    assert env.metric("refused") == before + 1
+
+
+def candidate(env: Env, tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "candidate.yaml"
+    rules: list[dict[str, Any]] = [
+        {"image": f"{env.reg.host}/cand/signed*", "publicKey": {"certificate": env.key_pem}},
+        {"image": f"{env.reg.host}/cand/denied", "deny": True},
+        {"image": f"{env.reg.host}/cand/audit", "mode": "warn", "publicKey": {"certificate": env.key_pem}},
+    ]
+    path.write_text(yaml.safe_dump({"verification": {"rules": rules, "noMatch": "deny"}}))
+    return path
+
+
+def test_policy_test_compares_with_expectations(env: Env, tmp_path: pathlib.Path) -> None:
+    push = OciPusher(env.reg)
+    signed = push.push_minimal_image("cand/signed", "v1", label="cand-signed")
+    sig = env.ps.sign_legacy(signed.digest, "cand/signed", env.ps.static_key("policy"), tlog=False)
+    push.push_legacy_signatures("cand/signed", signed.digest, [sig])
+    for repo in ("cand/signed-not", "cand/denied", "cand/audit"):
+        push.push_minimal_image(repo, "v1", label=repo)
+    h = env.reg.host
+    right = {
+        f"{h}/cand/signed:v1": "verified",
+        f"{h}/cand/signed-not:v1": "denied",
+        f"{h}/cand/denied:v1": "denied",
+        f"{h}/cand/audit:v1": "warned",
+        f"{h}/cand/elsewhere:v1": "denied",  # noMatch: deny
+        f"{h}/cand/signed:missing": "error",
+    }
+    expect = tmp_path / "expect.yaml"
+    expect.write_text(yaml.safe_dump(right))
+    config = candidate(env, tmp_path)
+    ok = env.ctl("policy", "test", "--config", str(config), "--expect", str(expect))
+    assert ok.rc == 0, ok.out + ok.err
+    assert f"{h}/cand/signed:v1: verified (as expected)" in ok.out
+    assert f"  rule:    rule 0 ({h}/cand/signed*)" in ok.out
+    assert ok.out.rstrip().endswith("6 as expected, 0 different")
+    # One wrong expectation: exit 1, and the line says what was expected.
+    wrong = {**right, f"{h}/cand/signed-not:v1": "verified"}
+    expect.write_text(yaml.safe_dump(wrong))
+    bad = env.ctl("policy", "test", "--config", str(config), "--expect", str(expect))
+    assert bad.rc == 1, bad.out + bad.err
+    assert f"{h}/cand/signed-not:v1: denied (EXPECTED verified)" in bad.out
+    assert bad.out.rstrip().endswith("5 as expected, 1 different")
+    # The daemon's own policy did not change: no rule of its matches these images.
+    resp = env.d.images.Verify(image_pb2.ImageServiceVerifyRequest(image_ref=f"{h}/cand/denied:v1"))
+    assert (resp.verified, resp.message) == (False, "no matched rule")
+    # Without expectations: exit 1 when an image is denied; a bad candidate is a usage error.
+    assert env.ctl("policy", "test", "--config", str(config), f"{h}/cand/signed:v1").rc == 0
+    assert env.ctl("policy", "test", "--config", str(config), f"{h}/cand/denied:v1").rc == 1
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("verification:\n  rules:\n    - image: a.io/*\n")
+    r = env.ctl("policy", "test", "--config", str(broken), f"{h}/cand/signed:v1")
+    assert r.rc == 2 and "needs one of keyless or publicKey" in r.err
+
+
+def test_policy_test_is_not_on_the_readonly_socket(
+    containerd: PrivateContainerd, tmp_path: pathlib.Path
+) -> None:
+    ro = str(tmp_path / "ro.sock")
+    d = DaemonProcess(containerd.socket, {"listen": {"readonly": {"path": ro}}})
+    d.start()
+    try:
+        config = tmp_path / "c.yaml"
+        config.write_text("verification:\n  noMatch: deny\n")
+        r = run_imagectl("--socket", ro, "policy", "test", "--config", str(config), "a.io/app:v1")
+        assert r.rc == 2 and "does not serve imaged.v1.PolicyService: it is the read-only socket" in r.err
+        r = run_imagectl("--socket", d.socket, "policy", "test", "--config", str(config), "a.io/app:v1")
+        assert r.rc == 1 and "a.io/app:v1: denied" in r.out
+    finally:
+        d.stop()
+
+
+def test_policy_explain_reads_the_file(tmp_path: pathlib.Path) -> None:
+    pem = PrivateSigstore(seed=b"explain").static_key().public_pem.decode()
+    config = tmp_path / "config.yaml"
+    rules = [
+        {"image": "docker.io/library/*", "skip": True},
+        {
+            "image": "ghcr.io/org/*",
+            "mode": "warn",
+            "threshold": 2,
+            "keyless": [
+                {
+                    "name": "release",
+                    "issuer": "https://token.actions.githubusercontent.com",
+                    "subjectRegex": "^https://github\\.com/org/",
+                    "claims": {"sourceRepositoryURI": "https://github.com/org/app"},
+                },
+            ],
+            "publicKey": [{"name": "key-2026", "certificate": pem}],
+            "attestations": [
+                {
+                    "predicateType": "https://slsa.dev/provenance/v1",
+                    "policy": "predicate.runDetails.builder.id != ''",
+                }
+            ],
+        },
+    ]
+    config.write_text(yaml.safe_dump({"verification": {"rules": rules}}))
+    r = run_imagectl("policy", "explain", "--config", str(config), "ghcr.io/org/app:v1", "busybox")
+    assert r.rc == 0, r.err
+    out = r.out
+    assert "rule:       rules[1] 'ghcr.io/org/*' matches; the first match decides" in out
+    assert "not matched before it: rules[0] 'docker.io/library/*'" in out
+    assert "mode:       warn (the rule's)" in out
+    assert "action:     verify: 2 authorities, 2 distinct ones, each by its own signature" in out
+    assert "sourceRepositoryURI = 'https://github.com/org/app'" in out
+    assert "key-2026 (publicKey[0]): ECDSA secp256r1 key sha256:" in out
+    assert "https://slsa.dev/provenance/v1 where predicate.runDetails.builder.id != ''" in out
+    assert "allowed with a warning (warn mode)" in out
+    assert "repository: docker.io/library/busybox" in out and "action:     skip" in out
+    r = run_imagectl("policy", "explain", "--config", str(tmp_path / "nope.yaml"), "busybox")
+    assert r.rc == 2 and "does not exist" in r.err
+
+
+def test_check_config_prints_warnings_and_strict_fails(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    rules = [
+        {"image": "ghcr.io/*", "keyless": {"issuer": "https://i", "subjectRegex": "@example\\.com$"}},
+        {"image": "ghcr.io/org/*", "deny": True},
+        {"image": "quay.io/*", "mode": "warn", "keyless": {"issuer": "https://i", "subjectRegex": ".*"}},
+        {
+            "image": "docker.io/*",
+            "keyless": {
+                "issuer": "https://i",
+                "subject": "https://github.com/o/w/.github/workflows/r.yml@refs/heads/main",
+            },
+        },
+    ]
+    config.write_text(yaml.safe_dump({"verification": {"rules": rules}}))
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(config), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    r = check()
+    assert r.returncode == 0, r.stderr
+    for part in (
+        "keyless.subjectRegex '@example\\\\.com$' is not anchored",
+        "rules[1] ('ghcr.io/org/*') is never used: rules[0] ('ghcr.io/*')",
+        "keyless.subjectRegex '.*' matches any value; it constrains nothing",
+        "rules[2] ('quay.io/*') is in warn mode",
+        "names a GitHub workflow without a sourceRepositoryURI",
+        "noMatch is allow",
+    ):
+        assert part in r.stdout, (part, r.stdout)
+    assert r.stdout.rstrip().endswith("is valid (6 warnings)")
+    r = check("--strict")
+    assert r.returncode == 1 and "--strict" in r.stderr

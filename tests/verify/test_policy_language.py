@@ -1,0 +1,467 @@
+"""Issue 22's policy language end to end: ImageVerifier with the real RegistryClient against a real
+docker-registry holding material made by the private Sigstore. Key rotation and thresholds,
+Fulcio CI claims, attestations with CEL policies (bundle referrers and legacy `.att`), warn mode."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from imaged.errors import PermissionDenied
+from imaged.registry.client import RegistryClient
+from imaged.verify import ImageVerifier, VerificationConfig
+from imaged.verify.cel import CelError, CelEvaluator
+from imaged.verify.service import WARN_NOTE
+from tests.support.registry import Registry
+from tests.support.sigstore import OciPusher, PrivateSigstore
+from tests.support.sigstore.formats import SLSA_PROVENANCE_V1, attestation_statement, slsa_provenance
+from tests.verify.test_e2e_registry import registries_config
+
+EMAIL, ISSUER = "release@example.com", "https://token.actions.githubusercontent.com"
+WORKFLOW = "https://github.com/org/shared/.github/workflows/release.yml@refs/heads/main"
+REPO_A, REPO_B = "https://github.com/org/app-a", "https://github.com/org/app-b"
+BUILDER = "https://github.com/actions/runner/github-hosted"
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def ps() -> PrivateSigstore:
+    return PrivateSigstore(seed=b"policy-language")
+
+
+@pytest.fixture(scope="module")
+def trusted_root(ps: PrivateSigstore, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return ps.write_trusted_root(tmp_path_factory.mktemp("trust") / "trusted_root.json")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[RegistryClient]:
+    async with RegistryClient(registries_config()) as c:
+        yield c
+
+
+def verifier(
+    registry: Registry, trusted_root: pathlib.Path, client: RegistryClient, rule: dict[str, Any], **extra: Any
+) -> ImageVerifier:
+    cfg = VerificationConfig.model_validate(
+        {"rules": [{"image": f"{registry.host}/*", **rule}], "trustedRoot": str(trusted_root), **extra}
+    )
+    return ImageVerifier(cfg, client)
+
+
+def key_rule(*pems: str, threshold: int = 1, names: tuple[str, ...] = ()) -> dict[str, Any]:
+    keys = [{"certificate": p, **({"name": names[i]} if names else {})} for i, p in enumerate(pems)]
+    return {"publicKey": keys, "threshold": threshold}
+
+
+def push_signed_by(registry: Registry, ps: PrivateSigstore, repo: str, *labels: str) -> str:
+    push = OciPusher(registry)
+    image = push.push_minimal_image(repo, "v1", label=repo)
+    sigs = [
+        ps.sign_legacy(image.digest, f"{registry.host}/{repo}", ps.static_key(k), tlog=False) for k in labels
+    ]
+    if sigs:
+        push.push_legacy_signatures(repo, image.digest, sigs)
+    return image.digest
+
+
+# -- several keys: rotation and thresholds ------------------------------------------------------------
+
+
+async def test_rotation_accepts_images_signed_by_the_old_or_the_new_key(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    old, new = ps.static_key("old"), ps.static_key("new")
+    rule = key_rule(old.public_pem.decode(), new.public_pem.decode(), names=("key-2025", "key-2026"))
+    v = verifier(registry, trusted_root, client, rule)
+    push_signed_by(registry, ps, "rot/by-old", "old")
+    push_signed_by(registry, ps, "rot/by-new", "new")
+    push_signed_by(registry, ps, "rot/by-other", "other")
+    for repo, name in (("rot/by-old", "key-2025"), ("rot/by-new", "key-2026")):
+        verdict = await v.verify(f"{registry.host}/{repo}:v1")
+        assert verdict.verified and not verdict.warned
+        assert f"1 of 2 authorities verified (threshold 1): {name}" in verdict.message
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify(f"{registry.host}/rot/by-other:v1")
+    msg = info.value.message
+    assert "0 of 2 authorities verified (threshold 1); not verified: key-2025, key-2026" in msg
+    assert "key-2025: legacy signature" in msg and "does not verify with the rule's ECDSA" in msg
+
+
+async def test_threshold_two_refuses_one_signature_and_accepts_two(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    alice, bob = ps.static_key("alice"), ps.static_key("bob")
+    rule = key_rule(alice.public_pem.decode(), bob.public_pem.decode(), threshold=2, names=("alice", "bob"))
+    v = verifier(registry, trusted_root, client, rule)
+    push_signed_by(registry, ps, "two/one", "alice")
+    push_signed_by(registry, ps, "two/both", "alice", "bob")
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify(f"{registry.host}/two/one:v1")
+    assert "1 of 2 authorities verified (threshold 2): alice; not verified: bob" in info.value.message
+    verdict = await v.verify(f"{registry.host}/two/both:v1")
+    assert verdict.verified
+    assert "2 of 2 authorities verified (threshold 2): alice, bob" in verdict.message
+    assert verdict.message.count("verified via legacy signature") == 2
+
+
+async def test_threshold_counts_distinct_signatures_not_overlapping_identities(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """Two keyless authorities whose regexes both accept one signer: one signature counts once."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image("two/overlap", "v1", label="overlap")
+    leaf = ps.issue_leaf(EMAIL, ISSUER)
+    push.push_bundle_referrer("two/overlap", image, ps.sign_bundle(image.digest, leaf))
+    both = [
+        {"name": "release", "issuer": ISSUER, "subjectRegex": "^release@example\\.com$"},
+        {"name": "anyone", "issuer": ISSUER, "subjectRegex": "^.*@example\\.com$"},
+    ]
+    v = verifier(registry, trusted_root, client, {"keyless": both, "threshold": 2})
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify(f"{registry.host}/two/overlap:v1")
+    assert "1 of 2 authorities verified (threshold 2)" in info.value.message
+    assert "verified no signature of its own" in info.value.message
+    # A second signer's signature makes it two (a new verifier: the refusal is cached for 30 s).
+    other = ps.issue_leaf("second@example.com", ISSUER)
+    push.push_bundle_referrer("two/overlap", image, ps.sign_bundle(image.digest, other))
+    v = verifier(registry, trusted_root, client, {"keyless": both, "threshold": 2})
+    verdict = await v.verify(f"{registry.host}/two/overlap:v1")
+    assert (
+        verdict.verified and "2 of 2 authorities verified (threshold 2): release, anyone" in verdict.message
+    )
+
+
+def test_single_key_form_still_works_and_threshold_is_checked_at_load() -> None:
+    pem = PrivateSigstore(seed=b"form").static_key().public_pem.decode()
+    cfg = VerificationConfig.model_validate(
+        {"rules": [{"image": "a.io/*", "publicKey": {"certificate": pem}}]}
+    )
+    assert len(cfg.rules[0].key_authorities()) == 1
+    with pytest.raises(ValidationError) as info:
+        VerificationConfig.model_validate(
+            {"rules": [{"image": "a.io/*", "publicKey": [{"certificate": pem}], "threshold": 2}]}
+        )
+    assert "threshold 2 is more than the rule's 1 authority" in str(info.value)
+
+
+# -- CI claims ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["bundle", "legacy"])
+async def test_source_repository_claim(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient, form: str
+) -> None:
+    """A reusable workflow's certificate: same SAN for every caller; only the claim tells them apart."""
+    repo = f"claims/{form}"
+    push = OciPusher(registry)
+    image = push.push_minimal_image(repo, "v1", label=repo)
+    leaf = ps.issue_leaf(
+        WORKFLOW,
+        ISSUER,
+        claims={
+            "sourceRepositoryURI": REPO_A,
+            "sourceRepositoryRef": "refs/tags/v1.2.3",
+            "buildTrigger": "push",
+        },
+    )
+    if form == "bundle":
+        push.push_bundle_referrer(repo, image, ps.sign_bundle(image.digest, leaf))
+    else:
+        push.push_legacy_signatures(repo, image.digest, [ps.sign_legacy(image.digest, repo, leaf)])
+
+    def rule(**claims: str) -> dict[str, Any]:
+        return {"keyless": {"issuer": ISSUER, "subject": WORKFLOW, "claims": claims}}
+
+    ok = verifier(
+        registry,
+        trusted_root,
+        client,
+        rule(sourceRepositoryURI=REPO_A, sourceRepositoryRefRegex="^refs/tags/v", buildTrigger="push"),
+    )
+    assert (await ok.verify(f"{registry.host}/{repo}:v1")).verified
+    bad = verifier(registry, trusted_root, client, rule(sourceRepositoryURI=REPO_B))
+    with pytest.raises(PermissionDenied) as info:
+        await bad.verify(f"{registry.host}/{repo}:v1")
+    assert (
+        f"certificate claim sourceRepositoryURI (1.3.6.1.4.1.57264.1.12) mismatch: expected {REPO_B!r}, "
+        f"found {REPO_A!r}"
+    ) in info.value.message
+    missing = verifier(registry, trusted_root, client, rule(runnerEnvironment="github-hosted"))
+    with pytest.raises(PermissionDenied) as info:
+        await missing.verify(f"{registry.host}/{repo}:v1")
+    assert "claim runnerEnvironment (1.3.6.1.4.1.57264.1.11) mismatch: the certificate has no such claim" in (
+        info.value.message
+    )
+
+
+def test_claims_are_validated_at_load() -> None:
+    with pytest.raises(ValidationError) as info:
+        VerificationConfig.model_validate(
+            {
+                "rules": [
+                    {
+                        "image": "a.io/*",
+                        "keyless": {
+                            "issuer": "i",
+                            "subject": "s",
+                            "claims": {"sourceRepo": "x", "buildTriggerRegex": "("},
+                        },
+                    }
+                ]
+            }
+        )
+    msg = str(info.value)
+    assert "keyless.claims.sourceRepo is not a Fulcio claim" in msg
+    assert "keyless.claims.buildTriggerRegex '(' is not a valid regular expression" in msg
+
+
+# -- attestations ---------------------------------------------------------------------------------------
+
+PROVENANCE_RULE = {
+    "predicateType": SLSA_PROVENANCE_V1,
+    "policy": f'predicate.runDetails.builder.id == "{BUILDER}"',
+}
+
+
+def keyless_with(*attestations: dict[str, str]) -> dict[str, Any]:
+    return {"keyless": {"issuer": ISSUER, "subject": EMAIL}, "attestations": list(attestations)}
+
+
+def attest(
+    registry: Registry,
+    ps: PrivateSigstore,
+    repo: str,
+    *,
+    builder: str = BUILDER,
+    subject: str | None = None,
+    alter: bool = False,
+) -> str:
+    """A signed image with a SLSA provenance attestation bundle referrer (cosign 3's layout)."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image(repo, "v1", label=repo)
+    leaf = ps.issue_leaf(EMAIL, ISSUER)
+    push.push_bundle_referrer(repo, image, ps.sign_bundle(image.digest, leaf))
+    statement = attestation_statement(subject or image.digest, SLSA_PROVENANCE_V1, slsa_provenance(builder))
+    bundle = ps.sign_bundle(image.digest, leaf, statement=statement)
+    if alter:  # the envelope's payload changed after signing: the builder id claimed is another
+        forged = statement.replace(builder.encode(), b"https://evil.example/builder")
+        bundle.bundle["dsseEnvelope"]["payload"] = base64.b64encode(forged).decode()
+    push.push_bundle_referrer(repo, image, bundle, predicate_type=SLSA_PROVENANCE_V1)
+    return image.digest
+
+
+async def test_slsa_provenance_attestation_passes_and_fails(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    attest(registry, ps, "att/good")
+    attest(registry, ps, "att/other-builder", builder="https://ci.example/self-hosted")
+    attest(registry, ps, "att/other-subject", subject="sha256:" + "ab" * 32)
+    attest(registry, ps, "att/altered", alter=True)
+    v = verifier(registry, trusted_root, client, keyless_with(PROVENANCE_RULE))
+    verdict = await v.verify(f"{registry.host}/att/good:v1")
+    assert verdict.verified
+    assert f"attestation {SLSA_PROVENANCE_V1} by {EMAIL}" in verdict.message
+
+    async def refused(repo: str) -> str:
+        with pytest.raises(PermissionDenied) as info:
+            await v.verify(f"{registry.host}/{repo}:v1")
+        msg = info.value.message
+        assert "1 attestations rule 0" in msg.replace("the 1 attestations", "1 attestations"), msg
+        return msg
+
+    msg = await refused("att/other-builder")
+    assert "predicate does not satisfy the policy" in msg and "runDetails.builder.id" in msg
+    msg = await refused("att/other-subject")
+    assert "do not include the image digest" in msg
+    msg = await refused("att/altered")
+    assert "DSSE: invalid signature" in msg or "signature" in msg.lower()
+    assert "evil.example" not in msg.split("not satisfied:")[0]
+    # A rule asking for another predicate type: none found.
+    sbom = verifier(
+        registry,
+        trusted_root,
+        client,
+        keyless_with({"predicateType": "https://spdx.dev/Document", "policy": "true"}),
+    )
+    with pytest.raises(PermissionDenied) as info:
+        await sbom.verify(f"{registry.host}/att/good:v1")
+    assert "no attestation of type https://spdx.dev/Document found" in info.value.message
+
+
+async def test_attestation_signed_by_someone_else_does_not_count(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    push = OciPusher(registry)
+    image = push.push_minimal_image("att/mallory", "v1", label="mallory")
+    push.push_bundle_referrer(
+        "att/mallory", image, ps.sign_bundle(image.digest, ps.issue_leaf(EMAIL, ISSUER))
+    )
+    statement = attestation_statement(image.digest, SLSA_PROVENANCE_V1, slsa_provenance(BUILDER))
+    mallory = ps.issue_leaf("mallory@example.com", ISSUER)
+    bundle = ps.sign_bundle(image.digest, mallory, statement=statement)
+    push.push_bundle_referrer("att/mallory", image, bundle, predicate_type=SLSA_PROVENANCE_V1)
+    v = verifier(registry, trusted_root, client, keyless_with(PROVENANCE_RULE))
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify(f"{registry.host}/att/mallory:v1")
+    assert "certificate subject mismatch" in info.value.message
+
+
+async def test_legacy_att_tag_with_a_key(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """cosign attest --key without bundles: DSSE envelope layers under `sha256-<hex>.att`."""
+    key = ps.static_key("attester")
+    digest = push_signed_by(registry, ps, "att/legacy", "attester")
+    statement = attestation_statement(digest, SLSA_PROVENANCE_V1, slsa_provenance(BUILDER))
+    envelope = ps.legacy_envelope(statement, key)
+    OciPusher(registry).push_legacy_attestations(
+        "att/legacy", digest, [(envelope, {"predicateType": SLSA_PROVENANCE_V1})]
+    )
+    rule = {"publicKey": {"certificate": key.public_pem.decode()}, "attestations": [PROVENANCE_RULE]}
+    verdict = await verifier(registry, trusted_root, client, rule).verify(f"{registry.host}/att/legacy:v1")
+    assert verdict.verified and f"legacy attestation sha256-{digest[7:]}.att layer 0" in verdict.message
+    # The same envelope with its payload swapped: its signature no longer holds.
+    doc = json.loads(envelope)
+    doc["payload"] = base64.b64encode(statement.replace(b"github-hosted", b"self-hosted")).decode()
+    OciPusher(registry).push_legacy_attestations(
+        "att/legacy", digest, [(json.dumps(doc).encode(), {"predicateType": SLSA_PROVENANCE_V1})]
+    )
+    with pytest.raises(PermissionDenied) as info:
+        await verifier(registry, trusted_root, client, rule).verify(f"{registry.host}/att/legacy:v1")
+    assert "DSSE signature does not verify with the rule's ECDSA" in info.value.message
+
+
+def test_cel_policies_are_compiled_at_load() -> None:
+    def problem(policy: str) -> str:
+        with pytest.raises(ValidationError) as info:
+            VerificationConfig.model_validate(
+                {
+                    "rules": [
+                        {
+                            "image": "a.io/*",
+                            "keyless": {"issuer": "i", "subject": "s"},
+                            "attestations": [{"predicateType": SLSA_PROVENANCE_V1, "policy": policy}],
+                        }
+                    ]
+                }
+            )
+        return str(info.value)
+
+    assert "undeclared reference to 'builder.id'" in problem('builder.id == "x"')
+    assert "not a valid CEL expression" in problem("predicate.runDetails.")
+    assert "gives int, not bool" in problem("1 + 2")
+    assert "over the 4096 limit" in problem("true && " * 600 + "true")
+
+
+def test_cel_time_budget_kills_a_runaway_evaluation() -> None:
+    cel = CelEvaluator(time_budget=0.1)
+    try:
+        variables = {"predicate": {"l": list(range(99)), "s": "a" * 4_000_000}, "predicateType": "t"}
+        variables.update(statement={}, image={})
+        assert cel.evaluate("predicate.l.size() == 99", variables)
+        slow = 'predicate.l.all(x, predicate.l.all(y, !predicate.s.contains(string(x) + "zz")))'
+        with pytest.raises(CelError, match=r"exceeded its time budget of 0\.1s"):
+            cel.evaluate(slow, variables)
+        # The helper is replaced: the next evaluation works.
+        assert cel.evaluate("predicate.l.size() == 99", variables)
+        with pytest.raises(CelError, match="Key not found"):
+            cel.evaluate("predicate.missing == 1", variables)
+    finally:
+        cel.close()
+
+
+# -- warn mode ------------------------------------------------------------------------------------------
+
+
+async def test_warn_mode_allows_what_enforce_refuses(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    digest = push_signed_by(registry, ps, "warn/unsigned")
+    rule = {"keyless": {"issuer": ISSUER, "subject": EMAIL}}
+    with pytest.raises(PermissionDenied) as info:
+        await verifier(registry, trusted_root, client, rule).verify(f"{registry.host}/warn/unsigned:v1")
+    failure = info.value.message
+    for v in (
+        verifier(registry, trusted_root, client, {**rule, "mode": "warn"}),
+        verifier(registry, trusted_root, client, rule, mode="warn"),
+    ):
+        verdict = await v.verify(f"{registry.host}/warn/unsigned:v1")
+        assert verdict.verified and verdict.warned
+        assert verdict.message.startswith(failure)
+        assert verdict.message.endswith(f"; {WARN_NOTE} (rule 0 ({registry.host}/*))")
+        assert (
+            verdict.digested_ref == f"{registry.host}/warn/unsigned@{digest}"
+        )  # pinned to what was evaluated
+    # A rule in enforce under a global warn stays enforcing.
+    with pytest.raises(PermissionDenied):
+        await verifier(registry, trusted_root, client, {**rule, "mode": "enforce"}, mode="warn").verify(
+            f"{registry.host}/warn/unsigned:v1"
+        )
+
+
+async def test_warn_mode_deny_and_no_match(client: RegistryClient) -> None:
+    deny = ImageVerifier(
+        VerificationConfig.model_validate({"rules": [{"image": "a.io/*", "deny": True, "mode": "warn"}]}),
+        client,
+    )
+    verdict = await deny.verify("a.io/app:v1")
+    assert verdict.verified and verdict.warned and verdict.digested_ref == ""
+    assert verdict.message.startswith("verification denied by matched rule 0 (a.io/*) for a.io/app")
+    closed = VerificationConfig.model_validate({"noMatch": "deny", "mode": "warn"})
+    verdict = await ImageVerifier(closed, client).verify(f"b.io/app@sha256:{'1' * 64}")
+    assert verdict.warned and verdict.message.startswith(
+        "no verification rule matches b.io/app, and noMatch is deny"
+    )
+    assert verdict.digested_ref == f"b.io/app@sha256:{'1' * 64}"
+
+
+async def test_legacy_att_tag_keyless(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """cosign attest (keyless, legacy layout): certificate, chain and SET annotations on the layer."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image("att/legacy-keyless", "v1", label="legacy-keyless")
+    leaf = ps.issue_leaf(EMAIL, ISSUER)
+    push.push_bundle_referrer("att/legacy-keyless", image, ps.sign_bundle(image.digest, leaf))
+    statement = attestation_statement(image.digest, SLSA_PROVENANCE_V1, slsa_provenance(BUILDER))
+    layer = ps.legacy_keyless_envelope(statement, leaf)
+    push.push_legacy_attestations("att/legacy-keyless", image.digest, [layer])
+    v = verifier(registry, trusted_root, client, keyless_with(PROVENANCE_RULE))
+    verdict = await v.verify(f"{registry.host}/att/legacy-keyless:v1")
+    assert (
+        verdict.verified
+        and f"attestation {SLSA_PROVENANCE_V1} by {EMAIL} (issuer {ISSUER}), Rekor" in verdict.message
+    )
+    # Another signer's certificate in the annotation: the log entry and signature no longer match it.
+    mallory = ps.issue_leaf("mallory@example.com", ISSUER)
+    envelope, annotations = layer
+    push.push_legacy_attestations(
+        "att/legacy-keyless",
+        image.digest,
+        [(envelope, {**annotations, "dev.sigstore.cosign/certificate": mallory.pem.decode()})],
+    )
+    v = verifier(registry, trusted_root, client, keyless_with(PROVENANCE_RULE))
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify(f"{registry.host}/att/legacy-keyless:v1")
+    assert "Rekor entry does not record the attestation's signing certificate" in info.value.message
+
+
+def test_warn_note_is_spelled_alike_where_callers_look_for_it() -> None:
+    """The shim and imagectl recognise a warned verdict by this text without importing the engine."""
+    from imaged.cli import cmd_verify
+    from imaged.shim import image_verifier
+
+    assert image_verifier.WARN_NOTE == cmd_verify.WARN_NOTE == WARN_NOTE
+    assert cmd_verify.warned(f"image verification failed: x; {WARN_NOTE} (rule 0 (a.io/*))")
