@@ -77,6 +77,17 @@ def force_gc(socket: str, ns: str) -> None:
         stub.Delete(leases_pb2.DeleteRequest(id=lid, sync=True), metadata=_md(ns), timeout=60)
 
 
+def ingest_offsets(socket: str, ns: str) -> dict[str, int]:
+    """Every active ingest of `ns` and how many bytes containerd holds of it."""
+    with grpc.insecure_channel(f"unix:{socket}") as ch:
+        statuses = (
+            content_pb2_grpc.ContentStub(ch)
+            .ListStatuses(content_pb2.ListStatusesRequest(), metadata=_md(ns))
+            .statuses
+        )
+        return {s.ref: s.offset for s in statuses}
+
+
 def inspect(socket: str, ns: str, *, gc: bool = True) -> Report:
     if gc:
         force_gc(socket, ns)

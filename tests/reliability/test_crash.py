@@ -25,7 +25,7 @@ from tests.reliability.crash import (
     kill_during_pulls,
 )
 from tests.reliability.faultproxy import FaultProxy, blob_path
-from tests.reliability.hygiene import ctr_remove_all, inspect, wait_clean
+from tests.reliability.hygiene import ctr_remove_all, ingest_offsets, inspect, wait_clean
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import SYSTEM, DaemonProcess
@@ -149,6 +149,12 @@ def test_client_vanishing_mid_pull_leaves_no_lease(cd, daemon, proxy, rel_regist
             if int(line) > 0:
                 break
         assert inspect(cd.socket, NS, gc=False).leases, "the pull holds a lease while it runs"
+        # Progress counts bytes received; what containerd holds arrives in 1 MiB writes after that.
+        layer = image.layers[-1].digest
+        deadline = time.monotonic() + 60
+        while not any(layer in r and n > 0 for r, n in ingest_offsets(cd.socket, NS).items()):
+            assert time.monotonic() < deadline, "containerd never held any byte of the layer"
+            time.sleep(0.02)
     finally:
         client.send_signal(signal.SIGKILL)
         client.wait()
@@ -156,7 +162,6 @@ def test_client_vanishing_mid_pull_leaves_no_lease(cd, daemon, proxy, rel_regist
     assert rep.leases == [], rep
     assert ref not in cd.ctr("images", "ls", "-q", namespace=NS).stdout
     # What had arrived is kept as an ingest and the next pull resumes it.
-    layer = image.layers[-1].digest
     assert any(layer in i for i in rep.ingests), rep
     before = len(proxy.entries(blob_path(layer), "GET"))
     run = PullRun(daemon, ref)
