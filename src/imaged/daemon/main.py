@@ -84,6 +84,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"imaged: {e}", file=sys.stderr)
         sys.exit(2)
     if args.check_config is not None:
+        from imaged.verify.config import config_advice, config_warnings
+
+        # On stderr: stdout says whether the file is valid, which it is.
+        for w in config_warnings(config.verification):
+            print(f"imaged: warning: verification: {w}", file=sys.stderr)
+        for a in config_advice(config.verification):
+            print(f"imaged: suggestion: verification: {a}", file=sys.stderr)
         if path is None:
             print(f"imaged: no configuration file (none given, no {DEFAULT_CONFIG}); the defaults are valid")
         else:

@@ -14,6 +14,7 @@ from imaged.images.listing import SizeCache
 from imaged.pb.common import common_pb2
 from imaged.pull.puller import Puller, PullOptions, VerifiedPin
 from imaged.registry.client import RegistryClient
+from imaged.registry.hosts import plain_http
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
 from imaged.verify.service import ImageVerifier
@@ -36,10 +37,18 @@ class Runtime:
         self._retired: collections.deque[RegistryClient] = collections.deque()
         self._closing: set[asyncio.Task[None]] = set()
         self.registry = RegistryClient(config.registries)
-        self.verifier = ImageVerifier(
-            config.verification, self.registry, on_cache_hit=self.metrics.cache_hits.inc
-        )
+        self.verifier = self._verifier(config, self.registry)
         self.puller = self._puller()
+
+    def _verifier(self, config: Config, registry: RegistryClient) -> ImageVerifier:
+        registries = config.registries
+        return ImageVerifier(
+            config.verification,
+            registry,
+            on_cache_hit=self.metrics.cache_hits.inc,
+            # Rules see a host as the client reaches it: `host:80` is `host` where that is plain HTTP.
+            plain_http=lambda host: plain_http(registries.host(host), host),
+        )
 
     def _puller(self) -> Puller:
         cfg = self.config
@@ -103,7 +112,7 @@ class Runtime:
             RegistryClient(config.registries) if config.registries != self.config.registries else old_registry
         )
         # Raises on a bad policy: nothing has changed yet.
-        verifier = ImageVerifier(config.verification, registry, on_cache_hit=self.metrics.cache_hits.inc)
+        verifier = self._verifier(config, registry)
         self.config = config
         self.registry = registry
         self.verifier = verifier

@@ -180,3 +180,25 @@ def config_warnings(config: VerificationConfig) -> list[str]:
                 break
         globs.append(glob)
     return out
+
+
+def config_advice(config: VerificationConfig) -> list[str]:
+    """Valid, deliberate perhaps, but weaker than it looks: said by `imaged --check-config`.
+
+    Rules see registry hosts by name. Two names of one server that cannot be told apart
+    (`localhost` and `127.0.0.1`, two DNS names or addresses, a name hosts.toml sends elsewhere)
+    are two registries to them: a policy whose signature (or deny) rules name hosts and lets
+    unmatched images through can be walked around by writing the other name.
+    """
+    if config.no_match == "deny" or any(r.image and set(r.image) == {"*"} for r in config.rules):
+        return []
+    guarded = [f"rules[{i}] ({r.image!r})" for i, r in enumerate(config.rules) if not r.skip]
+    if not guarded:
+        return []
+    shown = ", ".join(guarded[:3]) + (f" and {len(guarded) - 3} more" if len(guarded) > 3 else "")
+    return [
+        f"{shown} protect(s) images by registry host name while noMatch is allow: an image reached "
+        "through another name of the same server (localhost and 127.0.0.1, another DNS name or "
+        "address, a name that hosts.toml sends to the same server) matches no rule and is allowed "
+        "unverified. Consider noMatch: deny, with skip rules for what may run unsigned"
+    ]

@@ -25,11 +25,11 @@ from typing import Literal, Protocol
 from sigstore.errors import VerificationError
 
 from imaged.errors import FailedPrecondition, PermissionDenied
-from imaged.registry.reference import Reference, parse
+from imaged.registry.reference import Reference, canonical_repository, parse
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.config import Rule, VerificationConfig, config_warnings
 from imaged.verify.discovery import STAGES, RegistryAPI
-from imaged.verify.matching import Glob
+from imaged.verify.matching import Glob, PlainHttp
 from imaged.verify.material import Signature, SignatureVerifier
 from imaged.verify.trust import (
     TrustRoot,
@@ -94,7 +94,7 @@ def _load_trust(config: VerificationConfig) -> TrustRoot:
         raise FailedPrecondition(f"verification trusted root unusable: {e}") from None
 
 
-def _compile(config: VerificationConfig, trust: TrustRoot | None) -> _Policy:
+def _compile(config: VerificationConfig, trust: TrustRoot | None, plain_http: PlainHttp | None) -> _Policy:
     if trust is None and any(r.keyless is not None for r in config.rules):
         trust = _load_trust(config)
     rules = []
@@ -106,7 +106,7 @@ def _compile(config: VerificationConfig, trust: TrustRoot | None) -> _Policy:
             MatchedRule(
                 index=i,
                 rule=rule,
-                glob=Glob.compile(rule.image),
+                glob=Glob.compile(rule.image, plain_http),
                 verifier=build_verifier(rule, trust),
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
             )
@@ -154,11 +154,15 @@ class ImageVerifier:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_cache_hit: Callable[[], None] | None = None,
+        plain_http: PlainHttp | None = None,
     ) -> None:
+        """`plain_http(host)`: whether the registry client talks plain HTTP to `host` (so that
+        rules see `host:80` as `host`); by default localhost and loopback, the client's default."""
         self._registry = registry
+        self._plain_http = plain_http
         self._on_cache_hit = on_cache_hit
         self._clock = clock
-        self._policy = _compile(config, None)
+        self._policy = _compile(config, None, plain_http)
         self._cache = self._new_cache(config)
         self._tuf_done = False
         self._tuf_lock = asyncio.Lock()
@@ -182,7 +186,7 @@ class ImageVerifier:
 
     def reload(self, config: VerificationConfig) -> None:
         """Apply a new configuration; on error the old one stays. Clears the verdict cache."""
-        policy = _compile(config, None)
+        policy = _compile(config, None, self._plain_http)
         self._policy = policy
         self._cache = self._new_cache(config)
         self._tuf_done = False
@@ -195,8 +199,9 @@ class ImageVerifier:
         Raises InvalidArgument for an unparsable reference string.
         """
         r = parse(ref) if isinstance(ref, str) else ref
+        repository = canonical_repository(r.repository, self._plain_http)
         for rule in self._policy.rules:
-            if rule.glob.matches(r.repository):
+            if rule.glob.matches_canonical(repository):
                 return rule
         return None
 
@@ -260,7 +265,7 @@ class ImageVerifier:
                     log.warning("%s; using the embedded public-good trusted root", e)
                 else:
                     if self._policy.config is config:
-                        self._policy = _compile(config, trust)
+                        self._policy = _compile(config, trust, self._plain_http)
                 self._tuf_done = True
         return self._policy.rules[matched.index] if self._policy.config is config else matched
 
