@@ -64,17 +64,21 @@ class Runtime:
             on_bytes=self.metrics.pulled_bytes.inc,
         )
 
-    async def verify_for_pull(self, ref: Reference) -> VerifiedPin | None:
-        """Pull applies the verification policy first: deny/failure raise, success pins the digest."""
+    async def verify_for_pull(self, ref: Reference, recorded: VerifiedPin | None) -> VerifiedPin | None:
+        """Pull applies the verification policy first: deny/failure raise, success pins the digest.
+        `recorded`: the verdict on the record of a pinned digest, which counts only under the
+        same rule."""
         if self.verifier.match(ref) is None and self.config.verification.no_match == "allow":
             return None
-        verdict = await self.verifier.verify(str(ref))
+        verdict = await self.verifier.verify(
+            str(ref), recorded=(recorded.message, recorded.rule) if recorded is not None else None
+        )
         (self.metrics.verified if verdict.verified else self.metrics.unverified).inc()
         if not verdict.verified:
             return None
         digest = parse(verdict.digested_ref).digest
         assert digest is not None
-        return VerifiedPin(digest, verdict.message)
+        return VerifiedPin(digest, verdict.message, verdict.rule)
 
     def containerd_for(self, driver: int) -> Containerd:
         cfg = self.config.containerd

@@ -58,6 +58,7 @@ class Verdict:
     verified: bool
     message: str
     digested_ref: str
+    rule: str = ""  # the matched rule's fingerprint, when verified (recorded with the image)
 
 
 @dataclass(frozen=True)
@@ -205,8 +206,18 @@ class ImageVerifier:
                 return rule
         return None
 
-    async def verify(self, image_ref: str, credentials: tuple[str, str, str] | None = None) -> Verdict:
-        """Verify `image_ref` under the rules. `credentials` = (host, username, password)."""
+    async def verify(
+        self,
+        image_ref: str,
+        credentials: tuple[str, str, str] | None = None,
+        *,
+        recorded: tuple[str, str] | None = None,
+    ) -> Verdict:
+        """Verify `image_ref` under the rules. `credentials` = (host, username, password).
+
+        `recorded` = (message, rule fingerprint) of a verdict recorded with a pinned image: it
+        stands only if the rule matched now has that fingerprint (same rule, same trust material).
+        """
         ref = parse(image_ref)
         pinned = ref.pinned() if ref.digest else ""
         policy = self._policy
@@ -226,6 +237,8 @@ class ImageVerifier:
             registry = self._registry.with_credentials(*credentials)
         if matched.rule.keyless is not None:
             matched = await self._maybe_refresh_trust(matched)
+        if ref.digest and recorded is not None and recorded[0] and recorded[1] == matched.fingerprint:
+            return Verdict(True, recorded[0], ref.pinned(), matched.fingerprint)
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
         # Per credentials too: a caller joining another's verification in flight, or finding its
@@ -250,7 +263,7 @@ class ImageVerifier:
             outcome = await self._cache.get(key, compute)
         if not outcome.verified:
             raise PermissionDenied(_truncate(f"image verification failed: {outcome.message}"))
-        return Verdict(True, outcome.message, pinned_ref.pinned())
+        return Verdict(True, outcome.message, pinned_ref.pinned(), matched.fingerprint)
 
     async def _maybe_refresh_trust(self, matched: MatchedRule) -> MatchedRule:
         """With `tufRefresh`, fetch the public-good root once before the first keyless check."""
