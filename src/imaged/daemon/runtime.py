@@ -7,8 +7,12 @@ import collections
 import datetime as dt
 import logging
 
+from imaged import errors
+from imaged.archive.importer import SignatureSource
+from imaged.archive.signatures import ArchiveSignature
 from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced, leases
+from imaged.containerd import labels as L
 from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
 from imaged.pb.common import common_pb2
@@ -79,6 +83,31 @@ class Runtime:
         digest = parse(verdict.digested_ref).digest
         assert digest is not None
         return VerifiedPin(digest, verdict.message, verdict.rule)
+
+    async def import_policy(
+        self, names: list[tuple[Reference, str]], signatures: SignatureSource
+    ) -> dict[tuple[Reference, str], dict[str, str]]:
+        """Import applies the policy to every name the archive would create: deny (and an
+        unmatched name under `noMatch: deny`) refuses, before any signature is looked at; a verify
+        rule wants a signature of the imported digest; the labels of verified names."""
+        verifier = self.verifier
+        admitted = [(ref, digest, verifier.admit(ref)) for ref, digest in names]
+        found: list[ArchiveSignature] | None = None
+        out: dict[tuple[Reference, str], dict[str, str]] = {}
+        for ref, digest, matched in admitted:
+            if matched is None or matched.action != "verify":
+                continue
+            if found is None:
+                found = await signatures()
+            sigs = [s.signature for s in found if s.concerns(digest)]
+            try:
+                verdict = await verifier.verify_archive_image(ref, digest, sigs)
+            except errors.PermissionDenied:
+                self.metrics.refused.inc()
+                raise
+            self.metrics.verified.inc()
+            out[(ref, digest)] = {L.VERIFIED: verdict.message, L.VERIFIED_RULE: verdict.rule}
+        return out
 
     def containerd_for(self, driver: int) -> Containerd:
         cfg = self.config.containerd

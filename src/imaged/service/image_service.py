@@ -119,6 +119,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
             snapshotter=cfg.snapshotter,
             owner=self.rt.owner,
             lease_expire=dt.timedelta(seconds=cfg.lease_expire_seconds),
+            policy=self.rt.import_policy,
         )
         return image_pb2.ImageServiceImportResponse(name=names[0])
 

@@ -206,6 +206,52 @@ class ImageVerifier:
                 return rule
         return None
 
+    def admit(self, ref: Reference) -> MatchedRule | None:
+        """The rule that decides `ref` (None: no rule, and noMatch allows it); PermissionDenied
+        for a deny rule or an unmatched image under `noMatch: deny`. Needs no network."""
+        matched = self.match(ref)
+        if matched is None:
+            if self._policy.config.no_match == "deny":
+                raise PermissionDenied(f"no verification rule matches {ref.repository}, and noMatch is deny")
+            return None
+        if matched.action == "deny":
+            raise PermissionDenied(
+                f"verification denied by matched {matched.describe()} for {ref.repository}"
+            )
+        return matched
+
+    async def verify_archive_image(self, ref: Reference, digest: str, signatures: list[Signature]) -> Verdict:
+        """Import's check of an image the archive names `ref`, whose digest is `digest`: under a
+        verify rule a signature of that digest must be in the archive (`signatures`, as `cosign
+        save` keeps them) or, failing that, in the registry the name points at."""
+        matched = self.admit(ref)
+        if matched is None:
+            return Verdict(False, "no matched rule", "")
+        if matched.action == "skip":
+            return Verdict(False, f"verification skipped by matched {matched.describe()}", "")
+        if matched.rule.keyless is not None:
+            matched = await self._maybe_refresh_trust(matched)
+        assert matched.verifier is not None
+        pinned = ref.with_digest(digest)
+        reasons: list[str] = []
+        if signatures:
+            success, reasons = await asyncio.to_thread(_check, matched.verifier, signatures, digest)
+            if success is not None:
+                log.info("verified %s@%s from the archive: %s", ref.repository, digest, success)
+                return Verdict(True, f"{success}; {matched.describe()}", pinned.pinned(), matched.fingerprint)
+        try:
+            return await self.verify(pinned.pinned())
+        except PermissionDenied as e:
+            found = "; ".join(reasons) if reasons else "none"
+            registry = e.message.removeprefix("image verification failed: ")
+            raise PermissionDenied(
+                _truncate(
+                    f"image verification failed: {ref} ({digest}): no signature in the archive "
+                    f"satisfies {matched.describe()} (signatures in the archive: {found}), nor in "
+                    f"the registry: {registry}"
+                )
+            ) from None
+
     async def verify(
         self,
         image_ref: str,
@@ -220,16 +266,9 @@ class ImageVerifier:
         """
         ref = parse(image_ref)
         pinned = ref.pinned() if ref.digest else ""
-        policy = self._policy
-        matched = self.match(ref)
+        matched = self.admit(ref)
         if matched is None:
-            if policy.config.no_match == "deny":
-                raise PermissionDenied(f"no verification rule matches {ref.repository}, and noMatch is deny")
             return Verdict(False, "no matched rule", pinned)
-        if matched.action == "deny":
-            raise PermissionDenied(
-                f"verification denied by matched {matched.describe()} for {ref.repository}"
-            )
         if matched.action == "skip":
             return Verdict(False, f"verification skipped by matched {matched.describe()}", pinned)
         registry: RegistryAPI = self._registry
