@@ -12,6 +12,7 @@ import sys
 
 from imaged import __version__
 from imaged.config import ConfigError, load
+from imaged.daemon.observe import TextFormatter
 from imaged.daemon.server import Daemon
 from imaged.daemon.sockets import StartupError
 
@@ -43,7 +44,7 @@ def setup_logging(fmt: str, level: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
