@@ -59,7 +59,9 @@ class Daemon:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(rt, readonly=readonly), server)
+        lend = (sock.credentials or ("request" if readonly else "configured")) == "configured"
+        service = ImageService(rt, readonly=readonly, configured_credentials=lend)
+        image_pb2_grpc.add_ImageServiceServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         sockets.prepare(sock.path)

@@ -57,11 +57,14 @@ def _bounded_credentials(c: image_pb2.ImageServiceCredentials) -> None:
 
 
 class ImageService(image_pb2_grpc.ImageServiceServicer):
-    """`readonly` serves List and Verify only (the role of a socket for CRI and readers)."""
+    """`readonly` serves List and Verify only (the role of a socket for CRI and readers);
+    `configured_credentials`: whether Verify may use the configured registry credentials (else
+    only those in the request: the socket's `credentials` setting)."""
 
-    def __init__(self, rt: Runtime, *, readonly: bool = False) -> None:
+    def __init__(self, rt: Runtime, *, readonly: bool = False, configured_credentials: bool = True) -> None:
         self.rt = rt
         self.readonly = readonly
+        self.configured_credentials = configured_credentials
 
     def _writable(self, method: str) -> None:
         if self.readonly:
@@ -161,7 +164,9 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         if request.HasField("credentials") and c.host and (c.username or c.password):
             creds = (c.host, c.username, c.password)
         try:
-            verdict = await self.rt.verifier.verify(ref, creds)
+            verdict = await self.rt.verifier.verify(
+                ref, creds, configured_credentials=self.configured_credentials
+            )
         except errors.PermissionDenied:
             self.rt.metrics.refused.inc()
             raise

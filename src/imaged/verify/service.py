@@ -50,6 +50,8 @@ class RegistryClientLike(RegistryAPI, Protocol):
 
     def with_credentials(self, host: str, username: str, password: str) -> RegistryAPI: ...
 
+    def request_credentials_only(self) -> RegistryClientLike: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -115,11 +117,14 @@ def _compile(config: VerificationConfig, trust: TrustRoot | None, plain_http: Pl
     return _Policy(config, tuple(rules), trust)
 
 
-def _credentials_id(credentials: tuple[str, str, str] | None) -> str:
-    """A digest standing for the request's credentials in cache keys (never the password itself)."""
+def _credentials_id(credentials: tuple[str, str, str] | None, configured: bool = True) -> str:
+    """A digest standing for the request's credentials in cache keys (never the password itself),
+    and whether the configured ones were lent too: a verdict reached with the node's credentials
+    must not answer a caller who may not use them."""
+    mode = "" if configured else "request-only:"
     if credentials is None or not credentials[0]:
-        return ""
-    return hashlib.sha256("\0".join(credentials).encode()).hexdigest()
+        return mode
+    return mode + hashlib.sha256("\0".join(credentials).encode()).hexdigest()
 
 
 def _truncate(message: str) -> str:
@@ -258,8 +263,10 @@ class ImageVerifier:
         credentials: tuple[str, str, str] | None = None,
         *,
         recorded: tuple[str, str] | None = None,
+        configured_credentials: bool = True,
     ) -> Verdict:
-        """Verify `image_ref` under the rules. `credentials` = (host, username, password).
+        """Verify `image_ref` under the rules. `credentials` = (host, username, password);
+        with `configured_credentials=False` the registry sees only those, never the configured ones.
 
         `recorded` = (message, rule fingerprint) of a verdict recorded with a pinned image: it
         stands only if the rule matched now has that fingerprint (same rule, same trust material).
@@ -271,9 +278,10 @@ class ImageVerifier:
             return Verdict(False, "no matched rule", pinned)
         if matched.action == "skip":
             return Verdict(False, f"verification skipped by matched {matched.describe()}", pinned)
-        registry: RegistryAPI = self._registry
+        base = self._registry if configured_credentials else self._registry.request_credentials_only()
+        registry: RegistryAPI = base
         if credentials is not None and credentials[0]:
-            registry = self._registry.with_credentials(*credentials)
+            registry = base.with_credentials(*credentials)
         if matched.rule.keyless is not None:
             matched = await self._maybe_refresh_trust(matched)
         if ref.digest and recorded is not None and recorded[0] and recorded[1] == matched.fingerprint:
@@ -283,7 +291,12 @@ class ImageVerifier:
         # Per credentials too: a caller joining another's verification in flight, or finding its
         # verdict, would otherwise get what that caller's view of the registry gave (say its
         # UNAUTHENTICATED for a wrong password).
-        key = (ref.repository, digest, matched.fingerprint, _credentials_id(credentials))
+        key = (
+            ref.repository,
+            digest,
+            matched.fingerprint,
+            _credentials_id(credentials, configured_credentials),
+        )
 
         async def compute() -> Outcome:
             # Logged where a verification is really made, not on every cache hit (hot path).
