@@ -72,6 +72,11 @@ class Rule(Section):
     public_key: PublicKeyRule | None = Field(default=None, alias="publicKey")
     skip: bool = False
     deny: bool = False
+    # Also require the signed payload to name the repository being verified (a legacy
+    # simple-signing payload's critical.identity.docker-reference): a signature then cannot be
+    # copied with its image to another repository the rule covers. Bundles name no repository
+    # (their in-toto subject is a digest), so under this setting only legacy signatures count.
+    check_docker_reference: bool = Field(default=False, alias="checkDockerReference")
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
@@ -135,6 +140,8 @@ def rule_problems(rule: Rule) -> list[str]:
         out.append("a rule needs one of keyless or publicKey (or skip or deny)")
     if rule.keyless is not None and rule.public_key is not None:
         out.append("keyless and publicKey are mutually exclusive")
+    if rule.check_docker_reference and not has_verifier:
+        out.append("checkDockerReference applies to keyless and publicKey rules only")
     if (k := rule.keyless) is not None:
         if not k.issuer and not k.issuer_regex:
             out.append("keyless.issuer (or keyless.issuerRegex) is required")

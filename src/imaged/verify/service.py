@@ -30,7 +30,8 @@ from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.config import Rule, VerificationConfig, config_warnings
 from imaged.verify.discovery import STAGES, RegistryAPI
 from imaged.verify.matching import Glob, PlainHttp
-from imaged.verify.material import Signature, SignatureVerifier
+from imaged.verify.material import Signature, SignatureVerifier, SimpleSigning
+from imaged.verify.payload import check_docker_reference
 from imaged.verify.trust import (
     TrustRoot,
     TrustRootError,
@@ -132,13 +133,25 @@ def _truncate(message: str) -> str:
 
 
 def _check(
-    verifier: SignatureVerifier, signatures: list[Signature], digest: str
+    verifier: SignatureVerifier,
+    signatures: list[Signature],
+    digest: str,
+    repository: str | None = None,
+    plain_http: PlainHttp | None = None,
 ) -> tuple[str | None, list[str]]:
-    """First signature the verifier accepts -> (success message, []), else (None, reasons)."""
+    """First signature the verifier accepts -> (success message, []), else (None, reasons).
+    With `repository` (a rule with checkDockerReference) the signature must also name it."""
     reasons: list[str] = []
     for sig in signatures:
         try:
             who = verifier.verify(sig, digest)
+            if repository is not None:
+                if not isinstance(sig, SimpleSigning):
+                    raise VerificationError(
+                        "a bundle's in-toto statement names no repository (its subject is a digest), "
+                        "and the rule has checkDockerReference"
+                    )
+                check_docker_reference(sig.payload, repository, plain_http)
         except VerificationError as e:
             reasons.append(f"{sig.where}: {e}")
             continue
@@ -240,7 +253,9 @@ class ImageVerifier:
         pinned = ref.with_digest(digest)
         reasons: list[str] = []
         if signatures:
-            success, reasons = await asyncio.to_thread(_check, matched.verifier, signatures, digest)
+            success, reasons = await asyncio.to_thread(
+                _check, matched.verifier, signatures, digest, self._bound(matched, ref), self._plain_http
+            )
             if success is not None:
                 log.info("verified %s@%s from the archive: %s", ref.repository, digest, success)
                 return Verdict(True, f"{success}; {matched.describe()}", pinned.pinned(), matched.fingerprint)
@@ -334,6 +349,11 @@ class ImageVerifier:
                 self._tuf_done = True
         return self._policy.rules[matched.index] if self._policy.config is config else matched
 
+    @staticmethod
+    def _bound(matched: MatchedRule, ref: Reference) -> str | None:
+        """The repository signatures must name, under a rule with checkDockerReference."""
+        return ref.repository if matched.rule.check_docker_reference else None
+
     async def _verify_digest(
         self, registry: RegistryAPI, ref: Reference, digest: str, matched: MatchedRule
     ) -> Outcome:
@@ -347,7 +367,9 @@ class ImageVerifier:
             notes.extend(found.notes)
             if not found.signatures:
                 continue
-            success, reasons = await asyncio.to_thread(_check, verifier, found.signatures, digest)
+            success, reasons = await asyncio.to_thread(
+                _check, verifier, found.signatures, digest, self._bound(matched, ref), self._plain_http
+            )
             if success is not None:
                 return Outcome(True, f"{success}; {matched.describe()}")
             failures.extend(reasons)
