@@ -59,7 +59,8 @@ def test_check_docker_reference_is_for_signature_rules(tmp_path) -> None:  # typ
 
     try:
         load_text(
-            "verification:\n  rules:\n    - image: a.io/*\n      skip: true\n      checkDockerReference: true\n"
+            "verification:\n  rules:\n    - image: a.io/*\n"
+            "      skip: true\n      checkDockerReference: true\n"
         )
     except ConfigError as e:
         assert "checkDockerReference" in str(e)
