@@ -9,6 +9,7 @@ import pytest
 
 from imaged.pb.common import common_pb2
 from imaged.pb.machine import image_pb2
+from tests.policy.layouts import signed_layout
 from tests.pull.test_pull import leases, pull, run
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
@@ -65,16 +66,30 @@ def test_a_record_repointed_without_verification_loses_the_label(env, containerd
     digest = archives.push(reg, "signed/relabel", "v1", archives.simple_image("relabel-verified"))
     sign(reg, ps, key, "signed/relabel", digest)
     pull(d, name, SYSTEM)
-    # The same name imported from an archive: nothing verified that image.
+
+    def import_archive(data: bytes) -> str:
+        chunks = [image_pb2.ImageServiceImportRequest(containerd=SYSTEM)] + [
+            image_pb2.ImageServiceImportRequest(image_chunk=common_pb2.Data(bytes=data[i : i + 65536]))
+            for i in range(0, len(data), 65536)
+        ]
+        return d.images.Import(iter(chunks), timeout=120).name
+
+    # The same name imported from an archive: nothing verified that image, so (issue 19.4) the
+    # import is refused and the record keeps its verified image.
     data = archives.docker_archive([([name], archives.simple_image("relabel-imported"))])
-    chunks = [image_pb2.ImageServiceImportRequest(containerd=SYSTEM)] + [
-        image_pb2.ImageServiceImportRequest(image_chunk=common_pb2.Data(bytes=data[i : i + 65536]))
-        for i in range(0, len(data), 65536)
-    ]
-    assert d.images.Import(iter(chunks), timeout=120).name == name
+    with pytest.raises(grpc.RpcError) as e:
+        import_archive(data)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, e.value.details()
     listed = {r.name: r for r in d.images.List(image_pb2.ImageServiceListRequest(containerd=SYSTEM))}
-    assert listed[name].digest != digest
-    assert "imaged.dev/verified" not in listed[name].labels, "an earlier image's verdict stayed"
+    assert listed[name].digest == digest
+    # Repointed by an archive that carries a signature of its own image: the record gets that
+    # verdict, never the earlier image's.
+    other = archives.simple_image("relabel-imported-signed")
+    sig = ps.sign_legacy(other.digest, f"{reg.host}/signed/relabel", key, tlog=False)
+    assert import_archive(signed_layout(name, other, legacy=[sig])) == name
+    listed = {r.name: r for r in d.images.List(image_pb2.ImageServiceListRequest(containerd=SYSTEM))}
+    assert listed[name].digest == other.digest
+    assert "in the archive" in listed[name].labels["imaged.dev/verified"], "an earlier image's verdict stayed"
 
 
 def test_unsigned_or_denied_pull_fetches_nothing(env, containerd) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from imaged.errors import InvalidArgument
-from imaged.registry.reference import parse, registry_host, validate_digest
+from imaged.registry.reference import (
+    canonical_domain,
+    canonical_repository,
+    normalize_host,
+    parse,
+    registry_host,
+    validate_digest,
+)
 
 D = "sha256:" + "a" * 64
 D512 = "sha512:" + "b" * 128
@@ -98,7 +105,12 @@ def test_registry_host() -> None:
         ("-foo/bar", "bad repository path"),
         ("foo/bar-", "bad repository path"),
         ("ghcr.io/" + "a" * 300, "longer than"),
-        ("x" * 5000, "longer than 4096"),
+        ("x" * 5000, "longer than 1024"),
+        ("x" * 1025, "longer than 1024"),
+        ("127.0.0.1:65536/a/b", "out of range"),
+        ("127.0.0.1:0/a/b", "out of range"),
+        ("ghcr.io:00000/a/b", "out of range"),
+        ("[::1]:70000/a/b", "out of range"),
     ],
 )
 def test_invalid(ref: str, fragment: str) -> None:
@@ -119,3 +131,40 @@ def test_validate_digest() -> None:
     for bad in ("", "sha256", "sha256:", "sha256:" + "a" * 63, "sha256:" + "g" * 64, "md5:" + "a" * 32):
         with pytest.raises(InvalidArgument):
             validate_digest(bad)
+
+
+@pytest.mark.parametrize(
+    ("host", "canonical"),
+    [
+        ("127.0.0.1:5000", "127.0.0.1:5000"),
+        ("127.0.0.1:05000", "127.0.0.1:5000"),
+        ("127.0.0.1:000005000", "127.0.0.1:5000"),
+        ("ghcr.io:0443", "ghcr.io"),
+        ("GHCR.IO:443", "ghcr.io"),
+        ("ghcr.io:80", "ghcr.io:80"),  # HTTPS on port 80 is another server
+        ("registry-1.docker.io:0443", "docker.io"),
+        ("localhost:80", "localhost"),  # plain HTTP: its port is 80
+        ("localhost:443", "localhost:443"),
+        ("127.0.0.1:080", "127.0.0.1"),
+        ("[::1]:80", "[::1]"),
+        ("[::1]:0443", "[::1]:443"),
+    ],
+)
+def test_canonical_domain(host: str, canonical: str) -> None:
+    assert canonical_domain(host) == canonical
+
+
+def test_canonical_domain_follows_the_scheme_of_each_spelling() -> None:
+    plain = {"lan.example", "lan.example:80"}
+    assert canonical_domain("lan.example:80", lambda h: h in plain) == "lan.example"
+    assert canonical_domain("lan.example:443", lambda h: h in plain) == "lan.example:443"
+    # `lan.example:80` reached in plain HTTP, `lan.example` in HTTPS: two servers.
+    assert canonical_domain("lan.example:80", lambda h: h == "lan.example:80") == "lan.example:80"
+
+
+def test_canonical_repository_and_normalize_host() -> None:
+    assert canonical_repository("registry-1.docker.io:443/nginx") == "docker.io/library/nginx"
+    assert canonical_repository("127.0.0.1:05000/demo/app") == "127.0.0.1:5000/demo/app"
+    assert normalize_host("127.0.0.1:05000") == "127.0.0.1:5000"
+    assert normalize_host("Index.Docker.IO") == "docker.io"
+    assert normalize_host("ghcr.io:443") == "ghcr.io:443"  # config keys and addresses keep the port

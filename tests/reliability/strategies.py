@@ -25,9 +25,12 @@ SUPPORTED_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 def oracle_accepts(ref: str) -> bool:
     """Whether docker would parse `ref`, restricted to what imaged supports on purpose (digests
     sha256/sha512 in lowercase hex; no 64-hex image ids as names; names of at most 255 characters
-    once normalized)."""
+    once normalized; a registry port between 1 and 65535, which docker's grammar does not check)."""
     m = ORACLE.fullmatch(ref)
     if m is None:
+        return False
+    port = re.search(r":([0-9]+)$", m.group("domain") or "")
+    if port and not 0 < int(port.group(1)) < 65536:
         return False
     if m.group("digest") and not SUPPORTED_DIGEST.fullmatch(m.group("digest")):
         return False

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from imaged.config import ConfigError, load_text
-from imaged.verify.config import VerificationConfig, config_warnings
+from imaged.verify.config import VerificationConfig, config_advice, config_warnings
 
 
 def _pub_pem(key: Any) -> str:
@@ -194,6 +194,8 @@ def test_public_key_pem_kinds(pem: str) -> None:
         ({"image": "a.io/app:v1", "skip": True}, "names a tag"),
         ({"image": "a.io//app", "skip": True}, "empty path component"),
         ({"image": "a.io/app name", "skip": True}, "has characters no repository name contains"),
+        ({"image": "ghcr.io/MyOrg/*", "skip": True}, "upper-case letters in its repository path"),
+        ({"image": "registry.corp.example", "skip": True}, "write 'registry.corp.example/*'"),
     ],
 )
 def test_rule_validation_errors(rule: dict[str, Any], message: str) -> None:
@@ -389,3 +391,21 @@ def test_shadowed_rules_warn(earlier: str, later: str, shadowed: bool) -> None:
             f"rules[1] ({later!r}) is never used: rules[0] ({earlier!r}) matches every image it matches, "
             "and the first matching rule wins"
         )
+
+
+@pytest.mark.parametrize(
+    ("doc", "advised"),
+    [
+        ({"rules": [{"image": "a.io/*", "deny": True}]}, True),
+        ({"rules": [{"image": "a.io/*", "publicKey": {"certificate": P256_PEM}}]}, True),
+        ({"rules": [{"image": "a.io/*", "deny": True}], "noMatch": "deny"}, False),
+        ({"rules": [{"image": "a.io/*", "deny": True}, {"image": "*", "skip": True}]}, False),
+        ({"rules": [{"image": "a.io/*", "skip": True}]}, False),
+        ({}, False),
+    ],
+)
+def test_host_rules_with_no_match_allow_get_advice(doc: dict[str, Any], advised: bool) -> None:
+    advice = config_advice(load(doc))
+    assert bool(advice) == advised, advice
+    if advised:
+        assert "noMatch: deny" in advice[0] and "localhost and 127.0.0.1" in advice[0]

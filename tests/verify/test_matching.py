@@ -89,6 +89,24 @@ def test_normalize_pattern(pattern: str, normalized: str) -> None:
         ("localhost:5000/*", "localhost:5001/test/app", False),
         ("*.example.com/*", "registry.example.com/app", True),
         ("*.example.com/*", "example.com/app", False),
+        # a `*` in the host stays in the host: a repository path is no host (issue 19)
+        ("*.example.com/*", "evil.io/x/registry.example.com/app", False),
+        ("*.example.com/*", "127.0.0.1:5000/evil/mirror.example.com/app", False),
+        ("*.example.com/*", "a.b.example.com/app", True),
+        ("*/app", "ghcr.io/app", True),
+        ("*/app", "ghcr.io/org/app", False),
+        ("127.0.0.1:*/sec/*", "127.0.0.1:5000/sec/app", True),
+        ("127.0.0.1:*/sec/*", "127.0.0.1:5000/x/sec/app", False),
+        ("ghcr.io/*/app", "ghcr.io/a/b/app", True),  # the path keeps its `*` across `/`
+        # ports: leading zeros and the scheme's own port are the same registry
+        ("127.0.0.1:5000/demo/*", "127.0.0.1:05000/demo/app", True),
+        ("127.0.0.1:5000/demo/*", "127.0.0.1:000005000/demo/app", True),
+        ("127.0.0.1:05000/demo/*", "127.0.0.1:5000/demo/app", True),
+        ("ghcr.io/org/*", "ghcr.io:0443/org/app", True),
+        ("nginx", "registry-1.docker.io:0443/library/nginx", True),
+        ("nginx", "registry-1.docker.io:443/nginx", True),
+        ("localhost/*", "localhost:80/app", True),
+        ("localhost/*", "localhost:080/app", True),
     ],
 )
 def test_glob_matches(pattern: str, image: str, matches: bool) -> None:

@@ -21,6 +21,7 @@ from imaged.archive.ingest import ArchiveContents, Ingest
 from imaged.archive.limits import ImportLimits
 from imaged.archive.names import record_name
 from imaged.archive.plan import Plan, Planner, UnpackPlan
+from imaged.archive.signatures import ArchiveSignature, archive_signatures
 from imaged.archive.stream import PIECE, ByteReader, decompressed
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
@@ -30,8 +31,17 @@ from imaged.errors import AlreadyExists, DataLoss, Internal, InvalidArgument, fi
 from imaged.images.records import Target, create_records, undo_records
 from imaged.oci.manifest import Platform
 from imaged.oci.platform import host_platform
+from imaged.registry.reference import Reference
 
 log = logging.getLogger(__name__)
+
+# The verification policy for the names an archive would create: given each (name, digest) and a
+# way to read the signatures the archive carries, the labels each name's records get (missing:
+# none); raises to refuse the whole import.
+SignatureSource = Callable[[], Awaitable[list[ArchiveSignature]]]
+ImportPolicy = Callable[
+    [list[tuple[Reference, str]], SignatureSource], Awaitable[dict[tuple[Reference, str], dict[str, str]]]
+]
 
 
 def _names(plan: Plan) -> list[str]:
@@ -164,12 +174,15 @@ async def import_archive(
     lease_expire: dt.timedelta = dt.timedelta(hours=1),
     platform: Platform | None = None,
     limits: ImportLimits | None = None,
+    policy: ImportPolicy | None = None,
 ) -> list[str]:
     """Import the archive streamed as `chunks` into namespace `ns`; return the image names, first = response.
 
     `chunks` is the raw archive (plain, gzip or zstd tar) in pieces of any size. `owner` labels the
     lease (so a restarted daemon can remove a leaked one); `platform` (default: the host's) decides
     what is unpacked into `snapshotter`. Raises InvalidArgument for anything wrong with the archive.
+    `policy` decides every name before anything is unpacked or recorded (the daemon's verification
+    rules; a refusal leaves nothing behind, as any failure here does).
     """
     platform = platform or host_platform()
     limits = limits or ImportLimits()
@@ -189,6 +202,15 @@ async def import_archive(
         if not plan.images:
             raise InvalidArgument("no images imported from archive")
         names = _names(plan)
+        decided: dict[tuple[Reference, str], dict[str, str]] = {}
+        if policy is not None:
+            digests = {image.target.digest for image in plan.images}
+
+            async def signatures() -> list[ArchiveSignature]:
+                return await archive_signatures(contents, ingest.store, limits, digests)
+
+            pairs = [(ref, image.target.digest) for image in plan.images for ref in image.names]
+            decided = await policy(pairs, signatures)
         unpacked = await _write_and_unpack(ingest, contents, plan, Unpacker(leased, snapshotter))
 
         created: list[str] = []
@@ -196,7 +218,8 @@ async def import_archive(
             for image in plan.images:
                 target = Target(image.target.media_type, image.target.digest, image.target.size)
                 for ref in image.names:
-                    await create_records(ns, ref, target, image.config_digest, created=created)
+                    labels = decided.get((ref, image.target.digest))
+                    await create_records(ns, ref, target, image.config_digest, labels, created=created)
         except BaseException:
             # All or nothing: the images recorded before the failure go too.
             await undo_records(ns, created)

@@ -85,6 +85,13 @@ class Plan:
 class _Visit:
     config_digest: str | None
     unpack: UnpackPlan | None
+    # What the archive lacks for the host to know whether (or run) this image: a platform-less
+    # manifest without its config; a host entry whose manifest, config or layers are absent.
+    missing: str = ""
+
+
+def _named(p: Platform | None) -> str:
+    return str(p) if p is not None and (p.os or p.architecture) else "no platform"
 
 
 def _appliable(layers: tuple[Descriptor, ...]) -> tuple[Descriptor, ...]:
@@ -248,7 +255,13 @@ class Planner:
         if platform is None and m.config.digest in self.c.by_digest:
             platform = await self._config_platform(m.config, what)
         host = platform is not None and matches(self.platform, platform)
-        visit = _Visit(m.config.digest, None)
+        missing = ""
+        if platform is None:
+            missing = (
+                f"manifest {d.digest} names no platform and its config {m.config.digest} "
+                "is not in the archive"
+            )
+        visit = _Visit(m.config.digest, None, missing)
         for blob in (m.config, *m.layers):
             self._keep(blob)
         if required or host:
@@ -301,6 +314,19 @@ class Planner:
             )
         unpackable = [visits[c.digest] for c in candidates if c.digest in visits and visits[c.digest].unpack]
         chosen = unpackable[0] if unpackable else None
+        if chosen is None:
+            # The entries the host would take (its platform's, or ones naming none) must be here
+            # in full: recorded without them, the image could never run. An index of other
+            # platforms only is kept, not unpacked, as a single foreign manifest is.
+            missing = [
+                f"the manifest for {_named(c.platform)} ({c.digest}) is not in the archive"
+                if c.digest not in self.c.by_digest
+                else visits[c.digest].missing
+                for c in candidates
+                if c.digest not in self.c.by_digest or (c.digest in visits and visits[c.digest].missing)
+            ]
+            if missing:
+                raise InvalidArgument(f"{what}: {'; '.join(missing)}")
         result = chosen or _Visit(first_config, None)
         self._visits[key] = result
         return result

@@ -19,6 +19,11 @@ class SocketConfig(Section):
     mode: int = 0o660
     # A group name, or a gid (`1000` or `"1000"`).
     group: str | None = None
+    # Which registry credentials Verify may use for callers of this socket: `configured` (the
+    # `registries` auth, client certificates and hosts.toml headers, plus any sent with the
+    # request) or `request` (only those sent with the request). Unset: `configured` for the admin
+    # socket, `request` for the read-only one, whose callers must not borrow the node's access.
+    credentials: Literal["configured", "request"] | None = None
 
     @field_validator("group", mode="before")
     @classmethod

@@ -15,3 +15,6 @@ CRI_MANAGED = "io.cri-containerd.image"
 # Marks leases made by imaged, so a restarted daemon can clean up after a crashed one.
 IMAGED_LEASE = "imaged.dev/lease"
 VERIFIED = "imaged.dev/verified"
+# The fingerprint of the rule (and trust material) a verification was made under: a recorded
+# verdict stands for a later pull only under the very same rule.
+VERIFIED_RULE = "imaged.dev/verified-rule"

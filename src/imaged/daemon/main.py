@@ -12,6 +12,7 @@ import sys
 
 from imaged import __version__
 from imaged.config import ConfigError, load
+from imaged.daemon.observe import TextFormatter
 from imaged.daemon.server import Daemon
 from imaged.daemon.sockets import StartupError
 
@@ -43,7 +44,7 @@ def setup_logging(fmt: str, level: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -92,11 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.strict and args.check_config is None:
         parser.error("--strict goes with --check-config")
     if args.check_config is not None:
-        from imaged.verify.config import config_warnings, open_policy_warnings
+        from imaged.verify.config import config_advice, config_warnings, open_policy_warnings
 
         warnings = config_warnings(config.verification) + open_policy_warnings(config.verification)
         for w in warnings:
             print(f"warning: verification: {w}")
+        # On stderr, and not warnings (--strict ignores them): weaker than it looks, perhaps deliberate.
+        for a in config_advice(config.verification):
+            print(f"imaged: suggestion: verification: {a}", file=sys.stderr)
         count = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
         if path is None:
             none = f"no configuration file (none given, no {DEFAULT_CONFIG})"

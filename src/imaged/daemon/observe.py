@@ -1,7 +1,10 @@
 """One log line and metrics per RPC, from a server interceptor, so handlers stay thin.
 
 A log line carries the method, the image reference (never credentials), the status code and
-the duration; the Verify request's credentials are never read here.
+the duration; the Verify request's credentials are never read here. What a client sent (the
+reference, and error details that quote it) is escaped and cut before it is logged: anyone who
+may connect, the read-only socket included, must not be able to write a line of their own into
+the log, nor fill the disk with it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,38 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("imaged.rpc")
+
+MAX_LOGGED_REF = 256
+MAX_LOGGED_DETAILS = 1024
+
+
+def shown(text: str, limit: int) -> str:
+    """`text` for a log line: non-printable characters escaped (`\\n`, `\\x1b`), at most
+    `limit` characters of it, and how many more there were."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return cut if len(text) <= limit else f"{cut}...({len(text) - limit} more characters)"
+
+
+class TextFormatter(logging.Formatter):
+    """Text log lines, one record per line whatever its text: the message is escaped, and a
+    traceback's lines are indented, so no line of the log starts with text a message carried."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not record.message.isprintable():
+            record.message = shown(record.message, len(record.message))
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + shown(line, len(line)) for line in text.split("\n"))
 
 
 class Metrics:
@@ -83,7 +118,7 @@ class _TrustRootCollector(Collector):
 
 def _ref_of(request: Any) -> str:
     ref = getattr(request, "image_ref", None)
-    return str(ref) if ref else ""
+    return shown(str(ref), MAX_LOGGED_REF) if ref else ""
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
@@ -139,6 +174,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if not log.isEnabledFor(level):
             return
         details = context.details() if code != grpc.StatusCode.OK else ""
+        if details:
+            details = shown(str(details), MAX_LOGGED_DETAILS)
         fields = {
             "method": name,
             "ref": ref,

@@ -9,13 +9,17 @@ import datetime as dt
 import logging
 
 from imaged import errors
+from imaged.archive.importer import SignatureSource
+from imaged.archive.signatures import ArchiveSignature
 from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced, leases
+from imaged.containerd import labels as L
 from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
 from imaged.pb.common import common_pb2
 from imaged.pull.puller import Puller, PullOptions, VerifiedPin
 from imaged.registry.client import RegistryClient
+from imaged.registry.hosts import plain_http
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
 from imaged.verify.service import WARN_NOTE, ImageVerifier, Verdict
@@ -45,10 +49,19 @@ class Runtime:
         self.trust = self._trust_roots(config, None)
         self._trust_task: asyncio.Task[None] | None = None
         self.metrics.trust_status = lambda: self.trust.status()
-        self.verifier = ImageVerifier(
-            config.verification, self.registry, on_cache_hit=self.metrics.cache_hits.inc, trust=self.trust
-        )
+        self.verifier = self._verifier(config, self.registry, self.trust)
         self.puller = self._puller()
+
+    def _verifier(self, config: Config, registry: RegistryClient, trust: TrustRoots) -> ImageVerifier:
+        registries = config.registries
+        return ImageVerifier(
+            config.verification,
+            registry,
+            on_cache_hit=self.metrics.cache_hits.inc,
+            trust=trust,
+            # Rules see a host as the client reaches it: `host:80` is `host` where that is plain HTTP.
+            plain_http=lambda host: plain_http(registries.host(host), host),
+        )
 
     def _trust_roots(self, config: Config, running: TrustRoots | None) -> TrustRoots:
         """The trust-root manager for `config`: the running one when its TUF settings are
@@ -109,15 +122,29 @@ class Runtime:
         m = self.metrics
         (m.warned if verdict.warned else m.verified if verdict.verified else m.unverified).inc()
 
-    async def verify_for_pull(self, ref: Reference) -> VerifiedPin | None:
+    @staticmethod
+    def _label(verdict: Verdict) -> str:
+        """The `imaged.dev/verified` value of an allowed verdict (a warned one says it was not)."""
+        label = verdict.message
+        if verdict.warned:
+            label = f"{WARN_NOTE}, not verified: {label}"
+        if len(label) > MAX_LABEL_VALUE:
+            label = label[: MAX_LABEL_VALUE - 1] + "…"
+        return label
+
+    async def verify_for_pull(self, ref: Reference, recorded: VerifiedPin | None) -> VerifiedPin | None:
         """Pull applies the verification policy first: deny/failure raise, success pins the digest.
+        `recorded`: the verdict on the record of a pinned digest, which counts only under the
+        same rule.
 
         A verdict allowed in warn mode pins the digest that was evaluated when one was resolved
         (what runs is what was looked at), and its label says it was allowed, not verified."""
         if self.verifier.match(ref) is None and self.config.verification.no_match == "allow":
             return None
         try:
-            verdict = await self.verifier.verify(str(ref))
+            verdict = await self.verifier.verify(
+                str(ref), recorded=(recorded.message, recorded.rule) if recorded is not None else None
+            )
         except errors.PermissionDenied:
             self.metrics.refused.inc()
             raise
@@ -125,12 +152,39 @@ class Runtime:
         if not verdict.verified:
             return None
         digest = parse(verdict.digested_ref).digest if verdict.digested_ref else None
-        label = verdict.message
-        if verdict.warned:
-            label = f"{WARN_NOTE}, not verified: {label}"
-        if len(label) > MAX_LABEL_VALUE:
-            label = label[: MAX_LABEL_VALUE - 1] + "…"
-        return VerifiedPin(digest, label)
+        return VerifiedPin(digest, self._label(verdict), verdict.rule)
+
+    async def import_policy(
+        self, names: list[tuple[Reference, str]], signatures: SignatureSource
+    ) -> dict[tuple[Reference, str], dict[str, str]]:
+        """Import applies the policy to every name the archive would create: deny (and an
+        unmatched name under `noMatch: deny`) refuses, before any signature is looked at; a verify
+        rule wants a signature of the imported digest; the labels of verified (or warned) names."""
+        verifier = self.verifier
+        try:
+            admitted = [(ref, digest, verifier.admit(ref, ref.pinned(digest))) for ref, digest in names]
+        except errors.PermissionDenied:
+            self.metrics.refused.inc()
+            raise
+        found: list[ArchiveSignature] | None = None
+        out: dict[tuple[Reference, str], dict[str, str]] = {}
+        for ref, digest, decided in admitted:
+            if isinstance(decided, Verdict):  # no rule, skip, or warned deny: no signature looked at
+                if decided.warned:
+                    self.count_verdict(decided)
+                    out[(ref, digest)] = {L.VERIFIED: self._label(decided), L.VERIFIED_RULE: ""}
+                continue
+            if found is None:
+                found = await signatures()
+            sigs = [s.signature for s in found if s.concerns(digest)]
+            try:
+                verdict = await verifier.verify_archive_image(ref, digest, sigs)
+            except errors.PermissionDenied:
+                self.metrics.refused.inc()
+                raise
+            self.count_verdict(verdict)
+            out[(ref, digest)] = {L.VERIFIED: self._label(verdict), L.VERIFIED_RULE: verdict.rule}
+        return out
 
     def containerd_for(self, driver: int) -> Containerd:
         cfg = self.config.containerd
@@ -169,9 +223,7 @@ class Runtime:
         )
         # Raises on a bad policy: nothing has changed yet.
         trust = self._trust_roots(config, self.trust)
-        verifier = ImageVerifier(
-            config.verification, registry, on_cache_hit=self.metrics.cache_hits.inc, trust=trust
-        )
+        verifier = self._verifier(config, registry, trust)
         self.config = config
         self.registry = registry
         self.verifier = verifier

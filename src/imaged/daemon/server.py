@@ -66,7 +66,8 @@ class Daemon:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        add_image_service(ImageService(rt, readonly=readonly), server)
+        lend = (sock.credentials or ("request" if readonly else "configured")) == "configured"
+        add_image_service(ImageService(rt, readonly=readonly, configured_credentials=lend), server)
         names = [SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME]
         if not readonly:  # a candidate policy may name files on this node (trustedRoot): operators only
             policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(rt), server)

@@ -67,6 +67,7 @@ async def create_records(
     labels = dict(extra_labels or {})
     # A record repointed to an image nobody verified must not keep an earlier image's verdict.
     labels.setdefault(L.VERIFIED, "")
+    labels.setdefault(L.VERIFIED_RULE, "")
     if ns.namespace == CRI_NAMESPACE:
         labels[L.CRI_MANAGED] = "managed"
     store = ImageStore(ns)

@@ -62,14 +62,18 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class VerifiedPin:
     """What verification decided for a pull: the digest to pin to (None: a tag allowed in warn mode
-    that was not resolved, by a deny rule) and the label to record."""
+    that was not resolved, by a deny rule), the label to record, and the fingerprint of the rule it
+    was made under (empty for a warned verdict). Also a verdict read back from a record."""
 
     digest: str | None
     message: str
+    rule: str = ""
 
 
-# Returns None when no verification applies (or it was skipped); raises to refuse the pull.
-VerifyHook = Callable[[Reference], Awaitable[VerifiedPin | None]]
+# The policy for a pull, given what is recorded for a pinned digest (a VerifiedPin read from its
+# record's labels, or None). Returns None when no verification applies (or it was skipped);
+# raises to refuse the pull.
+VerifyHook = Callable[[Reference, VerifiedPin | None], Awaitable[VerifiedPin | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,39 +111,41 @@ class Puller:
     async def pull(self, ns: Namespaced, image_ref: str, progress: Progress) -> str:
         """Pull `image_ref` into `ns`; return the digest-pinned name.
 
-        A digest recorded and unpacked here returns at once, as in the reference. A tag is asked of
-        the registry again (through the verification when a rule applies), as `docker pull` and CRI
-        do, since it may have moved: the reference returned the image recorded under it, so a
-        re-pushed `app:v1` never arrived. If the tag still names what is recorded, nothing is
-        downloaded. If the registry cannot be reached and no rule wants a signature, the image
-        recorded under the tag is used, so that a node without network keeps what it has.
+        Every pull is decided by the current policy first, a digest already recorded here too
+        (the reference returned those at once, so deny rules, `noMatch: deny` and verify rules
+        never saw them); a verify rule may accept the verdict recorded on the image only if it
+        was made under the same rule and trust material. Then a digest recorded and unpacked
+        returns without downloading. A tag is asked of the registry again (through the
+        verification when a rule applies), as `docker pull` and CRI do, since it may have moved:
+        the reference returned the image recorded under it, so a re-pushed `app:v1` never
+        arrived. If the tag still names what is recorded, nothing is downloaded. If the registry
+        cannot be reached and no rule wants a signature, the image recorded under the tag is used,
+        so that a node without network keeps what it has.
         """
         ref = parse(image_ref)
-        if ref.digest:
-            present = await self._present(ns, ref)
-            if present is not None:
-                return present
-        # Unverified now: a message from an earlier verification is not carried over.
-        labels: dict[str, str] = {L.VERIFIED: ""}
+        # What the new records say comes from this decision only, never from another record.
+        labels: dict[str, str] = {L.VERIFIED: "", L.VERIFIED_RULE: ""}
         root: Descriptor | None = None
-        pin = await self.verify(ref) if self.verify is not None else None
+        recorded = await self._recorded_verdict(ns, ref) if ref.digest else None
+        pin = await self.verify(ref, recorded) if self.verify is not None else None
         if pin is not None:
             labels[L.VERIFIED] = pin.message
         if pin is not None and pin.digest is not None:
             # Under a rule that wants a signature there is no falling back: an unreachable
             # registry fails the pull, whatever is recorded (its signer may no longer be trusted).
+            labels[L.VERIFIED_RULE] = pin.rule
             pinned = ref.with_digest(pin.digest)
         elif ref.digest:
             pinned = ref
         else:
             tagged = ref.tagged()
-            recorded = await ImageStore(ns).get(tagged) if tagged else None
+            recorded_tag = await ImageStore(ns).get(tagged) if tagged else None
             try:
                 # With a recorded image to fall back on, one try per request.
-                with single_attempt() if recorded is not None else contextlib.nullcontext():
+                with single_attempt() if recorded_tag is not None else contextlib.nullcontext():
                     root = await self._wrap(ref, self.registry.resolve(ref))
             except errors.Unavailable as e:
-                present = await self._present(ns, ref, labels) if recorded is not None else None
+                present = await self._present(ns, ref, labels) if recorded_tag is not None else None
                 if present is None:
                     raise
                 log.warning(
@@ -147,14 +153,22 @@ class Puller:
                 )
                 return present
             pinned = ref.with_digest(root.digest)
-        if not ref.digest:
-            present = await self._present(ns, pinned, labels)
-            if present is not None:
-                return present
+        present = await self._present(ns, pinned, labels)
+        if present is not None:
+            return present
         # Failures name what was asked for, or the digest a verification pinned it to.
         return await self._wrap(
             pinned if pin and pin.digest else ref, self._pull(ns, pinned, progress, labels, root)
         )
+
+    @staticmethod
+    async def _recorded_verdict(ns: Namespaced, ref: Reference) -> VerifiedPin | None:
+        """The verdict recorded on `repo@digest`, if that record exists and carries one."""
+        image = await ImageStore(ns).get(ref.pinned())
+        if image is None or image.target.digest != ref.digest:
+            return None
+        message, rule = image.labels.get(L.VERIFIED, ""), image.labels.get(L.VERIFIED_RULE, "")
+        return VerifiedPin(image.target.digest, message, rule) if message and rule else None
 
     @staticmethod
     async def _wrap(ref: Reference, work: Awaitable[T]) -> T:
@@ -166,11 +180,10 @@ class Puller:
                 raise
             raise type(e)(f"error pulling image {ref}: {e.message}") from None
 
-    async def _present(
-        self, ns: Namespaced, ref: Reference, labels: dict[str, str] | None = None
-    ) -> str | None:
-        """The pinned name if the image is recorded and unpacked already (its records refreshed,
-        with `labels` over the recorded ones)."""
+    async def _present(self, ns: Namespaced, ref: Reference, labels: dict[str, str]) -> str | None:
+        """The pinned name if the image is recorded and unpacked already; its records are
+        refreshed with `labels` (the labels of this pull's decision: other labels a record has are
+        left as they are, and none is copied from one record to another)."""
         name = ref.pinned() if ref.digest else ref.tagged()
         if name is None:
             return None
@@ -189,7 +202,7 @@ class Puller:
         ):
             return None
         target = Target(image.target.media_type, image.target.digest, image.target.size)
-        await create_records(ns, ref, target, manifest.config.digest, {**image.labels, **(labels or {})})
+        await create_records(ns, ref, target, manifest.config.digest, labels)
         return ref.pinned(image.target.digest)
 
     async def _pull(

@@ -132,6 +132,15 @@ class RegistryClient:
         view._owner = False
         return view
 
+    def request_credentials_only(self) -> RegistryClient:
+        """A view that authenticates only with credentials given by `with_credentials` (those a
+        request sent), never with the configured ones: for callers who may not borrow the node's
+        registry access (the read-only socket)."""
+        view = RegistryClient.__new__(RegistryClient)
+        view._http = self._http.request_credentials_only()
+        view._owner = False
+        return view
+
     # -- manifests --------------------------------------------------------------------------------
 
     async def resolve(self, ref: Reference) -> Descriptor:

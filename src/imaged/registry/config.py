@@ -20,6 +20,37 @@ _HOST_RE = re.compile(
 )
 
 
+def split_endpoint_url(url: str) -> tuple[str, str, str]:
+    """(scheme, host[:port], path) of a mirror or server URL (`https://` unless written).
+
+    Raises ValueError with a message that repeats nothing of the URL: a URL that is wrong may
+    be wrong because it carries a user name and password, in any shape (no scheme, a `/` in the
+    password, several `@`), and configuration errors are printed and logged.
+    """
+    if "@" in url:
+        raise ValueError(
+            "holds credentials (user:password@), which are not supported in an endpoint URL: "
+            "give them in registries.hosts.<that host>.auth"
+        )
+    full = url if "://" in url else f"https://{url}"
+    scheme, _, rest = full.partition("://")
+    host, slash, path = rest.partition("/")
+    if scheme not in ("http", "https"):
+        raise ValueError("has a scheme other than http or https")
+    if not host or not _HOST_RE.fullmatch(host):
+        raise ValueError("has no valid host[:port] after its scheme")
+    return scheme, host, slash + path
+
+
+def shown_url(url: str) -> str | None:
+    """`url` if it is a well-formed endpoint URL (so that it holds no credentials), else None."""
+    try:
+        split_endpoint_url(url)
+    except ValueError:
+        return None
+    return url
+
+
 def _existing_file(v: str | None, what: str) -> str | None:
     if v is None:
         return None
@@ -159,13 +190,12 @@ class HostConfig(Section):
     @classmethod
     def _mirrors(cls, v: list[str]) -> list[str]:
         out = []
-        for m in v:
+        for i, m in enumerate(v):
+            try:
+                split_endpoint_url(m)
+            except ValueError as e:  # named by its position: the URL may hold a secret
+                raise ValueError(f"mirrors[{i}] {e}") from None
             url = m if "://" in m else f"https://{m}"
-            scheme, _, rest = url.partition("://")
-            host = rest.split("/", 1)[0]
-            if scheme not in ("http", "https") or not host or not _HOST_RE.fullmatch(host):
-                shown = re.sub(r"//[^/@]*@", "//...@", m)  # never echo user:password
-                raise ValueError(f"mirror {shown!r} is not an http(s) URL with a host")
             out.append(url.rstrip("/"))
         return out
 
@@ -243,8 +273,9 @@ class RegistriesConfig(Section):
         out: dict[str, HostConfig] = {}
         for key, cfg in v.items():
             if "://" in key or "/" in key or not _HOST_RE.fullmatch(key):
+                shown = "(not shown: it holds an '@')" if "@" in key else repr(key)  # user:password@
                 raise ValueError(
-                    f"hosts key {key!r} must be a registry host like 'docker.io' or '127.0.0.1:5000'"
+                    f"hosts key {shown} must be a registry host like 'docker.io' or '127.0.0.1:5000'"
                 )
             norm = normalize_host(key)
             if norm in out:

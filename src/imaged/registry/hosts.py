@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaged.errors import InvalidArgument
-from imaged.registry.config import HostConfig, RegistriesConfig
+from imaged.registry.config import HostConfig, RegistriesConfig, shown_url, split_endpoint_url
 from imaged.registry.reference import is_localhost, normalize_host, registry_host
 
 ALL_CAPABILITIES = frozenset({"pull", "resolve", "push"})
@@ -146,15 +146,8 @@ def _common(t: dict[str, Any], base: pathlib.Path) -> _Common:
 
 
 def _endpoint(url: str, c: _Common, *, mirror: bool, namespace: str | None) -> Endpoint:
-    if "://" not in url:
-        url = f"https://{url}"
-    scheme, _, rest = url.partition("://")
-    if scheme not in ("http", "https"):
-        raise ValueError(f"{url!r}: scheme must be http or https")
-    host, slash, path = rest.partition("/")
-    if not host:
-        raise ValueError(f"{url!r} has no host")
-    path = "/" + path.strip("/") if slash and path.strip("/") else ""
+    scheme, host, path = split_endpoint_url(url)  # its errors never repeat the URL
+    path = "/" + path.strip("/") if path.strip("/") else ""
     if not c.override_path and not path.endswith("/v2"):
         path += "/v2"
     return Endpoint(
@@ -186,18 +179,23 @@ def parse_hosts_toml(
         hosts = doc.get("host", {})
         if not isinstance(hosts, dict):
             raise ValueError("[host] must be a table of endpoint URLs")
-        for url, table in hosts.items():
+        for n, (url, table) in enumerate(hosts.items()):
+            # A URL that is wrong may hold credentials: then it is named by its position only.
+            named = f'[host."{url}"]' if shown_url(url) else f"[host] table {n + 1} (its URL not shown)"
             if not isinstance(table, dict):
-                raise ValueError(f"host {url!r} must be a table")
+                raise ValueError(f"{named} must be a table")
             try:
                 mirrors.append(_endpoint(url, _common(table, base), mirror=True, namespace=registry))
             except ValueError as e:
-                raise ValueError(f'[host."{url}"]: {e}') from None
+                raise ValueError(f"{named}: {e}") from None
         server: Endpoint | None = None
         if "server" in doc:
             if not isinstance(doc["server"], str) or not doc["server"]:
                 raise ValueError("server must be a URL string")
-            server = _endpoint(doc["server"], _common(doc, base), mirror=False, namespace=None)
+            try:
+                server = _endpoint(doc["server"], _common(doc, base), mirror=False, namespace=None)
+            except ValueError as e:
+                raise ValueError(f"server {e}") from None
         elif any(
             k in doc for k in ("capabilities", "ca", "client", "skip_verify", "header", "override_path")
         ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from imaged.errors import InvalidArgument
@@ -17,6 +18,9 @@ DOCKER_HUB = "docker.io"
 _HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 DEFAULT_TAG = "latest"
 MAX_NAME = 255
+# No valid reference comes near this (name 255 + tag 128 + sha512 digest 135 characters): anything
+# longer is refused before it is parsed, echoed or logged.
+MAX_REFERENCE = 1024
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
@@ -105,25 +109,57 @@ def is_localhost(host: str) -> bool:
         return False
 
 
-def canonical_domain(host: str) -> str:
+def split_port(host: str) -> tuple[str, str | None]:
+    """`host[:port]` -> (host, port digits or None); a bracketed IPv6 address keeps its brackets."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end >= 0 and host[end + 1 : end + 2] == ":":
+            return host[: end + 1], host[end + 2 :]
+        return host, None
+    name, sep, port = host.rpartition(":")
+    if sep and name and ":" not in name:
+        return name, port
+    return host, None
+
+
+def canonical_domain(host: str, plain_http: Callable[[str], bool] | None = None) -> str:
     """One spelling per registry, for the policy: a rule must see the server that is contacted.
 
-    Host names are case-insensitive, Docker Hub answers to several names, and `:443` is the
-    HTTPS default (kept on loopback hosts, which are spoken to in plain HTTP by default). Without
-    this, `INDEX.DOCKER.IO/library/nginx` or `ghcr.io:443/org/app` escaped rules written for
-    `docker.io/*` or `ghcr.io/org/*` while fetching from the very same registry. References keep
-    their host as written otherwise (records, and the address and port that are contacted).
+    Host names are case-insensitive, Docker Hub answers to several names, a port may be written
+    with leading zeros (`:05000` is `:5000`), and the scheme's own port may be written or not:
+    `:443` for HTTPS, `:80` for a host talked to in plain HTTP (`plain_http(host)`, by default
+    localhost and loopback, as the registry client decides). Without this, `INDEX.DOCKER.IO/...`,
+    `ghcr.io:0443/org/app` or `127.0.0.1:05000/demo/app` escaped rules written for `docker.io/*`,
+    `ghcr.io/org/*` or `127.0.0.1:5000/demo/*` while fetching from the very same registry.
+    References keep their host as written otherwise (records, and the address contacted).
     """
-    h = host.lower()
-    if h.endswith(":443") and not is_localhost(h):
-        h = h[: -len(":443")]
+    is_plain = plain_http or is_localhost
+    h = normalize_host(host)
+    name, port = split_port(h)
+    if port is not None and port.isdigit():
+        plain = is_plain(h)
+        if int(port) == (80 if plain else 443) and is_plain(name) == plain:
+            h = name
     return normalize_host(h)
 
 
+def canonical_repository(repository: str, plain_http: Callable[[str], bool] | None = None) -> str:
+    """`domain/path` with the domain in its canonical spelling (Docker Hub paths with `library/`)."""
+    domain, _, path = repository.partition("/")
+    domain = canonical_domain(domain, plain_http)
+    if domain == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    return f"{domain}/{path}"
+
+
 def normalize_host(host: str) -> str:
-    """Docker Hub's several names are one registry, `docker.io`; other hosts are lowercased.
-    (The port stays: it is part of the address contacted, and of containerd's certs.d names.)"""
+    """Docker Hub's several names are one registry, `docker.io`; other hosts are lowercased, and a
+    port loses its leading zeros. (The port stays: it is part of the address contacted, and of
+    containerd's certs.d names.)"""
     h = host.strip().lower()
+    name, port = split_port(h)
+    if port and port.isdigit() and port[0] == "0":
+        h = f"{name}:{int(port)}"
     return DOCKER_HUB if h in _HUB_ALIASES else h
 
 
@@ -148,6 +184,8 @@ def parse(ref: str, *, default_tag: bool = True) -> Reference:
     """
     if not isinstance(ref, str):
         raise InvalidArgument("image reference is empty")
+    if len(ref) > MAX_REFERENCE:
+        raise InvalidArgument(f"invalid image reference: longer than {MAX_REFERENCE} characters")
     return _parse_cached(ref, default_tag)
 
 
@@ -159,10 +197,10 @@ def _parse_cached(ref: str, default_tag: bool) -> Reference:
 def _parse(ref: str, *, default_tag: bool = True) -> Reference:
     if not isinstance(ref, str) or not ref:
         raise InvalidArgument("image reference is empty")
+    if len(ref) > MAX_REFERENCE:
+        raise InvalidArgument(f"invalid image reference: longer than {MAX_REFERENCE} characters")
     if ref != ref.strip() or any(c.isspace() for c in ref):
         raise InvalidArgument(f"invalid image reference {ref!r}: contains white space")
-    if len(ref) > 4096:
-        raise InvalidArgument("invalid image reference: longer than 4096 characters")
     if _SHA256_RE.fullmatch(ref) or re.fullmatch(r"[a-f0-9]{64}", ref):
         raise InvalidArgument(f"invalid image reference {ref!r}: an image id is not a repository name")
     remainder, _, digest = ref.partition("@")
@@ -187,6 +225,11 @@ def _parse(ref: str, *, default_tag: bool = True) -> Reference:
     domain, path = _split_domain(name)
     if not _DOMAIN_RE.fullmatch(domain):
         raise InvalidArgument(f"invalid image reference {ref!r}: bad registry host {domain!r}")
+    port = split_port(domain)[1]
+    if port is not None and not 0 < int(port) < 65536:
+        raise InvalidArgument(
+            f"invalid image reference {ref!r}: the port of registry host {domain!r} is out of range (1-65535)"
+        )
     if not _PATH_RE.fullmatch(path):
         if path.lower() != path:
             raise InvalidArgument(f"invalid image reference {ref!r}: repository name must be lowercase")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import random
@@ -251,18 +252,29 @@ def fallback_left() -> bool:
 
 class Transport:
     """Requests to registry endpoints with one set of credentials (per-host overrides on top of the
-    configured ones); views made by `with_credentials` share the pool."""
+    configured ones); views made by `with_credentials` share the pool.
 
-    def __init__(self, pool: Pool, overrides: dict[str, Credentials] | None = None) -> None:
+    `configured=False` (a socket serving callers who must not borrow the node's access): only the
+    overrides, i.e. credentials sent with the request; the configured auth, client certificates
+    and hosts.toml headers of every endpoint are left out."""
+
+    def __init__(
+        self, pool: Pool, overrides: dict[str, Credentials] | None = None, *, configured: bool = True
+    ) -> None:
         self.pool = pool
         self.overrides = overrides or {}
+        self.configured = configured
 
     @property
     def config(self) -> RegistriesConfig:
         return self.pool.config
 
     def with_credentials(self, host: str, username: str, password: str) -> Transport:
-        return Transport(self.pool, {**self.overrides, normalize_host(host): Credentials(username, password)})
+        overrides = {**self.overrides, normalize_host(host): Credentials(username, password)}
+        return Transport(self.pool, overrides, configured=self.configured)
+
+    def request_credentials_only(self) -> Transport:
+        return Transport(self.pool, self.overrides, configured=False)
 
     def credentials(self, e: Endpoint, domain: str) -> Credentials:
         names = [normalize_host(e.host)]
@@ -271,6 +283,8 @@ class Transport:
         for name in names:
             if name in self.overrides:
                 return self.overrides[name]
+        if not self.configured:
+            return ANONYMOUS
         for name in names:
             cfg = self.config.host(name)
             if cfg is not None and cfg.auth is not None:
@@ -283,6 +297,8 @@ class Transport:
 
     def endpoints(self, ref: Reference, capability: str, what: str) -> list[Endpoint]:
         eps = [e for e in self.pool.endpoints(ref.domain) if e.can(capability)]
+        if not self.configured:  # a client certificate or header is the node's credential too
+            eps = [dataclasses.replace(e, client_certs=(), headers=()) for e in eps]
         if not eps:
             raise FailedPrecondition(
                 f"{what}: no endpoint of registry {ref.domain} has the {capability!r} capability "

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
@@ -18,7 +19,10 @@ from imaged.images.listing import list_images
 from imaged.images.remove import remove_image
 from imaged.pb.machine import image_pb2, image_pb2_grpc
 from imaged.pull.progress import LayerState, Progress
+from imaged.registry.reference import MAX_REFERENCE
 from imaged.service.status import streaming, unary
+
+MAX_CREDENTIAL = 64 * 1024  # a password may be a long token, not megabytes
 
 
 def progress_message(state: LayerState) -> image_pb2.ImageServicePullResponse:
@@ -108,12 +112,34 @@ def add_image_service(servicer: image_pb2_grpc.ImageServiceServicer, server: grp
     server.add_registered_method_handlers(name, handlers)
 
 
-class ImageService(image_pb2_grpc.ImageServiceServicer):
-    """`readonly` serves List and Verify only (the role of a socket for CRI and readers)."""
+def image_ref(request: Any) -> str:
+    """The request's image reference, refused (INVALID_ARGUMENT) before anything else reads it
+    when it is longer than any reference can be: a client may send megabytes of it."""
+    ref: str = request.image_ref
+    if len(ref) > MAX_REFERENCE:
+        raise errors.InvalidArgument(
+            f"invalid image reference: {len(ref)} characters, longer than {MAX_REFERENCE} characters"
+        )
+    return ref
 
-    def __init__(self, rt: Runtime, *, readonly: bool = False) -> None:
+
+def _bounded_credentials(c: image_pb2.ImageServiceCredentials) -> None:
+    if len(c.host) > MAX_REFERENCE or len(c.username) > MAX_CREDENTIAL or len(c.password) > MAX_CREDENTIAL:
+        raise errors.InvalidArgument(
+            f"credentials are too long: host at most {MAX_REFERENCE} characters, user name and "
+            f"password at most {MAX_CREDENTIAL}"
+        )
+
+
+class ImageService(image_pb2_grpc.ImageServiceServicer):
+    """`readonly` serves List and Verify only (the role of a socket for CRI and readers);
+    `configured_credentials`: whether Verify may use the configured registry credentials (else
+    only those in the request: the socket's `credentials` setting)."""
+
+    def __init__(self, rt: Runtime, *, readonly: bool = False, configured_credentials: bool = True) -> None:
         self.rt = rt
         self.readonly = readonly
+        self.configured_credentials = configured_credentials
 
     def _writable(self, method: str) -> None:
         if self.readonly:
@@ -138,19 +164,21 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
     async def Remove(
         self, request: image_pb2.ImageServiceRemoveRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
+        ref = image_ref(request)
         self._writable("Remove")
         ns = self.rt.namespaced(request.containerd)
-        await remove_image(ns, request.image_ref)
+        await remove_image(ns, ref)
         return empty_pb2.Empty()
 
     @streaming
     async def Pull(
         self, request: image_pb2.ImageServicePullRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[image_pb2.ImageServicePullResponse]:
+        ref = image_ref(request)
         self._writable("Pull")
         ns = self.rt.namespaced(request.containerd)
         progress = Progress(self.rt.config.pull.progress_rate)
-        task = asyncio.create_task(self.rt.puller.pull(ns, request.image_ref, progress))
+        task = asyncio.create_task(self.rt.puller.pull(ns, ref, progress))
         task.add_done_callback(lambda _: progress.close())
         try:
             while (state := await progress.next()) is not None:
@@ -192,6 +220,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
             snapshotter=cfg.snapshotter,
             owner=self.rt.owner,
             lease_expire=dt.timedelta(seconds=cfg.lease_expire_seconds),
+            policy=self.rt.import_policy,
         )
         return image_pb2.ImageServiceImportResponse(name=names[0])
 
@@ -199,14 +228,18 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
     async def Verify(
         self, request: image_pb2.ImageServiceVerifyRequest, context: grpc.aio.ServicerContext
     ) -> image_pb2.ImageServiceVerifyResponse:
+        ref = image_ref(request)
         creds = None
         c = request.credentials
+        _bounded_credentials(c)
         # An empty user name and password is no credential: it must not replace configured auth
         # for the host with an empty Basic header (a CRI pull without a pull secret may send it).
         if request.HasField("credentials") and c.host and (c.username or c.password):
             creds = (c.host, c.username, c.password)
         try:
-            verdict = await self.rt.verifier.verify(request.image_ref, creds)
+            verdict = await self.rt.verifier.verify(
+                ref, creds, configured_credentials=self.configured_credentials
+            )
         except errors.PermissionDenied:
             self.rt.metrics.refused.inc()
             raise

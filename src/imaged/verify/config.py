@@ -99,6 +99,11 @@ class Rule(Section):
     attestations: tuple[AttestationRule, ...] = ()
     skip: bool = False
     deny: bool = False
+    # Also require the signed payload to name the repository being verified (a legacy
+    # simple-signing payload's critical.identity.docker-reference): a signature then cannot be
+    # copied with its image to another repository the rule covers. Bundles name no repository
+    # (their in-toto subject is a digest), so under this setting only legacy signatures count.
+    check_docker_reference: bool = Field(default=False, alias="checkDockerReference")
 
     def keyless_authorities(self) -> tuple[tuple[str, KeylessRule], ...]:
         """(name in messages and errors, spec) of each keyless authority."""
@@ -284,6 +289,8 @@ def rule_problems(rule: Rule) -> list[str]:
         out.append("a skip or deny rule cannot have attestations")
     if not (rule.skip or rule.deny) and not has_verifier:
         out.append("a rule needs one of keyless or publicKey (or skip or deny)")
+    if rule.check_docker_reference and not has_verifier:
+        out.append("checkDockerReference applies to keyless and publicKey rules only")
     if authorities > MAX_AUTHORITIES:
         out.append(f"a rule has at most {MAX_AUTHORITIES} authorities (keyless and publicKey entries)")
     if has_verifier and rule.threshold > authorities:
@@ -386,3 +393,25 @@ def open_policy_warnings(config: VerificationConfig) -> list[str]:
             '(end with an `image: "*"` rule, or set noMatch: deny)'
         )
     return out
+
+
+def config_advice(config: VerificationConfig) -> list[str]:
+    """Valid, deliberate perhaps, but weaker than it looks: said by `imaged --check-config`.
+
+    Rules see registry hosts by name. Two names of one server that cannot be told apart
+    (`localhost` and `127.0.0.1`, two DNS names or addresses, a name hosts.toml sends elsewhere)
+    are two registries to them: a policy whose signature (or deny) rules name hosts and lets
+    unmatched images through can be walked around by writing the other name.
+    """
+    if config.no_match == "deny" or any(r.image and set(r.image) == {"*"} for r in config.rules):
+        return []
+    guarded = [f"rules[{i}] ({r.image!r})" for i, r in enumerate(config.rules) if not r.skip]
+    if not guarded:
+        return []
+    shown = ", ".join(guarded[:3]) + (f" and {len(guarded) - 3} more" if len(guarded) > 3 else "")
+    return [
+        f"{shown} protect(s) images by registry host name while noMatch is allow: an image reached "
+        "through another name of the same server (localhost and 127.0.0.1, another DNS name or "
+        "address, a name that hosts.toml sends to the same server) matches no rule and is allowed "
+        "unverified. Consider noMatch: deny, with skip rules for what may run unsigned"
+    ]

@@ -1,37 +1,56 @@
 """Rule patterns: normalization and glob matching against normalized repository names.
 
-A rule's `image` is a glob whose only metacharacter is `*`, matching any run of characters,
-`/` included (the reference implementation's semantics). It is matched against the repository
+A rule's `image` is a glob whose only metacharacter is `*`. It is matched against the repository
 of the image reference after normalization (`nginx:1.27` -> `docker.io/library/nginx`), never
-against a tag or digest.
+against a tag or digest. A pattern is a registry host, `/`, then a repository path:
+- in the path, `*` matches any run of characters, `/` included (the reference's semantics):
+  `ghcr.io/org/*` covers `ghcr.io/org/team/app`;
+- in the host, `*` matches within the host only, never a `/`: `*.corp.example/*` covers
+  `mirror.corp.example/app` but not `evil.io/x/mirror.corp.example/app`. The reference reads the
+  whole pattern as one glob, so there a skip rule for `*.corp.example/*` also skipped any
+  repository whose *path* holds `.corp.example/`, on any registry: whoever can push a nested
+  repository escaped the policy.
+- `*` alone (or only stars) matches every image.
 
 Patterns are normalized the way references are, so that a person's expectation holds:
 - a Docker Hub alias host (`index.docker.io/`, `registry-1.docker.io/`,
   `registry.hub.docker.com/`) becomes `docker.io/`: `index.docker.io/*` and `docker.io/*`
   both match every Docker Hub image (the reference's `docker.io/*` silently missed them);
-- a pattern without a registry host (no `/`, or a first component with no `.` or `:` that
-  is not `localhost`) is a Docker Hub name: `nginx` -> `docker.io/library/nginx`,
-  `nginx*` -> `docker.io/library/nginx*`, `myorg/*` -> `docker.io/myorg/*`; one-component
-  Docker Hub names gain `library/` (`docker.io/nginx` -> `docker.io/library/nginx`, and
-  `docker.io/nginx*` as `nginx*`);
-- `*` alone, and a pattern whose first of several components holds a `*` (`*/app`,
-  `*.example.com/*`), is used as is, against the full normalized name.
-Registry hosts are compared in the form references get (`reference.canonical_domain`: lowercased,
-Hub aliases as `docker.io`, no `:443` except on loopback); paths exactly.
+- a pattern whose first component is no registry host (no `.`, `:` or `*`, not `localhost`) is
+  a Docker Hub name: `nginx` -> `docker.io/library/nginx`, `nginx*` -> `docker.io/library/nginx*`,
+  `myorg/*` -> `docker.io/myorg/*`; one-component Docker Hub names gain `library/`
+  (`docker.io/nginx` -> `docker.io/library/nginx`, and `docker.io/nginx*` as `nginx*`).
+Registry hosts are compared in one spelling (`reference.canonical_domain`: lowercased, Hub
+aliases as `docker.io`, no leading zeros in the port, no port the scheme implies); paths exactly.
+Patterns that can never match (an upper-case path, a bare host read as a Docker Hub name) are
+refused at load (`pattern_problem`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from imaged.registry.reference import DOCKER_HUB, canonical_domain
+from imaged.registry.reference import DOCKER_HUB, canonical_domain, canonical_repository
 
 _ALLOWED = re.compile(r"^[A-Za-z0-9._\-/:\[\]*]+$")
 
 
+PlainHttp = Callable[[str], bool]
+
+
+def _is_host(component: str) -> bool:
+    """Whether a pattern's first component is a registry host (docker's rule, plus globs)."""
+    return any(c in component for c in ".:[*") or component == "localhost" or component != component.lower()
+
+
+def _all_stars(pattern: str) -> bool:
+    return bool(pattern) and set(pattern) == {"*"}
+
+
 def pattern_problem(pattern: str) -> str | None:
-    """Why `pattern` cannot be a rule pattern, or None."""
+    """Why `pattern` cannot be a rule pattern (or can never match an image), or None."""
     if not pattern:
         return "image pattern is required"
     if "@" in pattern:
@@ -43,20 +62,36 @@ def pattern_problem(pattern: str) -> str | None:
         return f"image pattern {pattern!r} names a tag; patterns match the repository only"
     if "//" in pattern or pattern.startswith("/") or pattern.endswith("/"):
         return f"image pattern {pattern!r} has an empty path component"
+    if _all_stars(pattern):
+        return None
+    if "/" not in pattern and (any(c in pattern for c in ".:[") or pattern.lower() == "localhost"):
+        return (
+            f"image pattern {pattern!r} has no '/', so it names the Docker Hub repository "
+            f"docker.io/library/{pattern}, which cannot exist; for the images of registry "
+            f"{pattern}, write '{pattern}/*'"
+        )
+    path = normalize_pattern(pattern).partition("/")[2]
+    if path != path.lower():
+        first, sep, rest = pattern.partition("/")
+        fixed = f"{first}/{rest.lower()}" if sep and _is_host(first) else pattern.lower()
+        return (
+            f"image pattern {pattern!r} has upper-case letters in its repository path ({path}); "
+            f"repository names are lower-case, so it can never match: write {fixed!r}"
+        )
     return None
 
 
-def normalize_pattern(pattern: str) -> str:
+def normalize_pattern(pattern: str, plain_http: PlainHttp | None = None) -> str:
     """The pattern as it is matched (see the module docstring)."""
-    if set(pattern) == {"*"}:
+    if _all_stars(pattern):
         return pattern
     first, sep, rest = pattern.partition("/")
     if not sep:  # one component: an official Docker Hub image (`nginx`, `nginx*`)
         return f"{DOCKER_HUB}/library/{pattern}"
     if "*" in first:
         return f"{first.lower()}/{rest}"
-    if any(c in first for c in ".:[") or first == "localhost" or first != first.lower():
-        domain, path = canonical_domain(first), rest
+    if _is_host(first):
+        domain, path = canonical_domain(first, plain_http), rest
     else:
         domain, path = DOCKER_HUB, pattern
     if domain == DOCKER_HUB and "/" not in path and not path.startswith("*"):
@@ -64,28 +99,39 @@ def normalize_pattern(pattern: str) -> str:
     return f"{domain}/{path}"
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in pattern), re.S)
+def _glob_regex(normalized: str) -> re.Pattern[str]:
+    """A `*` spans anything in the path, and never a `/` in the host."""
+    if _all_stars(normalized):
+        return re.compile(".*", re.S)
+    host, _, path = normalized.partition("/")
+    host_re = "".join("[^/]*" if c == "*" else re.escape(c) for c in host)
+    path_re = "".join(".*" if c == "*" else re.escape(c) for c in path)
+    return re.compile(f"{host_re}/{path_re}", re.S)
 
 
 @dataclass(frozen=True, slots=True)
 class Glob:
-    """A compiled rule pattern."""
+    """A compiled rule pattern. `plain_http` tells which hosts are spoken to in plain HTTP (their
+    `:80` is implied, not `:443`); by default localhost and loopback."""
 
     pattern: str  # as written in the configuration
     normalized: str
     _regex: re.Pattern[str]
+    plain_http: PlainHttp | None = field(default=None, compare=False)
 
     @classmethod
-    def compile(cls, pattern: str) -> Glob:
-        normalized = normalize_pattern(pattern)
-        return cls(pattern, normalized, _glob_regex(normalized))
+    def compile(cls, pattern: str, plain_http: PlainHttp | None = None) -> Glob:
+        normalized = normalize_pattern(pattern, plain_http)
+        return cls(pattern, normalized, _glob_regex(normalized), plain_http)
 
     def matches(self, repository: str) -> bool:
         """`repository` is normalized (`Reference.repository`); its host is compared in its
         canonical spelling, as the pattern's is."""
-        domain, sep, path = repository.partition("/")
-        return self._regex.fullmatch(f"{canonical_domain(domain)}{sep}{path}") is not None
+        return self.matches_canonical(canonical_repository(repository, self.plain_http))
+
+    def matches_canonical(self, repository: str) -> bool:
+        """`repository` already in `canonical_repository` form (computed once for all rules)."""
+        return self._regex.fullmatch(repository) is not None
 
     def covers(self, other: Glob) -> bool:
         """True if every name `other` matches is also matched by this glob (for shadow warnings).

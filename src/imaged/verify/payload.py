@@ -6,11 +6,14 @@ reference's legacy path forgot this check), so every verifier ends here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sigstore.errors import VerificationError
 
+from imaged.errors import InvalidArgument
 from imaged.oci import jsondoc
+from imaged.registry.reference import canonical_repository, parse
 
 SIMPLE_SIGNING_TYPE = "cosign container image signature"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -50,6 +53,30 @@ def check_simple_signing(payload: bytes, digest: str) -> None:
         )
     if named != digest:
         raise VerificationError(f"signed payload is for image {named}, not {digest}")
+
+
+def check_docker_reference(
+    payload: bytes, repository: str, plain_http: Callable[[str], bool] | None = None
+) -> None:
+    """The simple-signing payload names `repository` in critical.identity.docker-reference (in
+    any spelling of its registry; a tag or digest there is not compared: the digest is)."""
+    try:
+        doc = jsondoc.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError("signed payload is not JSON") from None
+    critical = _get_ci(doc, "critical") if isinstance(doc, dict) else None
+    identity = _get_ci(critical, "identity") if isinstance(critical, dict) else None
+    named = _get_ci(identity, "docker-reference") if isinstance(identity, dict) else None
+    if not isinstance(named, str) or not named:
+        raise VerificationError("signed payload names no repository (critical.identity.docker-reference)")
+    try:
+        signed = parse(named, default_tag=False)
+    except InvalidArgument:
+        raise VerificationError(
+            f"signed payload's docker-reference {named[:300]!r} is no image reference"
+        ) from None
+    if canonical_repository(signed.repository, plain_http) != canonical_repository(repository, plain_http):
+        raise VerificationError(f"signed for {signed.repository}, not for {repository}")
 
 
 def _statement(payload_type: str, payload: bytes) -> dict[str, Any]:

@@ -33,14 +33,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from sigstore.errors import VerificationError
+
 from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
-from imaged.registry.reference import Reference, parse
+from imaged.registry.reference import Reference, canonical_repository, parse
 from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.cel import CelEvaluator, evaluator
 from imaged.verify.config import Mode, Rule, VerificationConfig, config_warnings
 from imaged.verify.discovery import STAGES, RegistryAPI, discover_legacy_attestations
-from imaged.verify.matching import Glob
+from imaged.verify.matching import Glob, PlainHttp
 from imaged.verify.material import (
     SIGN_PREDICATE,
     AttestationMaterial,
@@ -48,7 +50,9 @@ from imaged.verify.material import (
     BundleSignature,
     Signature,
     SignatureVerifier,
+    SimpleSigning,
 )
+from imaged.verify.payload import check_docker_reference
 from imaged.verify.threshold import Tally
 from imaged.verify.trust import TrustRoot, TrustRootError
 from imaged.verify.trustroots import TrustRoots, TrustState
@@ -66,6 +70,8 @@ class RegistryClientLike(RegistryAPI, Protocol):
 
     def with_credentials(self, host: str, username: str, password: str) -> RegistryAPI: ...
 
+    def request_credentials_only(self) -> RegistryClientLike: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -76,6 +82,7 @@ class Verdict:
     digested_ref: str
     # verified only because the deciding rule (or noMatch) is in warn mode: `message` is the failure
     warned: bool = False
+    rule: str = ""  # the matched rule's fingerprint, when verified (recorded with the image)
 
 
 @dataclass(frozen=True)
@@ -113,10 +120,11 @@ def _unusable(e: TrustRootError) -> FailedPrecondition:
     return FailedPrecondition(f"verification trusted root unusable: {e}")
 
 
-def _compile(config: VerificationConfig, trust: TrustState | None) -> _Policy:
+def _compile(config: VerificationConfig, trust: TrustState | None, plain_http: PlainHttp | None) -> _Policy:
     """Rules ready to apply. A keyless rule's fingerprint (its verdicts' cache key) includes the
     root's: verdicts reached under another root are never served under this one. Without a root
-    yet, a keyless rule has no authorities: `_with_current_trust` recompiles it before use."""
+    yet, a keyless rule has no authorities: `_with_current_trust` recompiles it before use.
+    `plain_http` tells rules which port is a registry's default (see `matching`)."""
     rules = []
     for i, rule in enumerate(config.rules):
         content = rule.model_dump_json(by_alias=True)
@@ -130,7 +138,7 @@ def _compile(config: VerificationConfig, trust: TrustState | None) -> _Policy:
             MatchedRule(
                 index=i,
                 rule=rule,
-                glob=Glob.compile(rule.image),
+                glob=Glob.compile(rule.image, plain_http),
                 authorities=authorities,
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
                 mode=rule.mode or config.mode,
@@ -139,15 +147,32 @@ def _compile(config: VerificationConfig, trust: TrustState | None) -> _Policy:
     return _Policy(config, tuple(rules), trust)
 
 
-def _credentials_id(credentials: tuple[str, str, str] | None) -> str:
-    """A digest standing for the request's credentials in cache keys (never the password itself)."""
+def _credentials_id(credentials: tuple[str, str, str] | None, configured: bool = True) -> str:
+    """A digest standing for the request's credentials in cache keys (never the password itself),
+    and whether the configured ones were lent too: a verdict reached with the node's credentials
+    must not answer a caller who may not use them."""
+    mode = "" if configured else "request-only:"
     if credentials is None or not credentials[0]:
-        return ""
-    return hashlib.sha256("\0".join(credentials).encode()).hexdigest()
+        return mode
+    return mode + hashlib.sha256("\0".join(credentials).encode()).hexdigest()
 
 
 def _truncate(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def _names_repository(repository: str, plain_http: PlainHttp | None) -> Callable[[Signature], None]:
+    """checkDockerReference: a signature counts only if its signed payload names `repository`."""
+
+    def check(sig: Signature) -> None:
+        if not isinstance(sig, SimpleSigning):
+            raise VerificationError(
+                "a bundle's in-toto statement names no repository (its subject is a digest), "
+                "and the rule has checkDockerReference"
+            )
+        check_docker_reference(sig.payload, repository, plain_http)
+
+    return check
 
 
 class ImageVerifier:
@@ -163,16 +188,20 @@ class ImageVerifier:
         trust: TrustRoots | None = None,
         cel: CelEvaluator | None = None,
         quiet: bool = False,
+        plain_http: PlainHttp | None = None,
     ) -> None:
         """`trust` is the daemon's manager (shared across reloads); without one, the root is
-        `trustedRoot` or the embedded one, never refreshed."""
+        `trustedRoot` or the embedded one, never refreshed. `plain_http(host)`: whether the
+        registry client talks plain HTTP to `host` (so that rules see `host:80` as `host`); by
+        default localhost and loopback, the client's default."""
         self._registry = registry
+        self._plain_http = plain_http
         self._cel = cel
         self._on_cache_hit = on_cache_hit
         self._clock = clock
         self._own_trust = trust is None
         self._trust = trust if trust is not None else self._offline_trust(config)
-        self._policy = _compile(config, self._initial_trust(config))
+        self._policy = _compile(config, self._initial_trust(config), plain_http)
         self._cache = self._new_cache(config)
         # quiet: a candidate policy (PolicyService.Test), whose warnings are not the daemon's
         for w in () if quiet else config_warnings(config):
@@ -219,7 +248,7 @@ class ImageVerifier:
         trust = self._offline_trust(config) if self._own_trust else self._trust
         old, self._trust = self._trust, trust
         try:
-            policy = _compile(config, self._initial_trust(config))
+            policy = _compile(config, self._initial_trust(config), self._plain_http)
         except BaseException:
             self._trust = old
             raise
@@ -234,39 +263,111 @@ class ImageVerifier:
         Raises InvalidArgument for an unparsable reference string.
         """
         r = parse(ref) if isinstance(ref, str) else ref
+        repository = canonical_repository(r.repository, self._plain_http)
         for rule in self._policy.rules:
-            if rule.glob.matches(r.repository):
+            if rule.glob.matches_canonical(repository):
                 return rule
         return None
 
-    async def verify(self, image_ref: str, credentials: tuple[str, str, str] | None = None) -> Verdict:
-        """Verify `image_ref` under the rules. `credentials` = (host, username, password)."""
-        ref = parse(image_ref)
-        pinned = ref.pinned() if ref.digest else ""
-        policy = self._policy
+    def admit(self, ref: Reference, pinned: str = "") -> MatchedRule | Verdict:
+        """The verify rule that decides `ref`, or the verdict reached without the network: no rule
+        (noMatch allows it), skip, and in warn mode deny or `noMatch: deny`; PermissionDenied for
+        a deny rule or an unmatched image under `noMatch: deny` in enforce mode. `pinned` is what
+        such a verdict carries as `digested_ref`."""
         matched = self.match(ref)
         if matched is None:
-            if policy.config.no_match == "deny":
+            if self._policy.config.no_match == "deny":
                 failure = f"no verification rule matches {ref.repository}, and noMatch is deny"
-                return self._refuse(failure, policy.config.mode, "noMatch", pinned)
+                return self._refuse(failure, self._policy.config.mode, "noMatch", pinned)
             return Verdict(False, "no matched rule", pinned)
         if matched.action == "deny":
             failure = f"verification denied by matched {matched.describe()} for {ref.repository}"
             return self._refuse(failure, matched.mode, matched.describe(), pinned)
         if matched.action == "skip":
             return Verdict(False, f"verification skipped by matched {matched.describe()}", pinned)
-        registry: RegistryAPI = self._registry
+        return matched
+
+    async def verify_archive_image(self, ref: Reference, digest: str, signatures: list[Signature]) -> Verdict:
+        """Import's check of an image the archive names `ref`, whose digest is `digest`: under a
+        verify rule the signatures of that digest must be in the archive (`signatures`, as `cosign
+        save` keeps them) or, failing that, in the registry the name points at."""
+        pinned = ref.with_digest(digest)
+        decided = self.admit(ref, pinned.pinned())
+        if isinstance(decided, Verdict):
+            return decided
+        matched = decided
+        trust: TrustState | None = None
+        if matched.rule.keyless_authorities():
+            matched, trust = await self._with_current_trust(self._policy, matched)
+        reasons: list[str] = []
+        # An archive carries signatures only; a rule that also wants attestations asks the registry.
+        if signatures and not matched.rule.attestations:
+            tally = Tally(matched.authorities, matched.rule.threshold, check=self._bound(matched, ref))
+            await asyncio.to_thread(tally.add, signatures, digest)
+            if tally.satisfied():
+                several = len(matched.authorities) > 1
+                summary = f"{matched.describe()}: {tally.summary()}" if several else matched.describe()
+                message = f"{'; '.join(tally.successes())}; {summary}"
+                log.info("verified %s@%s from the archive: %s", ref.repository, digest, message)
+                if trust is not None:
+                    message += f"; trust root: {trust.describe()}"
+                return Verdict(True, message, pinned.pinned(), rule=matched.fingerprint)
+            reasons = tally.failures()
+        try:
+            verdict = await self.verify(pinned.pinned())
+        except PermissionDenied as e:
+            found = "; ".join(reasons) if reasons else "none"
+            registry = e.message.removeprefix("image verification failed: ")
+            raise PermissionDenied(
+                _truncate(
+                    f"image verification failed: {ref} ({digest}): no signature in the archive "
+                    f"satisfies {matched.describe()} (signatures in the archive: {found}), nor in "
+                    f"the registry: {registry}"
+                )
+            ) from None
+        return verdict
+
+    async def verify(
+        self,
+        image_ref: str,
+        credentials: tuple[str, str, str] | None = None,
+        *,
+        recorded: tuple[str, str] | None = None,
+        configured_credentials: bool = True,
+    ) -> Verdict:
+        """Verify `image_ref` under the rules. `credentials` = (host, username, password);
+        with `configured_credentials=False` the registry sees only those, never the configured ones.
+
+        `recorded` = (message, rule fingerprint) of a verdict recorded with a pinned image: it
+        stands only if the rule matched now has that fingerprint (same rule, same trust material).
+        """
+        ref = parse(image_ref)
+        pinned = ref.pinned() if ref.digest else ""
+        policy = self._policy
+        decided = self.admit(ref, pinned)
+        if isinstance(decided, Verdict):
+            return decided
+        matched = decided
+        base = self._registry if configured_credentials else self._registry.request_credentials_only()
+        registry: RegistryAPI = base
         if credentials is not None and credentials[0]:
-            registry = self._registry.with_credentials(*credentials)
+            registry = base.with_credentials(*credentials)
         trust: TrustState | None = None
         if matched.rule.keyless_authorities():
             matched, trust = await self._with_current_trust(policy, matched)
+        if ref.digest and recorded is not None and recorded[0] and recorded[1] == matched.fingerprint:
+            return Verdict(True, recorded[0], ref.pinned(), rule=matched.fingerprint)
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
         # Per credentials too: a caller joining another's verification in flight, or finding its
         # verdict, would otherwise get what that caller's view of the registry gave (say its
         # UNAUTHENTICATED for a wrong password).
-        key = (ref.repository, digest, matched.fingerprint, _credentials_id(credentials))
+        key = (
+            ref.repository,
+            digest,
+            matched.fingerprint,
+            _credentials_id(credentials, configured_credentials),
+        )
 
         async def compute() -> Outcome:
             # Logged where a verification is really made, not on every cache hit (hot path).
@@ -291,7 +392,7 @@ class ImageVerifier:
                 pinned_ref.pinned(),
             )
         message = outcome.message if trust is None else f"{outcome.message}; trust root: {trust.describe()}"
-        return Verdict(True, message, pinned_ref.pinned())
+        return Verdict(True, message, pinned_ref.pinned(), rule=matched.fingerprint)
 
     @staticmethod
     def _refuse(failure: str, mode: Mode, who: str, pinned: str) -> Verdict:
@@ -317,17 +418,23 @@ class ImageVerifier:
             if policy.trust is not None and policy.trust.root is state.root:
                 fresh = dataclasses.replace(policy, trust=state)  # same root, newer date
             else:
-                fresh = _compile(policy.config, state)
+                fresh = _compile(policy.config, state, self._plain_http)
             if self._policy is policy:  # not replaced by a reload meanwhile
                 self._policy = fresh
             policy = fresh
         return policy.rules[matched.index], state
 
+    def _bound(self, matched: MatchedRule, ref: Reference) -> Callable[[Signature], None] | None:
+        """What a signature must also satisfy: under checkDockerReference, name the repository."""
+        if not matched.rule.check_docker_reference:
+            return None
+        return _names_repository(ref.repository, self._plain_http)
+
     async def _verify_digest(
         self, registry: RegistryAPI, ref: Reference, digest: str, matched: MatchedRule
     ) -> Outcome:
         rule = matched.rule
-        tally = Tally(matched.authorities, rule.threshold)
+        tally = Tally(matched.authorities, rule.threshold, check=self._bound(matched, ref))
         target = f"{ref.repository}@{digest}"
         notes: list[str] = []
         attestations: list[AttestationMaterial] = []

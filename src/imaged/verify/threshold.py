@@ -9,6 +9,7 @@ found by augmenting paths; a rule has at most 16 authorities and a stage 32 sign
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sigstore.errors import VerificationError
@@ -24,6 +25,8 @@ class Tally:
 
     authorities: tuple[Authority, ...]
     threshold: int
+    # A further requirement on a verified signature (checkDockerReference); raises VerificationError.
+    check: Callable[[Signature], None] | None = None
     signatures: list[Signature] = field(default_factory=list)
     verified: dict[int, dict[int, str]] = field(default_factory=dict)
     reasons: dict[int, list[str]] = field(default_factory=dict)
@@ -40,6 +43,8 @@ class Tally:
                     return
                 try:
                     who = authority.verify(sig, digest)
+                    if self.check is not None:
+                        self.check(sig)
                 except VerificationError as e:
                     self.reasons.setdefault(ai, []).append(f"{sig.where}: {e}")
                     continue
