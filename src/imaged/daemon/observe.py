@@ -41,6 +41,8 @@ class Metrics:
 
 def _ref_of(request: Any) -> str:
     ref = getattr(request, "image_ref", None)
+    if not ref:  # CRI requests name the image in an ImageSpec
+        ref = getattr(getattr(request, "image", None), "image", None)
     return str(ref) if ref else ""
 
 
@@ -62,7 +64,8 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
 # Read-only calls that succeed are logged at DEBUG: CRI asks Verify before every pull, mostly
 # answered from the cache (a verdict actually computed is logged by the verifier at INFO), and
 # a line per call would be most of the log and a tenth of the daemon's CPU at 2,000 calls a second.
-_QUIET_WHEN_OK = frozenset({"Verify", "List"})
+# The kubelet polls ImageStatus, ListImages and ImageFsInfo on the CRI socket likewise.
+_QUIET_WHEN_OK = frozenset({"Verify", "List", "ImageStatus", "ListImages", "ImageFsInfo"})
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
@@ -120,7 +123,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(details)
-        if handler is None or not method.startswith("/machine."):
+        if handler is None or not method.startswith(("/machine.", "/runtime.v1.")):
             return handler
         wrapped = self._wrap(method, handler)
         self._handlers[method] = wrapped

@@ -9,10 +9,14 @@ import logging
 
 from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced, leases
+from imaged.cri.images import CriImages
+from imaged.cri.transfer import CriTransfer
 from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
+from imaged.images.records import CRI_NAMESPACE
 from imaged.pb.common import common_pb2
 from imaged.pull.puller import Puller, PullOptions, VerifiedPin
+from imaged.registry.auth import Credentials
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
@@ -40,26 +44,54 @@ class Runtime:
             config.verification, self.registry, on_cache_hit=self.metrics.cache_hits.inc
         )
         self.puller = self._puller()
+        self.cri_images = self._cri_images()
+
+    def _pull_options(self) -> PullOptions:
+        cfg = self.config
+        return PullOptions(
+            owner=self.owner,
+            snapshotter=cfg.containerd.snapshotter,
+            max_concurrent_downloads=cfg.pull.max_concurrent_downloads,
+            lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
+        )
 
     def _puller(self) -> Puller:
         cfg = self.config
+        self.cri_transfer = CriTransfer(
+            owner=self.owner,
+            snapshotter=cfg.containerd.snapshotter,
+            lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
+            registries=cfg.registries,
+            enabled=cfg.pull.cri_transfer == "containerd",
+            progress_interval=1.0 / cfg.pull.progress_rate,
+            on_bytes=self.metrics.pulled_bytes.inc,
+        )
         return Puller(
             self.registry,
-            PullOptions(
-                owner=self.owner,
-                snapshotter=cfg.containerd.snapshotter,
-                max_concurrent_downloads=cfg.pull.max_concurrent_downloads,
-                lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
-            ),
+            self._pull_options(),
             verify=self.verify_for_pull,
+            on_bytes=self.metrics.pulled_bytes.inc,
+            transfer=self.cri_transfer,
+        )
+
+    def _cri_images(self) -> CriImages:
+        return CriImages(
+            self.containerd_for(common_pb2.CRI).ns(CRI_NAMESPACE),
+            decide=self.verify_for_pull,
+            transfer=self.cri_transfer,
+            registry=self.registry,
+            pull_options=self._pull_options(),
             on_bytes=self.metrics.pulled_bytes.inc,
         )
 
-    async def verify_for_pull(self, ref: Reference) -> VerifiedPin | None:
-        """Pull applies the verification policy first: deny/failure raise, success pins the digest."""
+    async def verify_for_pull(
+        self, ref: Reference, auth: tuple[str, Credentials] | None = None
+    ) -> VerifiedPin | None:
+        """Pull applies the verification policy first: deny/failure raise, success pins the digest.
+        `auth`: (host, credentials) a CRI pull brings for the registry."""
         if self.verifier.match(ref) is None and self.config.verification.no_match == "allow":
             return None
-        verdict = await self.verifier.verify(str(ref))
+        verdict = await self.verifier.verify(str(ref), auth=auth)
         (self.metrics.verified if verdict.verified else self.metrics.unverified).inc()
         if not verdict.verified:
             return None
@@ -108,6 +140,7 @@ class Runtime:
         self.registry = registry
         self.verifier = verifier
         self.puller = self._puller()
+        self.cri_images = self._cri_images()
         if registry is not old_registry:
             self._retired.append(old_registry)
             if len(self._retired) > MAX_RETIRED:

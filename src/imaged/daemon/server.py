@@ -1,4 +1,4 @@
-"""The daemon: gRPC servers on the admin (and optional read-only) socket, health tracking
+"""The daemon: gRPC servers on the admin (and optional read-only and CRI) sockets, health tracking
 containerd, reflection, metrics, SIGHUP reload, graceful SIGTERM, and start-up lease hygiene."""
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ from imaged.daemon import sockets, systemd
 from imaged.daemon.observe import Metrics, ObservingInterceptor
 from imaged.daemon.runtime import Runtime
 from imaged.pb.machine import image_pb2, image_pb2_grpc
+from imaged.pb.runtime.v1 import api_pb2 as cri_pb2
+from imaged.pb.runtime.v1 import api_pb2_grpc as cri_pb2_grpc
+from imaged.service.cri_service import CriImageService
 from imaged.service.image_service import ImageService
 
 log = logging.getLogger("imaged")
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+CRI_SERVICE_NAME = cri_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 HEALTH_INTERVAL = 1.0
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -45,23 +49,31 @@ class Daemon:
         self._serving: bool | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _sockets(self) -> list[tuple[SocketConfig, bool]]:
-        out = [(self.config.listen.admin, False)]
-        if self.config.listen.readonly is not None:
-            out.append((self.config.listen.readonly, True))
+    def _sockets(self) -> list[tuple[SocketConfig, str]]:
+        """Each socket and its role: `admin`, `readonly` or `cri`."""
+        listen = self.config.listen
+        out = [(listen.admin, "admin")]
+        out += [(sock, role) for sock, role in ((listen.readonly, "readonly"), (listen.cri, "cri")) if sock]
         return out
 
-    def _build(self, rt: Runtime, sock: SocketConfig, readonly: bool) -> grpc.aio.Server:
+    def _build(self, rt: Runtime, sock: SocketConfig, role: str) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics, "readonly" if readonly else "admin")],
+            interceptors=[ObservingInterceptor(self.metrics, role)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(rt, readonly=readonly), server)
+        if role == "cri":
+            cri_pb2_grpc.add_ImageServiceServicer_to_server(CriImageService(rt), server)
+            services = (CRI_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)
+        else:
+            image_pb2_grpc.add_ImageServiceServicer_to_server(
+                ImageService(rt, readonly=role == "readonly"), server
+            )
+            services = (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(services, server)
         sockets.prepare(sock.path)
         old = os.umask(0o777 & ~sock.mode)
         try:
@@ -147,8 +159,8 @@ class Daemon:
         self.servers = []
         bound: list[str] = []  # socket paths this process made (never another daemon's)
         try:
-            for sock, ro in self._sockets():
-                self.servers.append(self._build(rt, sock, ro))
+            for sock, role in self._sockets():
+                self.servers.append(self._build(rt, sock, role))
                 bound.append(sock.path)
             for server in self.servers:
                 await server.start()
@@ -173,7 +185,8 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(self._watchdog(interval))
-        paths = ", ".join(s.path + (" (read-only)" if ro else "") for s, ro in self._sockets())
+        shown = {"admin": "", "readonly": " (read-only)", "cri": f" ({CRI_SERVICE_NAME})"}
+        paths = ", ".join(s.path + shown[role] for s, role in self._sockets())
         log.info("imaged serving %s on %s", SERVICE_NAME, paths)
         systemd.notify("READY=1")
         try:

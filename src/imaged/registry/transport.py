@@ -262,7 +262,10 @@ class Transport:
         return self.pool.config
 
     def with_credentials(self, host: str, username: str, password: str) -> Transport:
-        return Transport(self.pool, {**self.overrides, normalize_host(host): Credentials(username, password)})
+        return self.with_auth(host, Credentials(username, password))
+
+    def with_auth(self, host: str, creds: Credentials) -> Transport:
+        return Transport(self.pool, {**self.overrides, normalize_host(host): creds})
 
     def credentials(self, e: Endpoint, domain: str) -> Credentials:
         names = [normalize_host(e.host)]
@@ -317,6 +320,8 @@ class Transport:
         return base * (0.5 + random.random() / 2)
 
     def _auth_header(self, e: Endpoint, scope: str, creds: Credentials) -> str | None:
+        if creds.registry_token is not None:
+            return f"Bearer {creds.registry_token}"
         token = self.pool.tokens.get(e.host, scope, creds)
         if token is not None:
             return f"Bearer {token}"

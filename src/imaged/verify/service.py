@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 from sigstore.errors import VerificationError
 
 from imaged.errors import FailedPrecondition, PermissionDenied
+from imaged.registry.auth import Credentials
 from imaged.registry.reference import Reference, parse
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.config import Rule, VerificationConfig, config_warnings
@@ -49,6 +50,8 @@ class RegistryClientLike(RegistryAPI, Protocol):
     """`RegistryAPI` plus per-request credentials (what `RegistryClient` offers)."""
 
     def with_credentials(self, host: str, username: str, password: str) -> RegistryAPI: ...
+
+    def with_auth(self, host: str, creds: Credentials) -> RegistryAPI: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +117,10 @@ def _compile(config: VerificationConfig, trust: TrustRoot | None) -> _Policy:
     return _Policy(config, tuple(rules), trust)
 
 
-def _credentials_id(credentials: tuple[str, str, str] | None) -> str:
+def _credentials_id(credentials: tuple[str, str, str] | None, auth: tuple[str, Credentials] | None) -> str:
     """A digest standing for the request's credentials in cache keys (never the password itself)."""
+    if auth is not None and auth[0]:
+        return hashlib.sha256(f"{auth[0]}\0{auth[1].fingerprint}".encode()).hexdigest()
     if credentials is None or not credentials[0]:
         return ""
     return hashlib.sha256("\0".join(credentials).encode()).hexdigest()
@@ -200,8 +205,15 @@ class ImageVerifier:
                 return rule
         return None
 
-    async def verify(self, image_ref: str, credentials: tuple[str, str, str] | None = None) -> Verdict:
-        """Verify `image_ref` under the rules. `credentials` = (host, username, password)."""
+    async def verify(
+        self,
+        image_ref: str,
+        credentials: tuple[str, str, str] | None = None,
+        *,
+        auth: tuple[str, Credentials] | None = None,
+    ) -> Verdict:
+        """Verify `image_ref` under the rules. `credentials` = (host, username, password); `auth` =
+        (host, credentials of any kind: a CRI pull's identity or registry token)."""
         ref = parse(image_ref)
         pinned = ref.pinned() if ref.digest else ""
         policy = self._policy
@@ -217,7 +229,9 @@ class ImageVerifier:
         if matched.action == "skip":
             return Verdict(False, f"verification skipped by matched {matched.describe()}", pinned)
         registry: RegistryAPI = self._registry
-        if credentials is not None and credentials[0]:
+        if auth is not None and auth[0]:
+            registry = self._registry.with_auth(*auth)
+        elif credentials is not None and credentials[0]:
             registry = self._registry.with_credentials(*credentials)
         if matched.rule.keyless is not None:
             matched = await self._maybe_refresh_trust(matched)
@@ -226,7 +240,7 @@ class ImageVerifier:
         # Per credentials too: a caller joining another's verification in flight, or finding its
         # verdict, would otherwise get what that caller's view of the registry gave (say its
         # UNAUTHENTICATED for a wrong password).
-        key = (ref.repository, digest, matched.fingerprint, _credentials_id(credentials))
+        key = (ref.repository, digest, matched.fingerprint, _credentials_id(credentials, auth))
 
         async def compute() -> Outcome:
             # Logged where a verification is really made, not on every cache hit (hot path).
