@@ -223,7 +223,10 @@ class CriTransfer:
         created: list[str],
     ) -> Pulled:
         """The tag record and imaged's labels beside those containerd's CRI made. `created` gets
-        the names this pull made (containerd's CRI's too), for undoing them if the call fails."""
+        the names this pull made (containerd's CRI's too), for undoing them if the call fails.
+
+        Two reads and the writes that change something, those at once: containerd commits each
+        write on its own, and a pull of small layers is short enough for a round trip to show."""
         store = ImageStore(ns)
         id_record = await store.get(image_id)
         if id_record is None:
@@ -232,17 +235,19 @@ class CriTransfer:
         target = Target(t.media_type, t.digest, t.size)
         wanted = {**labels, L.CRI_MANAGED: "managed"}
         names = record_names(ref, target.digest, image_id)
-        # The tag last, so that it appears complete (as create_records does).
-        for name in reversed(names):
-            record = id_record if name == image_id else await store.get(name)
+        others = [n for n in names if n != image_id]
+        found = {r.name: r for r in await store.list(*(f'name=="{n}"' for n in others))}
+        found[image_id] = id_record
+
+        async def write(name: str) -> None:
+            record = found.get(name)
             if record is not None:
                 if record.created_at.seconds + record.created_at.nanos / 1e9 >= started:
                     created.append(name)
-                same = record.target.digest == target.digest and all(
+                if record.target.digest == target.digest and all(
                     record.labels.get(k, "") == v for k, v in wanted.items()
-                )
-                if same:
-                    continue
+                ):
+                    return
                 # Known to exist: no Create to be refused first.
                 image = images_pb2.Image(
                     name=name, target=target.pb(), labels={k: v for k, v in wanted.items() if v}
@@ -252,11 +257,18 @@ class CriTransfer:
                     await ns.call(
                         ns.images.Update, images_pb2.UpdateImageRequest(image=image, update_mask=mask)
                     )
-                    continue
+                    return
                 except errors.NotFound:
                     pass  # removed meanwhile: made again below
             if await store.put(name, target.pb(), wanted):
                 created.append(name)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for name in names:
+                    tg.create_task(write(name))
+        except BaseExceptionGroup as eg:
+            raise errors.first_error(eg) from None
         return Pulled(image_id, target, names)
 
     async def _release_ingests(self, ns: Namespaced, lease_id: str) -> None:
