@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import yaml
 
 from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
@@ -76,8 +77,6 @@ def env(containerd: PrivateContainerd) -> Iterator[Env]:
     d = DaemonProcess(containerd.socket, {"verification": {"rules": rules}})
     sock = str(d.dir / "cri.sock")
     d.config["listen"]["cri"] = {"path": sock}
-    import yaml
-
     d.config_path.write_text(yaml.safe_dump(d.config))
     d.start()
     try:

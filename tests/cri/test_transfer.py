@@ -10,8 +10,10 @@ import time
 
 import grpc
 import pytest
+import yaml
 
 from imaged.pb.machine import image_pb2
+from imaged.pb.runtime.v1 import api_pb2
 from tests.cri.conftest import Env
 from tests.cri.test_pull_image import records
 from tests.pull.test_pull import ingests, leases, pull
@@ -145,3 +147,34 @@ def test_imaged_pulls_itself_where_containerd_cannot_be_told(
     assert fetched_by(env.reg, img.layers[-1].digest) == {"imaged"}
     assert progress and progress[-1].progress.status in (Status.EXTRACT_COMPLETE, Status.ALREADY_EXISTS)
     assert ref in cri.image_status(containerd.socket, ref).image.repo_tags
+
+
+def test_without_containerds_cri_imaged_pulls_itself(env: Env) -> None:
+    """A containerd without the CRI plugin: Pull into k8s.io and PullImage are imaged's own; what
+    only containerd's CRI can answer says so (UNIMPLEMENTED, containerd's answer)."""
+    bare = PrivateContainerd()
+    bare.config.write_text('disabled_plugins = ["io.containerd.grpc.v1.cri"]\n' + bare.config.read_text())
+    bare.start()
+    img = archives.simple_image("no-cri-plugin")
+    archives.push(env.reg, "open/no-cri", "v1", img)
+    ref = f"{env.reg.host}/open/no-cri:v1"
+    d = DaemonProcess(bare.socket)
+    d.config["listen"]["cri"] = {"path": str(d.dir / "cri.sock")}
+    d.config_path.write_text(yaml.safe_dump(d.config))
+    d.start()
+    try:
+        name, progress = pull(d, ref, CRI)
+        assert name.endswith(img.digest) and progress
+        assert fetched_by(env.reg, img.layers[-1].digest) == {"imaged"}
+        bare.ctr("images", "rm", "--sync", ref, name, img.config_digest, namespace="k8s.io")
+        with cri.images(str(d.dir / "cri.sock")) as stub:
+            req = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+            assert stub.PullImage(req, timeout=120).image_ref == img.config_digest
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref)), timeout=30)
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        listed = bare.ctr("images", "ls", "-q", namespace="k8s.io").stdout.split()
+        assert {ref, name, img.config_digest} <= set(listed)
+    finally:
+        d.stop()
+        bare.destroy()

@@ -24,6 +24,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import grpc
+
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
@@ -129,7 +131,7 @@ class CriImages:
         deadline = time.monotonic() + KNOWN_WAIT
         delay = 0.002
         for name in names:
-            while not await upstream.knows(self.ns, name, image_id):
+            while not await self._knows(name, image_id):
                 if time.monotonic() > deadline:
                     log.warning(
                         "containerd's CRI does not know %s after %.0f s; the pull returns anyway",
@@ -139,3 +141,11 @@ class CriImages:
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
+
+    async def _knows(self, name: str, image_id: str) -> bool:
+        try:
+            return await upstream.knows(self.ns, name, image_id)
+        except upstream.CriError as e:
+            if e.code == grpc.StatusCode.UNIMPLEMENTED:
+                return True  # no CRI plugin on this containerd: nobody to wait for
+            raise
