@@ -112,7 +112,7 @@ def run_scenario(
     if name == "cri":
         from bench import cri
 
-        return cri.run(bench, list(sizes.cri), runs)
+        return cri.run(bench, list(sizes.cri), runs, commits=profile)
     if name == "import":
         from bench import imports
 

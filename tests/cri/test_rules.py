@@ -106,6 +106,8 @@ def test_containerd_pulls_only_where_it_reaches_the_registry_as_imaged_would(tmp
         (grpc.StatusCode.UNKNOWN, "failed to resolve reference: 401 Unauthorized", errors.Unauthenticated),
         (grpc.StatusCode.UNKNOWN, "unexpected status: 403 Forbidden", errors.PermissionDenied),
         (grpc.StatusCode.UNKNOWN, "failed commit on ref: unexpected commit digest", errors.DataLoss),
+        (grpc.StatusCode.FAILED_PRECONDITION, "unexpected commit digest x, expected y", errors.DataLoss),
+        (grpc.StatusCode.FAILED_PRECONDITION, "something else", errors.FailedPrecondition),
         (grpc.StatusCode.UNKNOWN, "httpReadSeeker: failed open: content at ... not found", errors.NotFound),
         (grpc.StatusCode.UNKNOWN, "read tcp: connection reset by peer", errors.Unavailable),
     ],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import uuid
 
 import grpc
 import pytest
@@ -122,6 +123,28 @@ def test_a_failed_pull_into_k8s_io_says_why(env: Env, containerd: PrivateContain
     assert "error pulling image" in (e.value.details() or "")
     assert leases(containerd, "k8s.io") == []
     assert not [n for n in records(containerd) if "open/gone" in n]
+
+
+def test_a_corrupt_layer_is_data_loss_and_does_not_stick(env: Env, containerd: PrivateContainerd) -> None:
+    img = archives.simple_image(f"corrupt-{uuid.uuid4().hex}")
+    archives.push(env.reg, "open/corrupt", "v1", img)
+    ref = f"{env.reg.host}/open/corrupt:v1"
+    layer = img.layers[-1].digest
+    blob = env.reg.dir / "data/docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
+    good = blob.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    blob.write_bytes(bytes(bad))
+    with pytest.raises(grpc.RpcError) as e:
+        pull(env.daemon, ref, CRI)
+    assert e.value.code() == grpc.StatusCode.DATA_LOSS, e.value.details()
+    assert leases(containerd, "k8s.io") == []
+    assert not [i for i in ingests(containerd, "k8s.io") if layer[7:] in i]
+    assert layer not in containerd.ctr("content", "ls", "-q", namespace="k8s.io").stdout
+    # Once the registry serves the right bytes, the next pull succeeds (nothing bad was kept).
+    blob.write_bytes(good)
+    name, _ = pull(env.daemon, ref, CRI)
+    assert name.endswith(img.digest)
 
 
 @pytest.mark.parametrize("why", ["configured", "mirror"])

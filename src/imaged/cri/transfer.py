@@ -72,14 +72,15 @@ def pull_error(e: upstream.CriError, what: str) -> errors.ImagedError:
     """containerd's CRI words for a failed pull, under the status imaged's own pull would give."""
     m = e.message
     low = m.lower()
-    if e.code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-        cls: type[errors.ImagedError] = type(errors.from_code(e.code, ""))
+    cls: type[errors.ImagedError]
+    if "unexpected commit digest" in low or "unexpected commit size" in low or "digest mismatch" in low:
+        cls = errors.DataLoss  # containerd says FAILED_PRECONDITION: the bytes were wrong
+    elif e.code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        cls = type(errors.from_code(e.code, ""))
     elif "401 unauthorized" in low or "authorization failed" in low:
         cls = errors.Unauthenticated
     elif "403 forbidden" in low:
         cls = errors.PermissionDenied
-    elif "unexpected commit digest" in low or "unexpected commit size" in low or "digest mismatch" in low:
-        cls = errors.DataLoss
     elif "not found" in low:
         cls = errors.NotFound
     else:
@@ -275,17 +276,22 @@ class CriTransfer:
         """Leave a failed pull's partial downloads to containerd's 24 h expiry of unleased
         ingests, so the next pull resumes them: an ingest reopened without a lease gets that
         expiry, and then outlives the lease. containerd may still hold one for a moment after
-        the call ends (its pull stops on its own time): that one is waited for, briefly."""
+        the call ends (its pull stops on its own time): that one is waited for, briefly. An
+        ingest holding all its bytes failed its digest check: it is aborted, or every later
+        pull would resume it and fail the same way."""
         try:
             resources = await ns.call(ns.leases.ListResources, leases_pb2.ListResourcesRequest(id=lease_id))
             refs = {r.id for r in resources.resources if r.type == "ingests"}
             if not refs:
                 return
             content = ContentStore(ns.with_lease(None))
-            statuses = {st.ref: st for st in await content.statuses() if st.ref in refs}
+            statuses = [st for st in await content.statuses() if st.ref in refs]
             async with asyncio.timeout(RELEASE_WAIT):
-                for ref, st in statuses.items():
-                    w = await content.open_writer(ref, total=st.total, expected=st.expected)
+                for st in statuses:
+                    if st.total and st.offset >= st.total:
+                        await content.abort(st.ref)
+                        continue
+                    w = await content.open_writer(st.ref, total=st.total, expected=st.expected)
                     if w is not None:
                         await w.close()
         except (errors.ImagedError, TimeoutError) as e:
