@@ -226,19 +226,24 @@ class CriTransfer:
         """The tag record and imaged's labels beside those containerd's CRI made. `created` gets
         the names this pull made (containerd's CRI's too), for undoing them if the call fails.
 
-        Two reads and the writes that change something, those at once: containerd commits each
-        write on its own, and a pull of small layers is short enough for a round trip to show."""
+        One read (two without a digest) and the writes that change something, those at once:
+        containerd commits each write on its own, and a pull of small layers is short enough for
+        a round trip to show."""
         store = ImageStore(ns)
-        id_record = await store.get(image_id)
+        # A pull pinned to a digest knows every name at once; else the id record gives the digest.
+        names = record_names(ref, ref.digest, image_id) if ref.digest else [image_id]
+        found = {r.name: r for r in await store.list(*(f'name=="{n}"' for n in names))}
+        id_record = found.get(image_id)
         if id_record is None:
             raise errors.Unavailable(f"containerd's CRI pulled {ref} as {image_id}, but that record is gone")
         t = id_record.target
         target = Target(t.media_type, t.digest, t.size)
         wanted = {**labels, L.CRI_MANAGED: "managed"}
-        names = record_names(ref, target.digest, image_id)
-        others = [n for n in names if n != image_id]
-        found = {r.name: r for r in await store.list(*(f'name=="{n}"' for n in others))}
-        found[image_id] = id_record
+        if not ref.digest or t.digest != ref.digest:
+            names = record_names(ref, target.digest, image_id)
+            others = [n for n in names if n not in found]
+            if others:  # (no filter at all would list every record)
+                found.update({r.name: r for r in await store.list(*(f'name=="{n}"' for n in others))})
 
         async def write(name: str) -> None:
             record = found.get(name)
