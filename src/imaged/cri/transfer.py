@@ -204,9 +204,18 @@ class CriTransfer:
                         await watching
             created: list[str] = []
             try:
-                pulled = await self._records(lns, ref, image_id, labels, started, created)
-                if watcher is not None:
-                    await watcher.finish()
+                records = self._records(lns, ref, image_id, labels, started, created)
+                if watcher is None:
+                    pulled = await records
+                else:
+                    # The last look (every layer's final state) beside the records, not after them.
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            recorded = tg.create_task(records)
+                            tg.create_task(watcher.finish())
+                    except BaseExceptionGroup as eg:
+                        raise errors.first_error(eg) from None
+                    pulled = recorded.result()
                     if self.on_bytes is not None:
                         self.on_bytes(watcher.downloaded_bytes())
             except BaseException:
