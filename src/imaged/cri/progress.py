@@ -164,7 +164,10 @@ class IngestWatcher:
 
     async def finish(self) -> None:
         """The pull is done: every layer's final state (whatever the looks missed)."""
-        await self.look()
+        try:
+            await self.look()
+        except errors.ImagedError as e:  # progress is no reason to fail a pull that is done
+            log.debug("progress of %s: %s", self.root.digest, e.message)
         for la in self.layers or []:
             if not la.extracted:
                 size = la.desc.size
