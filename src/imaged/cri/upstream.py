@@ -18,7 +18,8 @@ from imaged.pb.runtime.v1 import api_pb2
 
 T = TypeVar("T")
 
-# containerd 1.6 answers a CRI call without the plugin loaded with UNIMPLEMENTED.
+# containerd unreachable or too slow: said as for any containerd call. Everything else is the CRI's
+# own answer (UNIMPLEMENTED from a containerd without the CRI plugin, too).
 _CONNECTION = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
