@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import grpc
 import pytest
@@ -34,7 +35,13 @@ def test_a_pull_is_logged_with_its_image(env: Env) -> None:
     with pytest.raises(grpc.RpcError), cri.images(env.cri_socket) as stub:
         req = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=f"{env.reg.host}/denied/logged:v1"))
         stub.PullImage(req, timeout=60)
-    line = next(
-        ln for ln in env.daemon.logs().splitlines() if "PullImage ref=" in ln and "denied/logged" in ln
-    )
-    assert "code=PERMISSION_DENIED" in line
+    # The line is written as the call ends, which the client may see first.
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [
+            ln for ln in env.daemon.logs().splitlines() if "PullImage ref=" in ln and "denied/logged" in ln
+        ]
+        time.sleep(0.05)
+    assert lines, env.daemon.logs()[-2000:]
+    assert "code=PERMISSION_DENIED" in lines[0]

@@ -27,12 +27,17 @@ Status = image_pb2.ImageServicePullLayerProgress.Status
 
 
 def fetched_by(reg: Registry, digest: str) -> set[str]:
-    """User agents (containerd/..., imaged/...) of the GETs of blob `digest` in the access log."""
-    agents = set()
-    for line in reg.log_path.read_text(errors="replace").splitlines():
-        if '"GET ' in line and (f"/blobs/{digest} " in line or f"/blobs/{digest}?" in line):
-            agents.add(line.rstrip().rsplit('"', 2)[-2].split("/")[0])
-    return agents
+    """User agents (containerd/..., imaged/...) of the GETs of blob `digest` in the access log
+    (waited for a moment: the registry writes a line once its response is out)."""
+    deadline = time.monotonic() + 5
+    while True:
+        agents = set()
+        for line in reg.log_path.read_text(errors="replace").splitlines():
+            if '"GET ' in line and (f"/blobs/{digest} " in line or f"/blobs/{digest}?" in line):
+                agents.add(line.rstrip().rsplit('"', 2)[-2].split("/")[0])
+        if agents or time.monotonic() > deadline:
+            return agents
+        time.sleep(0.05)
 
 
 def test_pull_into_k8s_io_is_made_by_containerds_cri_with_progress(
