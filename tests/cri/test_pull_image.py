@@ -44,6 +44,17 @@ def blob_gets(reg: Registry, digests: set[str]) -> list[tuple[str, str, int]]:
     ]
 
 
+def layer_gets(reg: Registry, since: int, digest: str) -> list[tuple[str, str, int]]:
+    """GETs of blob `digest` in the access log after its first `since` lines (waited for a moment:
+    the registry writes a line once its response is out)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [r for r in reg.requests()[since:] if r[0] == "GET" and r[1].endswith(digest)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_signed_pull_runs_through_containerds_cri_runtime(
     env: Env, containerd: PrivateContainerd, pause_image: str, tmp_path: pathlib.Path
 ) -> None:
@@ -173,7 +184,7 @@ def test_a_cancelled_pull_leaves_no_lease_or_record_and_resumes(
     assert [i for i in ingests(containerd, "k8s.io") if layer in i], "the partial download is gone"
     before = len(env.reg.requests())
     assert pull_image(env, ref) == big.config_digest
-    resumed = [r for r in env.reg.requests()[before:] if r[0] == "GET" and r[1].endswith(layer)]
+    resumed = layer_gets(env.reg, before, layer)
     assert resumed and all(r[2] == 206 for r in resumed), resumed
     assert f"{env.reg.host}/signed/big@{digest}" in records(containerd)
     assert ingests(containerd, "k8s.io") == []

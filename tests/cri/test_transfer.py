@@ -16,7 +16,7 @@ import yaml
 from imaged.pb.machine import image_pb2
 from imaged.pb.runtime.v1 import api_pb2
 from tests.cri.conftest import Env
-from tests.cri.test_pull_image import records
+from tests.cri.test_pull_image import layer_gets, records
 from tests.pull.test_pull import ingests, leases, pull
 from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
@@ -108,9 +108,7 @@ def test_a_cancelled_pull_into_k8s_io_leaves_no_lease_and_resumes(
     before = len(env.reg.requests())
     name, _ = pull(env.daemon, ref, CRI)
     assert name.endswith(big.digest)
-    resumed = [
-        r for r in env.reg.requests()[before:] if r[0] == "GET" and r[1].endswith(big.layers[-1].digest)
-    ]
+    resumed = layer_gets(env.reg, before, big.layers[-1].digest)
     assert resumed and all(r[2] == 206 for r in resumed), resumed
     assert ingests(containerd, "k8s.io") == []
 
