@@ -20,6 +20,8 @@ class Sizes:
 
     big: Spec
     small: Spec
+    # Pulls into k8s.io against containerd's CRI PullImage (bench/cri.py).
+    cri: tuple[Spec, ...]
     # The archive whose import is watched for the daemon's peak RSS: layers x layer size.
     rss_layers: int
     rss_layer_size: int
@@ -35,6 +37,11 @@ class Sizes:
         return cls(
             big=Spec("big", 8, 32 * MiB, seed=1),
             small=Spec("small", 40, 64 * KiB, seed=2, repeat=3),
+            cri=(
+                Spec("one", 1, 256 * MiB, seed=3),
+                Spec("big", 8, 32 * MiB, seed=1),
+                Spec("small", 40, 64 * KiB, seed=2, repeat=3),
+            ),
             rss_layers=32,
             rss_layer_size=32 * MiB,
             list_images=2000,
@@ -49,6 +56,11 @@ class Sizes:
         return cls(
             big=Spec("big", 2, 1 * MiB, seed=1),
             small=Spec("small", 4, 16 * KiB, seed=2),
+            cri=(
+                Spec("one", 1, 2 * MiB, seed=3),
+                Spec("big", 2, 1 * MiB, seed=1),
+                Spec("small", 4, 16 * KiB, seed=2),
+            ),
             rss_layers=2,
             rss_layer_size=2 * MiB,
             list_images=50,

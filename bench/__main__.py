@@ -1,4 +1,4 @@
-"""`python -m bench`: imaged against containerd's own `ctr`, as ratios measured in one run.
+"""`python -m bench`: imaged against containerd's own `ctr` and CRI, as ratios measured in one run.
 
     .venv/bin/python -m bench                 # everything, 5 runs each (~15 min on 2 cores)
     .venv/bin/python -m bench --quick         # smoke: 1 run, tiny sizes, no profiling (~1 min)
@@ -28,7 +28,7 @@ from bench import Sizes  # noqa: E402
 from bench.env import Bench, log, versions  # noqa: E402
 from bench.measure import Case  # noqa: E402
 
-SCENARIOS = ("pull", "import", "list", "verify")
+SCENARIOS = ("pull", "cri", "import", "list", "verify")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -109,6 +109,10 @@ def run_scenario(
         from bench import pull
 
         return pull.run(bench, [sizes.big, sizes.small], runs, out, profile)
+    if name == "cri":
+        from bench import cri
+
+        return cri.run(bench, list(sizes.cri), runs, commits=profile)
     if name == "import":
         from bench import imports
 

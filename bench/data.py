@@ -55,8 +55,17 @@ def _size(n: int) -> str:
     return f"{n / (1 << 10):g} KiB"
 
 
+# randbytes takes at most 2^31 bits at once; larger layers are made of pieces of this size.
+_PIECE = 64 << 20
+
+
 def random_layer(seed: int, size: int, *, compress: bool = True) -> Layer:
-    data = random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    data = (
+        rng.randbytes(size)
+        if size <= _PIECE
+        else b"".join(rng.randbytes(min(_PIECE, size - i)) for i in range(0, size, _PIECE))
+    )
     raw = archives.tar_bytes({f"data/layer-{seed}.bin": data})
     if not compress:
         return Layer(raw, raw, archives.OCI_LAYER)

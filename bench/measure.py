@@ -77,6 +77,8 @@ class Case:
     profile: Any = None
     # Absolute targets (not ratios): (what, measured value, target, met).
     checks: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    # False when another case of the same runs shows the tools' table already.
+    show_series: bool = True
 
     def add(self, s: Series) -> Series:
         self.series[s.tool] = s

@@ -52,6 +52,9 @@ def case_table(case: Case) -> list[str]:
         out += ["| target | measured | wanted | met |", "|---|---:|---:|---|"]
         out += [f"| {w} | {v} | {t} | {'yes' if m else '**NO**'} |" for w, v, t, m in case.checks]
         out.append("")
+    if not case.show_series:
+        out += ["The same runs as the case above (its table).", ""]
+        return out
     out.append("| tool | median | min | max | runs | CPU s per run (imaged / containerd / client) | note |")
     out.append("|---|---:|---:|---:|---:|---|---|")
     for s in case.series.values():

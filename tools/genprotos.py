@@ -17,7 +17,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-TOP_LEVEL = ("machine", "common", "containerd", "policy")
+TOP_LEVEL = ("machine", "common", "containerd", "policy", "runtime")
 
 
 def googleapis_include() -> str:

@@ -6,6 +6,10 @@ returns `{"token", "access_token", "expires_in", "issued_at"}`: a JWT signed wit
 self-signed certificate the registry trusts (`rootcertbundle`). Anonymous requests get a token with no
 access (the registry then answers 401, as a real one does). Wrong credentials get 401.
 
+`POST /token` is the OAuth2 form containerd sends when it has credentials: `grant_type=password` with
+`username`/`password`, or `grant_type=refresh_token` with a token of `refresh_tokens` (an identity token,
+mapped to its user); it returns `{"access_token", "expires_in", "issued_at"}`, or 401.
+
 `requests` lists (scope, user or None) of every token request, so tests can check caching.
 """
 
@@ -55,6 +59,8 @@ class TokenServer:
         self.issuer = "imaged-test-token-issuer"
         self.expires_in = expires_in
         self.requests: list[tuple[str, str | None]] = []
+        # Identity (refresh) tokens accepted by the OAuth2 POST, and the user each stands for.
+        self.refresh_tokens: dict[str, str] = {}
         self._key = ec.generate_private_key(ec.SECP256R1())
         self.kid = libtrust_key_id(self._key.public_key())
         now = datetime.datetime.now(datetime.UTC)
@@ -143,6 +149,39 @@ class TokenServer:
                     body = json.dumps(
                         {
                             "token": token,
+                            "access_token": token,
+                            "expires_in": server.expires_in,
+                            "issued_at": datetime.datetime.now(datetime.UTC).isoformat(),
+                        }
+                    ).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                if urllib.parse.urlsplit(self.path).path != "/token":
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                form = {k: v[0] for k, v in urllib.parse.parse_qs(self.rfile.read(length).decode()).items()}
+                scopes = [s for s in form.get("scope", "").split(" ") if s]
+                user: str | None = None
+                if form.get("grant_type") == "password":
+                    name, password = form.get("username", ""), form.get("password", "")
+                    if name in server.users and secrets.compare_digest(server.users[name], password):
+                        user = name
+                elif form.get("grant_type") == "refresh_token":
+                    user = server.refresh_tokens.get(form.get("refresh_token", ""))
+                server.requests.append((" ".join(scopes), user))
+                if user is None:
+                    body = b'{"error":"invalid_grant"}'
+                    self.send_response(401)
+                else:
+                    token = server.issue(user, scopes)
+                    body = json.dumps(
+                        {
                             "access_token": token,
                             "expires_in": server.expires_in,
                             "issued_at": datetime.datetime.now(datetime.UTC).isoformat(),

@@ -54,11 +54,17 @@ class ListenConfig(Section):
     admin: SocketConfig = SocketConfig()
     # Serves only List and Verify (containerd's CRI plugin, readers).
     readonly: SocketConfig | None = None
+    # Serves CRI's runtime.v1.ImageService (the kubelet's imageServiceEndpoint), on k8s.io.
+    cri: SocketConfig | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> Self:
-        if self.readonly is not None and self.readonly.path == self.admin.path:
-            raise ValueError("readonly.path must differ from admin.path (one socket, one role)")
+        paths = [("admin", self.admin.path)]
+        paths += [(name, s.path) for name, s in (("readonly", self.readonly), ("cri", self.cri)) if s]
+        for i, (name, path) in enumerate(paths):
+            for other, other_path in paths[:i]:
+                if path == other_path:
+                    raise ValueError(f"{name}.path must differ from {other}.path (one socket, one role)")
         return self
 
 
@@ -76,6 +82,9 @@ class PullConfig(Section):
     max_concurrent_downloads: int = Field(default=4, ge=1, le=64)
     # Progress updates per layer per second, at most.
     progress_rate: float = Field(default=10.0, gt=0, le=100)
+    # Who moves the bytes of a pull into k8s.io: containerd's CRI plugin (pinned to the verified
+    # digest, under imaged's lease) where it can be told everything imaged would do, else imaged.
+    cri_transfer: Literal["containerd", "imaged"] = "containerd"
 
 
 class LogConfig(Section):

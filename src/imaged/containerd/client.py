@@ -18,6 +18,7 @@ from imaged.pb.containerd.services.leases.v1 import leases_pb2_grpc
 from imaged.pb.containerd.services.namespaces.v1 import namespace_pb2_grpc
 from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from imaged.pb.containerd.services.version.v1 import version_pb2_grpc
+from imaged.pb.runtime.v1 import api_pb2_grpc as cri_pb2_grpc
 
 T = TypeVar("T")
 
@@ -41,6 +42,8 @@ class _Stubs:
     diff: diff_pb2_grpc.DiffStub
     namespaces: namespace_pb2_grpc.NamespacesStub
     introspection: introspection_pb2_grpc.IntrospectionStub
+    # containerd's CRI plugin's image service (runtime.v1), on the same socket.
+    cri_images: cri_pb2_grpc.ImageServiceStub
     # Content.Write taking either a WriteContentRequest or its encoding as bytes.
     content_write: grpc.aio.StreamStreamMultiCallable
 
@@ -54,6 +57,7 @@ class _Stubs:
             diff_pb2_grpc.DiffStub(ch),
             namespace_pb2_grpc.NamespacesStub(ch),
             introspection_pb2_grpc.IntrospectionStub(ch),
+            cri_pb2_grpc.ImageServiceStub(ch),
             ch.stream_stream(
                 "/containerd.services.content.v1.Content/Write",
                 request_serializer=_pass_bytes,
@@ -159,6 +163,7 @@ class Namespaced:
         self.diff = s.diff
         self.namespaces = s.namespaces
         self.introspection = s.introspection
+        self.cri_images = s.cri_images
         self.content_write = s.content_write
 
     def with_lease(self, lease: str | None) -> Namespaced:

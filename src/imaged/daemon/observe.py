@@ -118,6 +118,8 @@ class _TrustRootCollector(Collector):
 
 def _ref_of(request: Any) -> str:
     ref = getattr(request, "image_ref", None)
+    if not ref:  # CRI requests name the image in an ImageSpec
+        ref = getattr(getattr(request, "image", None), "image", None)
     return shown(str(ref), MAX_LOGGED_REF) if ref else ""
 
 
@@ -139,7 +141,8 @@ def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grp
 # Read-only calls that succeed are logged at DEBUG: CRI asks Verify before every pull, mostly
 # answered from the cache (a verdict actually computed is logged by the verifier at INFO), and
 # a line per call would be most of the log and a tenth of the daemon's CPU at 2,000 calls a second.
-_QUIET_WHEN_OK = frozenset({"Verify", "List"})
+# The kubelet polls ImageStatus, ListImages and ImageFsInfo on the CRI socket likewise.
+_QUIET_WHEN_OK = frozenset({"Verify", "List", "ImageStatus", "ListImages", "ImageFsInfo"})
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
@@ -199,7 +202,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(details)
-        if handler is None or not method.startswith("/machine."):
+        if handler is None or not method.startswith(("/machine.", "/runtime.v1.")):
             return handler
         wrapped = self._wrap(method, handler)
         self._handlers[method] = wrapped

@@ -14,10 +14,14 @@ from imaged.archive.signatures import ArchiveSignature
 from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced, leases
 from imaged.containerd import labels as L
+from imaged.cri.images import CriImages
+from imaged.cri.transfer import CriTransfer
 from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
+from imaged.images.records import CRI_NAMESPACE
 from imaged.pb.common import common_pb2
 from imaged.pull.puller import Puller, PullOptions, VerifiedPin
+from imaged.registry.auth import Credentials
 from imaged.registry.client import RegistryClient
 from imaged.registry.hosts import plain_http
 from imaged.registry.reference import Reference, parse
@@ -51,6 +55,16 @@ class Runtime:
         self.metrics.trust_status = lambda: self.trust.status()
         self.verifier = self._verifier(config, self.registry, self.trust)
         self.puller = self._puller()
+        self.cri_images = self._cri_images()
+
+    def _pull_options(self) -> PullOptions:
+        cfg = self.config
+        return PullOptions(
+            owner=self.owner,
+            snapshotter=cfg.containerd.snapshotter,
+            max_concurrent_downloads=cfg.pull.max_concurrent_downloads,
+            lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
+        )
 
     def _verifier(self, config: Config, registry: RegistryClient, trust: TrustRoots) -> ImageVerifier:
         registries = config.registries
@@ -106,15 +120,30 @@ class Runtime:
 
     def _puller(self) -> Puller:
         cfg = self.config
+        self.cri_transfer = CriTransfer(
+            owner=self.owner,
+            snapshotter=cfg.containerd.snapshotter,
+            lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
+            registries=cfg.registries,
+            enabled=cfg.pull.cri_transfer == "containerd",
+            progress_interval=1.0 / cfg.pull.progress_rate,
+            on_bytes=self.metrics.pulled_bytes.inc,
+        )
         return Puller(
             self.registry,
-            PullOptions(
-                owner=self.owner,
-                snapshotter=cfg.containerd.snapshotter,
-                max_concurrent_downloads=cfg.pull.max_concurrent_downloads,
-                lease_expire=dt.timedelta(seconds=cfg.containerd.lease_expire_seconds),
-            ),
+            self._pull_options(),
             verify=self.verify_for_pull,
+            on_bytes=self.metrics.pulled_bytes.inc,
+            transfer=self.cri_transfer,
+        )
+
+    def _cri_images(self) -> CriImages:
+        return CriImages(
+            self.containerd_for(common_pb2.CRI).ns(CRI_NAMESPACE),
+            decide=self.verify_for_pull,
+            transfer=self.cri_transfer,
+            registry=self.registry,
+            pull_options=self._pull_options(),
             on_bytes=self.metrics.pulled_bytes.inc,
         )
 
@@ -132,10 +161,15 @@ class Runtime:
             label = label[: MAX_LABEL_VALUE - 1] + "…"
         return label
 
-    async def verify_for_pull(self, ref: Reference, recorded: VerifiedPin | None) -> VerifiedPin | None:
+    async def verify_for_pull(
+        self,
+        ref: Reference,
+        recorded: VerifiedPin | None = None,
+        auth: tuple[str, Credentials] | None = None,
+    ) -> VerifiedPin | None:
         """Pull applies the verification policy first: deny/failure raise, success pins the digest.
         `recorded`: the verdict on the record of a pinned digest, which counts only under the
-        same rule.
+        same rule; `auth`: (host, credentials) a CRI pull brings for the registry.
 
         A verdict allowed in warn mode pins the digest that was evaluated when one was resolved
         (what runs is what was looked at), and its label says it was allowed, not verified."""
@@ -143,7 +177,9 @@ class Runtime:
             return None
         try:
             verdict = await self.verifier.verify(
-                str(ref), recorded=(recorded.message, recorded.rule) if recorded is not None else None
+                str(ref),
+                recorded=(recorded.message, recorded.rule) if recorded is not None else None,
+                auth=auth,
             )
         except errors.PermissionDenied:
             self.metrics.refused.inc()
@@ -233,6 +269,7 @@ class Runtime:
             if self._trust_task is not None:
                 self._trust_task.cancel()
                 self.start()
+        self.cri_images = self._cri_images()
         if registry is not old_registry:
             self._retired.append(old_registry)
             if len(self._retired) > MAX_RETIRED:

@@ -1,4 +1,4 @@
-"""The daemon: gRPC servers on the admin (and optional read-only) socket, health tracking
+"""The daemon: gRPC servers on the admin (and optional read-only and CRI) sockets, health tracking
 containerd, reflection, metrics, SIGHUP reload, graceful SIGTERM, and start-up lease hygiene."""
 
 from __future__ import annotations
@@ -24,11 +24,15 @@ from imaged.daemon.observe import Metrics, ObservingInterceptor
 from imaged.daemon.runtime import Runtime
 from imaged.pb.machine import image_pb2
 from imaged.pb.policy.v1 import policy_pb2, policy_pb2_grpc
+from imaged.pb.runtime.v1 import api_pb2 as cri_pb2
+from imaged.pb.runtime.v1 import api_pb2_grpc as cri_pb2_grpc
+from imaged.service.cri_service import CriImageService
 from imaged.service.image_service import ImageService, add_image_service
 from imaged.service.policy_service import PolicyService
 
 log = logging.getLogger("imaged")
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+CRI_SERVICE_NAME = cri_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # A health service of its own: NOT_SERVING while the Sigstore trust root is older than
@@ -52,26 +56,32 @@ class Daemon:
         self._trust_stale: bool | None = None  # None: not reported yet
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _sockets(self) -> list[tuple[SocketConfig, bool]]:
-        out = [(self.config.listen.admin, False)]
-        if self.config.listen.readonly is not None:
-            out.append((self.config.listen.readonly, True))
+    def _sockets(self) -> list[tuple[SocketConfig, str]]:
+        """Each socket and its role: `admin`, `readonly` or `cri`."""
+        listen = self.config.listen
+        out = [(listen.admin, "admin")]
+        out += [(sock, role) for sock, role in ((listen.readonly, "readonly"), (listen.cri, "cri")) if sock]
         return out
 
-    def _build(self, rt: Runtime, sock: SocketConfig, readonly: bool) -> grpc.aio.Server:
+    def _build(self, rt: Runtime, sock: SocketConfig, role: str) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics, "readonly" if readonly else "admin")],
+            interceptors=[ObservingInterceptor(self.metrics, role)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        lend = (sock.credentials or ("request" if readonly else "configured")) == "configured"
-        add_image_service(ImageService(rt, readonly=readonly, configured_credentials=lend), server)
-        names = [SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME]
-        if not readonly:  # a candidate policy may name files on this node (trustedRoot): operators only
-            policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(rt), server)
-            names.append(POLICY_SERVICE)
+        if role == "cri":
+            cri_pb2_grpc.add_ImageServiceServicer_to_server(CriImageService(rt), server)
+            names = [CRI_SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        else:
+            readonly = role == "readonly"
+            lend = (sock.credentials or ("request" if readonly else "configured")) == "configured"
+            add_image_service(ImageService(rt, readonly=readonly, configured_credentials=lend), server)
+            names = [SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME]
+            if not readonly:  # a candidate policy may name files on this node (trustedRoot): operators only
+                policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyService(rt), server)
+                names.append(POLICY_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(names, server)
         sockets.prepare(sock.path)
@@ -177,8 +187,8 @@ class Daemon:
         self.servers = []
         bound: list[str] = []  # socket paths this process made (never another daemon's)
         try:
-            for sock, ro in self._sockets():
-                self.servers.append(self._build(rt, sock, ro))
+            for sock, role in self._sockets():
+                self.servers.append(self._build(rt, sock, role))
                 bound.append(sock.path)
             for server in self.servers:
                 await server.start()
@@ -204,7 +214,8 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if interval:
             self._spawn(self._watchdog(interval))
-        paths = ", ".join(s.path + (" (read-only)" if ro else "") for s, ro in self._sockets())
+        shown = {"admin": "", "readonly": " (read-only)", "cri": f" ({CRI_SERVICE_NAME})"}
+        paths = ", ".join(s.path + shown[role] for s, role in self._sockets())
         log.info("imaged serving %s on %s", SERVICE_NAME, paths)
         systemd.notify("READY=1")
         try:

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from imaged import errors
 from imaged.containerd import labels as L
@@ -76,6 +76,22 @@ class VerifiedPin:
 VerifyHook = Callable[[Reference, VerifiedPin | None], Awaitable[VerifiedPin | None]]
 
 
+class Transfer(Protocol):
+    """Another way to move a pinned image into containerd, used where it `applies` (containerd's
+    CRI plugin for k8s.io: cri/transfer.py). Same contract as `Puller._pull`."""
+
+    async def applies(self, ns: Namespaced, ref: Reference) -> bool: ...
+
+    async def pull(
+        self,
+        ns: Namespaced,
+        ref: Reference,
+        progress: Progress,
+        labels: dict[str, str],
+        root: Descriptor | None,
+    ) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PullOptions:
     owner: str
@@ -102,11 +118,13 @@ class Puller:
         options: PullOptions,
         verify: VerifyHook | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        transfer: Transfer | None = None,
     ) -> None:
         self.registry = registry
         self.options = options
         self.verify = verify
         self.on_bytes = on_bytes  # bytes of blobs downloaded (the daemon's metric)
+        self.transfer = transfer
 
     async def pull(self, ns: Namespaced, image_ref: str, progress: Progress) -> str:
         """Pull `image_ref` into `ns`; return the digest-pinned name.
@@ -157,6 +175,10 @@ class Puller:
         if present is not None:
             return present
         # Failures name what was asked for, or the digest a verification pinned it to.
+        if self.transfer is not None and await self.transfer.applies(ns, pinned):
+            return await self._wrap(
+                pinned if pin and pin.digest else ref, self.transfer.pull(ns, pinned, progress, labels, root)
+            )
         return await self._wrap(
             pinned if pin and pin.digest else ref, self._pull(ns, pinned, progress, labels, root)
         )

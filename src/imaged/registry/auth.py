@@ -139,12 +139,14 @@ class Credentials:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     identity_token: str | None = field(default=None, repr=False)
+    # A bearer token for the registry itself (CRI's `AuthConfig.registry_token`): sent as is.
+    registry_token: str | None = field(default=None, repr=False)
     # Computed once: it keys a cache lookup on every registry request (5% of a small-layer pull).
     fingerprint: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         h = hashlib.sha256()
-        for part in (self.username, self.password, self.identity_token):
+        for part in (self.username, self.password, self.identity_token, self.registry_token):
             h.update(b"\x00" + (part or "").encode())
         object.__setattr__(self, "fingerprint", h.hexdigest()[:16])
 

@@ -32,7 +32,7 @@ from imaged.errors import (
 from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, Index, media_type_of, parse_index
-from imaged.registry.auth import redact_url
+from imaged.registry.auth import Credentials, redact_url
 from imaged.registry.config import RegistriesConfig
 from imaged.registry.hosts import Endpoint
 from imaged.registry.reference import Reference, validate_digest
@@ -127,8 +127,12 @@ class RegistryClient:
         Shares the connection pool; the parent is unchanged. Tokens are cached per credentials, so
         the view never uses tokens obtained with other credentials for that host, nor the reverse.
         """
+        return self.with_auth(host, Credentials(username, password))
+
+    def with_auth(self, host: str, creds: Credentials) -> RegistryClient:
+        """`with_credentials` for any kind of credentials (identity or registry token too)."""
         view = RegistryClient.__new__(RegistryClient)
-        view._http = self._http.with_credentials(host, username, password)
+        view._http = self._http.with_auth(host, creds)
         view._owner = False
         return view
 

@@ -270,8 +270,12 @@ class Transport:
         return self.pool.config
 
     def with_credentials(self, host: str, username: str, password: str) -> Transport:
-        overrides = {**self.overrides, normalize_host(host): Credentials(username, password)}
-        return Transport(self.pool, overrides, configured=self.configured)
+        return self.with_auth(host, Credentials(username, password))
+
+    def with_auth(self, host: str, creds: Credentials) -> Transport:
+        return Transport(
+            self.pool, {**self.overrides, normalize_host(host): creds}, configured=self.configured
+        )
 
     def request_credentials_only(self) -> Transport:
         return Transport(self.pool, self.overrides, configured=False)
@@ -333,6 +337,8 @@ class Transport:
         return base * (0.5 + random.random() / 2)
 
     def _auth_header(self, e: Endpoint, scope: str, creds: Credentials) -> str | None:
+        if creds.registry_token is not None:
+            return f"Bearer {creds.registry_token}"
         token = self.pool.tokens.get(e.host, scope, creds)
         if token is not None:
             return f"Bearer {token}"

@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 from sigstore.errors import VerificationError
 
 from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
+from imaged.registry.auth import Credentials
 from imaged.registry.reference import Reference, canonical_repository, parse
 from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
@@ -71,6 +72,8 @@ class RegistryClientLike(RegistryAPI, Protocol):
     def with_credentials(self, host: str, username: str, password: str) -> RegistryAPI: ...
 
     def request_credentials_only(self) -> RegistryClientLike: ...
+
+    def with_auth(self, host: str, creds: Credentials) -> RegistryAPI: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +150,17 @@ def _compile(config: VerificationConfig, trust: TrustState | None, plain_http: P
     return _Policy(config, tuple(rules), trust)
 
 
-def _credentials_id(credentials: tuple[str, str, str] | None, configured: bool = True) -> str:
+def _credentials_id(
+    credentials: tuple[str, str, str] | None,
+    configured: bool = True,
+    auth: tuple[str, Credentials] | None = None,
+) -> str:
     """A digest standing for the request's credentials in cache keys (never the password itself),
     and whether the configured ones were lent too: a verdict reached with the node's credentials
     must not answer a caller who may not use them."""
     mode = "" if configured else "request-only:"
+    if auth is not None and auth[0]:
+        return mode + hashlib.sha256(f"{auth[0]}\0{auth[1].fingerprint}".encode()).hexdigest()
     if credentials is None or not credentials[0]:
         return mode
     return mode + hashlib.sha256("\0".join(credentials).encode()).hexdigest()
@@ -334,9 +343,11 @@ class ImageVerifier:
         *,
         recorded: tuple[str, str] | None = None,
         configured_credentials: bool = True,
+        auth: tuple[str, Credentials] | None = None,
     ) -> Verdict:
-        """Verify `image_ref` under the rules. `credentials` = (host, username, password);
-        with `configured_credentials=False` the registry sees only those, never the configured ones.
+        """Verify `image_ref` under the rules. `credentials` = (host, username, password); `auth` =
+        (host, credentials of any kind: a CRI pull's identity or registry token); with
+        `configured_credentials=False` the registry sees only those, never the configured ones.
 
         `recorded` = (message, rule fingerprint) of a verdict recorded with a pinned image: it
         stands only if the rule matched now has that fingerprint (same rule, same trust material).
@@ -350,7 +361,9 @@ class ImageVerifier:
         matched = decided
         base = self._registry if configured_credentials else self._registry.request_credentials_only()
         registry: RegistryAPI = base
-        if credentials is not None and credentials[0]:
+        if auth is not None and auth[0]:
+            registry = base.with_auth(*auth)
+        elif credentials is not None and credentials[0]:
             registry = base.with_credentials(*credentials)
         trust: TrustState | None = None
         if matched.rule.keyless_authorities():
@@ -366,7 +379,7 @@ class ImageVerifier:
             ref.repository,
             digest,
             matched.fingerprint,
-            _credentials_id(credentials, configured_credentials),
+            _credentials_id(credentials, configured_credentials, auth),
         )
 
         async def compute() -> Outcome:

@@ -1,0 +1,175 @@
+"""Per-layer progress of a pull containerd makes itself, seen from outside as `ctr` sees one.
+
+containerd's CRI `PullImage` says nothing until it is done, so the layers' states are read from
+containerd while it works: an active ingest `layer-<digest>` (`Content.ListStatuses`) is a
+download and its offset; a blob present is a finished download; a committed snapshot named by
+the layer's chain ID is a finished extraction. A blob or snapshot created before the pull began
+was there already (`ALREADY_EXISTS`). Three cheap read-only calls per look, whatever the number
+of layers; the looks are `interval` apart, and `Progress` bounds what reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from imaged import errors
+from imaged.containerd.client import Namespaced
+from imaged.containerd.content import ContentStore
+from imaged.images.walk import host_manifest
+from imaged.oci.manifest import Descriptor, chain_ids, parse_config
+from imaged.pb.containerd.services.content.v1 import content_pb2
+from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2
+from imaged.pull.progress import LayerState, Progress, Status
+
+log = logging.getLogger(__name__)
+
+MAX_CONFIG_SIZE = 8 * 1024 * 1024
+
+
+def _seconds(ts: object) -> float:
+    return float(ts.seconds) + ts.nanos / 1e9  # type: ignore[attr-defined]
+
+
+class _Layer:
+    __slots__ = ("blob_existed", "chain", "desc", "extracted", "extracting_since", "fetched")
+
+    def __init__(self, desc: Descriptor) -> None:
+        self.desc = desc
+        self.chain = ""
+        self.fetched = False
+        self.extracted = False
+        self.extracting_since = 0.0
+        self.blob_existed = False
+
+    @property
+    def lid(self) -> str:
+        return self.desc.digest.partition(":")[2][:12]
+
+
+class IngestWatcher:
+    """Turns what containerd holds into `LayerState`s for one pull of `root`."""
+
+    def __init__(
+        self, ns: Namespaced, root: Descriptor, snapshotter: str, progress: Progress, *, started: float
+    ) -> None:
+        self.ns = ns
+        self.root = root
+        self.snapshotter = snapshotter
+        self.progress = progress
+        self.started = started  # wall clock, as containerd stamps what it creates
+        self.layers: list[_Layer] | None = None
+        self._config: Descriptor | None = None
+
+    async def run(self, interval: float) -> None:
+        """Look every `interval` seconds until cancelled; a failed look is skipped, not fatal."""
+        while True:
+            try:
+                await self.look()
+            except errors.ImagedError as e:
+                log.debug("progress of %s: %s", self.root.digest, e.message)
+            await asyncio.sleep(interval)
+
+    async def _manifest(self) -> None:
+        content = ContentStore(self.ns)
+        if self.layers is None:
+            try:
+                r = self.root
+                manifest = (await host_manifest(content, r.media_type, r.digest, r.size)).manifest
+            except errors.NotFound:
+                return
+            self.layers = [_Layer(d) for d in manifest.layers]
+            self._config = manifest.config
+        if self._config is not None and self.layers and not self.layers[0].chain:
+            try:
+                config = parse_config(await content.read_all(self._config.digest, MAX_CONFIG_SIZE))
+            except errors.NotFound:
+                return
+            if len(config.diff_ids) == len(self.layers):
+                for layer, chain in zip(self.layers, chain_ids(config.diff_ids), strict=True):
+                    layer.chain = chain
+            self._config = None
+
+    async def look(self) -> None:
+        """One look at containerd; reports what changed."""
+        await self._manifest()
+        if not self.layers:
+            return
+        pending = [la for la in self.layers if not la.fetched]
+        if pending:
+            await self._downloads(pending)
+        unextracted = [la for la in self.layers if la.chain and not la.extracted]
+        if unextracted:
+            await self._extractions(unextracted)
+
+    async def _downloads(self, pending: list[_Layer]) -> None:
+        ns = self.ns
+        statuses = await ns.call(
+            ns.content.ListStatuses,
+            content_pb2.ListStatusesRequest(filters=[f'ref=="layer-{la.desc.digest}"' for la in pending]),
+        )
+        active = {st.ref: st for st in statuses.statuses}
+        present: dict[str, float] = {}
+        request = content_pb2.ListContentRequest(filters=[f'digest=="{la.desc.digest}"' for la in pending])
+        async for resp in ns.stream(ns.content.List, request):
+            for info in resp.info:
+                present[info.digest] = _seconds(info.created_at)
+        for la in pending:
+            created = present.get(la.desc.digest)
+            size = la.desc.size
+            if created is not None:
+                la.fetched = True
+                la.blob_existed = created < self.started
+                status = Status.ALREADY_EXISTS if la.blob_existed else Status.DOWNLOAD_COMPLETE
+                self.progress.update(LayerState(la.lid, status, size, size))
+            elif (st := active.get(f"layer-{la.desc.digest}")) is not None:
+                self.progress.update(LayerState(la.lid, Status.DOWNLOADING, st.offset, st.total or size))
+
+    async def _extractions(self, unextracted: list[_Layer]) -> None:
+        ns = self.ns
+        request = snapshots_pb2.ListSnapshotsRequest(
+            snapshotter=self.snapshotter, filters=[f'name=="{la.chain}"' for la in unextracted]
+        )
+        committed: dict[str, float] = {}
+        async for resp in ns.stream(ns.snapshots.List, request):
+            for info in resp.info:
+                committed[info.name] = _seconds(info.created_at)
+        now = time.monotonic()
+        assert self.layers is not None
+        below_done = True  # every layer below this one is extracted
+        for la in self.layers:
+            size = la.desc.size
+            if not la.extracted and la.chain and (created := committed.get(la.chain)) is not None:
+                la.extracted = True
+                if created < self.started:
+                    # Unpacked before: containerd skips the layer, fetched or not.
+                    la.fetched = la.blob_existed = True
+                    self.progress.update(LayerState(la.lid, Status.ALREADY_EXISTS, size, size))
+                else:
+                    elapsed = now - la.extracting_since if la.extracting_since else 0.0
+                    self.progress.update(LayerState(la.lid, Status.EXTRACT_COMPLETE, size, size, elapsed))
+            elif not la.extracted and la.fetched and below_done:
+                # containerd applies layers in order: the lowest fetched one not done is being applied.
+                if not la.extracting_since:
+                    la.extracting_since = now
+                self.progress.update(
+                    LayerState(la.lid, Status.EXTRACTING, size, size, now - la.extracting_since)
+                )
+            below_done = below_done and la.extracted
+
+    def downloaded_bytes(self) -> int:
+        """Bytes of the layers this pull downloaded (what imaged's own pull counts as pulled)."""
+        return sum(la.desc.size for la in self.layers or [] if la.fetched and not la.blob_existed)
+
+    async def finish(self) -> None:
+        """The pull is done: every layer's final state (whatever the looks missed)."""
+        try:
+            await self.look()
+        except errors.ImagedError as e:  # progress is no reason to fail a pull that is done
+            log.debug("progress of %s: %s", self.root.digest, e.message)
+        for la in self.layers or []:
+            if not la.extracted:
+                size = la.desc.size
+                final = Status.ALREADY_EXISTS if la.blob_existed else Status.EXTRACT_COMPLETE
+                self.progress.update(LayerState(la.lid, final, size, size))

@@ -1,0 +1,312 @@
+"""Pulls into k8s.io that containerd's CRI plugin makes, pinned to a digest and under imaged's lease.
+
+Why: a kubelet's pull runs inside containerd, with no extra process and no copy of every byte
+through gRPC; imaged's own pipeline cannot beat that on the same machine (bench/results/analysis.md).
+So for the CRI namespace imaged decides (policy, digest) and containerd's CRI `PullImage` moves the
+bytes. Sent with `containerd-lease: <imaged's lease>`, that call works under imaged's lease
+(containerd's client pull takes a lease found in the incoming call instead of making one), so
+the usual guarantees hold:
+
+- a cancelled or failed pull removes its lease and leaves no record; its partial downloads are
+  first reopened outside the lease, which gives them containerd's 24 h expiry of unleased
+  ingests: the next pull (containerd's or imaged's, same `layer-<digest>` refs) resumes them with
+  `Range`;
+- records are those containerd's CRI makes (`repo@digest`, `sha256:<config>`, labelled
+  `io.cri-containerd.image=managed`) plus the tag, which a pull pinned to a digest does not make,
+  and imaged's labels (`imaged.dev/verified`) on all of them;
+- progress comes from looking at containerd while it works (`cri/progress.py`).
+
+It is used only where containerd can be told everything imaged would do: no mirrors, TLS settings
+or plain-HTTP choice of imaged's for the registry (containerd uses its own registry configuration),
+credentials that containerd's CRI understands, and a CRI plugin answering on the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from imaged import errors
+from imaged.containerd import labels as L
+from imaged.containerd.client import Namespaced
+from imaged.containerd.content import ContentStore
+from imaged.containerd.images import ImageStore
+from imaged.containerd.leases import finish, lease
+from imaged.cri import upstream
+from imaged.cri.auth import configured_auth
+from imaged.cri.progress import IngestWatcher
+from imaged.images.records import CRI_NAMESPACE, Target, record_names, undo_records
+from imaged.oci.manifest import Descriptor
+from imaged.pb.containerd.services.images.v1 import images_pb2
+from imaged.pb.containerd.services.leases.v1 import leases_pb2
+from imaged.pb.runtime.v1 import api_pb2
+from imaged.pull.progress import Progress
+from imaged.registry.config import RegistriesConfig
+from imaged.registry.hosts import Endpoint, endpoints
+from imaged.registry.reference import Reference, is_localhost, registry_host
+
+log = logging.getLogger(__name__)
+
+# How long containerd gets to let go of a cancelled pull's ingests before they are left to it.
+RELEASE_WAIT = 2.0
+# How long a CRI plugin found missing is not asked again.
+PROBE_AGAIN = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    image_id: str
+    target: Target
+    names: list[str]
+
+
+def pull_error(e: upstream.CriError, what: str) -> errors.ImagedError:
+    """containerd's CRI words for a failed pull, under the status imaged's own pull would give."""
+    m = e.message
+    low = m.lower()
+    cls: type[errors.ImagedError]
+    if "unexpected commit digest" in low or "unexpected commit size" in low or "digest mismatch" in low:
+        cls = errors.DataLoss  # containerd says FAILED_PRECONDITION: the bytes were wrong
+    elif e.code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        cls = type(errors.from_code(e.code, ""))
+    elif "401 unauthorized" in low or "authorization failed" in low:
+        cls = errors.Unauthenticated
+    elif "403 forbidden" in low:
+        cls = errors.PermissionDenied
+    elif "not found" in low:
+        cls = errors.NotFound
+    else:
+        cls = errors.Unavailable
+    return cls(f"{what}: containerd's CRI: {m}")
+
+
+class CriTransfer:
+    """Moves images into k8s.io through containerd's CRI `PullImage` (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        owner: str,
+        snapshotter: str,
+        lease_expire: dt.timedelta,
+        registries: RegistriesConfig,
+        enabled: bool = True,
+        progress_interval: float = 0.1,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.snapshotter = snapshotter
+        self.lease_expire = lease_expire
+        self.registries = registries
+        self.enabled = enabled
+        self.progress_interval = progress_interval
+        self.on_bytes = on_bytes
+        self._missing: dict[str, float] = {}  # containerd address -> when its CRI was found missing
+
+    # -- when ------------------------------------------------------------------------------------
+
+    def containerd_can_reach(self, domain: str) -> bool:
+        """Whether imaged would talk to `domain` exactly as containerd does by default: one
+        endpoint, the registry itself, in containerd's default scheme, with no TLS settings."""
+        api_host = registry_host(domain)
+        default = Endpoint(scheme="http" if is_localhost(api_host) else "https", host=api_host, path="/v2")
+        try:
+            return endpoints(self.registries, domain) == [default]
+        except errors.ImagedError:
+            return False
+
+    async def available(self, ns: Namespaced) -> bool:
+        """Whether containerd's CRI plugin answers on this socket (asked again after a while)."""
+        missing = self._missing.get(ns.cd.address)
+        if missing is not None and time.monotonic() - missing < PROBE_AGAIN:
+            return False
+        try:
+            await upstream.fs_info(ns)
+        except errors.ImagedError as e:
+            self._missing[ns.cd.address] = time.monotonic()
+            log.info(
+                "containerd's CRI at %s does not answer (%s): imaged pulls itself", ns.cd.address, e.message
+            )
+            return False
+        self._missing.pop(ns.cd.address, None)
+        return True
+
+    async def applies(self, ns: Namespaced, ref: Reference) -> bool:
+        """For machine.ImageService Pull: k8s.io, a registry containerd reaches as imaged would."""
+        return (
+            self.enabled
+            and ns.namespace == CRI_NAMESPACE
+            and self.containerd_can_reach(ref.domain)
+            and await self.available(ns)
+        )
+
+    # -- the pull --------------------------------------------------------------------------------
+
+    async def pull(
+        self,
+        ns: Namespaced,
+        ref: Reference,
+        progress: Progress,
+        labels: dict[str, str],
+        root: Descriptor | None,
+    ) -> str:
+        """machine.ImageService Pull of `ref` (pinned to a digest); returns the digest-pinned name."""
+        assert ref.digest is not None
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref.pinned()))
+        auth = configured_auth(self.registries, ref.domain)
+        if auth is not None:
+            request.auth.CopyFrom(auth)
+        desc = root or Descriptor("", ref.digest, 0)
+        try:
+            pulled = await self.run(ns, ref, request, labels, progress=progress, root=desc)
+        except upstream.CriError as e:
+            raise pull_error(e, f"error pulling image {ref}") from None
+        return ref.pinned(pulled.target.digest)
+
+    async def run(
+        self,
+        ns: Namespaced,
+        ref: Reference,
+        request: api_pb2.PullImageRequest,
+        labels: dict[str, str],
+        *,
+        progress: Progress | None = None,
+        root: Descriptor | None = None,
+    ) -> Pulled:
+        """containerd's CRI pulls `request.image` under a lease of ours; then the records of `ref`
+        (its tag too) get `labels`. Raises `upstream.CriError` with containerd's answer."""
+        started = time.time()
+        async with lease(ns, owner=self.owner, purpose="cri-pull", expire=self.lease_expire) as lns:
+            assert lns.lease is not None
+            watcher = (
+                IngestWatcher(lns, root, self.snapshotter, progress, started=started)
+                if progress is not None and root is not None
+                else None
+            )
+            watching = asyncio.create_task(watcher.run(self.progress_interval)) if watcher else None
+            try:
+                image_id = await upstream.pull(lns, request)
+            except BaseException:
+                await finish(self._release_ingests(ns, lns.lease))
+                raise
+            finally:
+                if watching is not None:
+                    watching.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watching
+            created: list[str] = []
+            try:
+                records = self._records(lns, ref, image_id, labels, started, created)
+                if watcher is None:
+                    pulled = await records
+                else:
+                    # The last look (every layer's final state) beside the records, not after them.
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            recorded = tg.create_task(records)
+                            tg.create_task(watcher.finish())
+                    except BaseExceptionGroup as eg:
+                        raise errors.first_error(eg) from None
+                    pulled = recorded.result()
+                    if self.on_bytes is not None:
+                        self.on_bytes(watcher.downloaded_bytes())
+            except BaseException:
+                await undo_records(ns, created)
+                raise
+        return pulled
+
+    async def _records(
+        self,
+        ns: Namespaced,
+        ref: Reference,
+        image_id: str,
+        labels: dict[str, str],
+        started: float,
+        created: list[str],
+    ) -> Pulled:
+        """The tag record and imaged's labels beside those containerd's CRI made. `created` gets
+        the names this pull made (containerd's CRI's too), for undoing them if the call fails.
+
+        One read (two without a digest) and the writes that change something, those at once:
+        containerd commits each write on its own, and a pull of small layers is short enough for
+        a round trip to show."""
+        store = ImageStore(ns)
+        # A pull pinned to a digest knows every name at once; else the id record gives the digest.
+        names = record_names(ref, ref.digest, image_id, ns.namespace) if ref.digest else [image_id]
+        found = {r.name: r for r in await store.list(*(f'name=="{n}"' for n in names))}
+        id_record = found.get(image_id)
+        if id_record is None:
+            raise errors.Unavailable(f"containerd's CRI pulled {ref} as {image_id}, but that record is gone")
+        t = id_record.target
+        target = Target(t.media_type, t.digest, t.size)
+        wanted = {**labels, L.CRI_MANAGED: "managed"}
+        if not ref.digest or t.digest != ref.digest:
+            names = record_names(ref, target.digest, image_id, ns.namespace)
+            others = [n for n in names if n not in found]
+            if others:  # (no filter at all would list every record)
+                found.update({r.name: r for r in await store.list(*(f'name=="{n}"' for n in others))})
+
+        async def write(name: str) -> None:
+            record = found.get(name)
+            if record is not None:
+                if record.created_at.seconds + record.created_at.nanos / 1e9 >= started:
+                    created.append(name)
+                if record.target.digest == target.digest and all(
+                    record.labels.get(k, "") == v for k, v in wanted.items()
+                ):
+                    return
+                # Known to exist: no Create to be refused first.
+                image = images_pb2.Image(
+                    name=name, target=target.pb(), labels={k: v for k, v in wanted.items() if v}
+                )
+                mask = field_mask_pb2.FieldMask(paths=["target", *(f"labels.{k}" for k in wanted)])
+                try:
+                    await ns.call(
+                        ns.images.Update, images_pb2.UpdateImageRequest(image=image, update_mask=mask)
+                    )
+                    return
+                except errors.NotFound:
+                    pass  # removed meanwhile: made again below
+            if await store.put(name, target.pb(), wanted):
+                created.append(name)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for name in names:
+                    tg.create_task(write(name))
+        except BaseExceptionGroup as eg:
+            raise errors.first_error(eg) from None
+        return Pulled(image_id, target, names)
+
+    async def _release_ingests(self, ns: Namespaced, lease_id: str) -> None:
+        """Leave a failed pull's partial downloads to containerd's 24 h expiry of unleased
+        ingests, so the next pull resumes them: an ingest reopened without a lease gets that
+        expiry, and then outlives the lease. containerd may still hold one for a moment after
+        the call ends (its pull stops on its own time): that one is waited for, briefly. An
+        ingest holding all its bytes failed its digest check: it is aborted, or every later
+        pull would resume it and fail the same way."""
+        try:
+            resources = await ns.call(ns.leases.ListResources, leases_pb2.ListResourcesRequest(id=lease_id))
+            refs = {r.id for r in resources.resources if r.type == "ingests"}
+            if not refs:
+                return
+            content = ContentStore(ns.with_lease(None))
+            statuses = [st for st in await content.statuses() if st.ref in refs]
+            async with asyncio.timeout(RELEASE_WAIT):
+                for st in statuses:
+                    if st.total and st.offset >= st.total:
+                        await content.abort(st.ref)
+                        continue
+                    w = await content.open_writer(st.ref, total=st.total, expected=st.expected)
+                    if w is not None:
+                        await w.close()
+        except (errors.ImagedError, TimeoutError) as e:
+            log.info("partial downloads of a failed pull may not be resumed: %s", getattr(e, "message", e))

@@ -1,0 +1,206 @@
+"""machine.ImageService Pull into k8s.io: containerd's CRI moves the bytes, imaged reports per-layer
+progress from what containerd holds, records and labels as before; imaged's own pipeline where
+containerd cannot be told what imaged would do."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+
+import grpc
+import pytest
+import yaml
+
+from imaged.pb.machine import image_pb2
+from imaged.pb.runtime.v1 import api_pb2
+from tests.cri.conftest import Env
+from tests.cri.test_pull_image import layer_gets, records
+from tests.pull.test_pull import ingests, leases, pull
+from tests.support import archives, cri
+from tests.support.containerd import PrivateContainerd
+from tests.support.daemon import CRI, DaemonProcess
+from tests.support.registry import Registry
+
+Status = image_pb2.ImageServicePullLayerProgress.Status
+
+
+def fetched_by(reg: Registry, digest: str) -> set[str]:
+    """User agents (containerd/..., imaged/...) of the GETs of blob `digest` in the access log
+    (waited for a moment: the registry writes a line once its response is out)."""
+    deadline = time.monotonic() + 5
+    while True:
+        agents = set()
+        for line in reg.log_path.read_text(errors="replace").splitlines():
+            if '"GET ' in line and (f"/blobs/{digest} " in line or f"/blobs/{digest}?" in line):
+                agents.add(line.rstrip().rsplit('"', 2)[-2].split("/")[0])
+        if agents or time.monotonic() > deadline:
+            return agents
+        time.sleep(0.05)
+
+
+def test_pull_into_k8s_io_is_made_by_containerds_cri_with_progress(
+    env: Env, containerd: PrivateContainerd
+) -> None:
+    layers = [archives.busybox_layer()] + [
+        archives.layer({f"data{i}": os.urandom(6 << 20)}, compress=False) for i in range(3)
+    ]
+    img = archives.Image(layers, cmd=["/bin/echo", "transferred"])
+    digest = env.push_signed(env.reg, "signed/transfer", "v1", img)
+    ref = f"{env.reg.host}/signed/transfer:v1"
+    name, progress = pull(env.daemon, ref, CRI)
+    assert name == f"{env.reg.host}/signed/transfer@{digest}"
+    assert fetched_by(env.reg, layers[-1].digest) == {"containerd"}
+    # Records and labels as imaged's own pull makes them; containerd's CRI knows the tag.
+    found = records(containerd)
+    for n in (ref, name, img.config_digest):
+        assert found[n]["io.cri-containerd.image"] == "managed"
+        assert found[n]["imaged.dev/verified"].startswith("verified via legacy signature")
+    assert ref in cri.image_status(containerd.socket, ref).image.repo_tags
+    # One stream of states per layer, ending extracted; offsets only grow; only changes sent.
+    by_layer: dict[str, list[image_pb2.ImageServicePullLayerProgress]] = {}
+    for p in progress:
+        by_layer.setdefault(p.layer_id, []).append(p.progress)
+    assert set(by_layer) == {la.digest.split(":")[1][:12] for la in layers}
+    for lid, states in by_layer.items():
+        statuses = [s.status for s in states]
+        assert statuses[-1] in (Status.EXTRACT_COMPLETE, Status.ALREADY_EXISTS), (lid, statuses)
+        offsets = [s.offset for s in states if s.status in (Status.DOWNLOADING, Status.DOWNLOAD_COMPLETE)]
+        assert offsets == sorted(offsets)
+        assert all(a != b for a, b in itertools.pairwise(states))
+    big = [by_layer[la.digest.split(":")[1][:12]] for la in layers[1:]]
+    assert all(Status.DOWNLOAD_COMPLETE in [s.status for s in states] for states in big)
+    assert all(states[-1].status == Status.EXTRACT_COMPLETE for states in big)
+    # Again: recorded and unpacked, nothing to do and nothing said.
+    assert pull(env.daemon, ref, CRI) == (name, [])
+    assert leases(containerd, "k8s.io") == []
+    # A second image over the same base layers reports them as already there.
+    more = archives.Image([*layers, archives.layer({"extra": b"x"})], cmd=["/bin/echo", "more"])
+    env.push_signed(env.reg, "signed/transfer-more", "v1", more)
+    _, progress2 = pull(env.daemon, f"{env.reg.host}/signed/transfer-more:v1", CRI)
+    finals = {p.layer_id: p.progress.status for p in progress2}
+    assert [finals[la.digest.split(":")[1][:12]] for la in layers] == [Status.ALREADY_EXISTS] * len(layers)
+    assert finals[more.layers[-1].digest.split(":")[1][:12]] == Status.EXTRACT_COMPLETE
+
+
+def test_a_cancelled_pull_into_k8s_io_leaves_no_lease_and_resumes(
+    env: Env, containerd: PrivateContainerd
+) -> None:
+    big = archives.Image(
+        [archives.busybox_layer(), archives.layer({"big": os.urandom(96 << 20)}, compress=False)]
+    )
+    archives.push(env.reg, "open/big", "v1", big)
+    ref = f"{env.reg.host}/open/big:v1"
+    call = env.daemon.images.Pull(
+        image_pb2.ImageServicePullRequest(containerd=CRI, image_ref=ref), timeout=300
+    )
+    for msg in call:
+        p = msg.pull_progress.progress
+        if p.status == Status.DOWNLOADING and p.offset > 0:
+            call.cancel()
+            break
+    deadline = time.monotonic() + 10
+    while leases(containerd, "k8s.io") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leases(containerd, "k8s.io") == []
+    assert not [n for n in records(containerd) if "open/big" in n]
+    before = len(env.reg.requests())
+    name, _ = pull(env.daemon, ref, CRI)
+    assert name.endswith(big.digest)
+    resumed = layer_gets(env.reg, before, big.layers[-1].digest)
+    assert resumed and all(r[2] == 206 for r in resumed), resumed
+    assert ingests(containerd, "k8s.io") == []
+
+
+def test_a_failed_pull_into_k8s_io_says_why(env: Env, containerd: PrivateContainerd) -> None:
+    img = archives.simple_image("gone-blob")
+    archives.push(env.reg, "open/gone", "v1", img)
+    # The registry loses the layer after the manifest was written.
+    layer = img.layers[-1].digest
+    blob = env.reg.dir / "data/docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
+    blob.unlink()
+    with pytest.raises(grpc.RpcError) as e:
+        pull(env.daemon, f"{env.reg.host}/open/gone:v1", CRI)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+    assert "error pulling image" in (e.value.details() or "")
+    assert leases(containerd, "k8s.io") == []
+    assert not [n for n in records(containerd) if "open/gone" in n]
+
+
+def test_a_corrupt_layer_is_data_loss_and_does_not_stick(env: Env, containerd: PrivateContainerd) -> None:
+    img = archives.simple_image(f"corrupt-{uuid.uuid4().hex}")
+    archives.push(env.reg, "open/corrupt", "v1", img)
+    ref = f"{env.reg.host}/open/corrupt:v1"
+    layer = img.layers[-1].digest
+    blob = env.reg.dir / "data/docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
+    good = blob.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    blob.write_bytes(bytes(bad))
+    with pytest.raises(grpc.RpcError) as e:
+        pull(env.daemon, ref, CRI)
+    assert e.value.code() == grpc.StatusCode.DATA_LOSS, e.value.details()
+    assert leases(containerd, "k8s.io") == []
+    assert not [i for i in ingests(containerd, "k8s.io") if layer[7:] in i]
+    assert layer not in containerd.ctr("content", "ls", "-q", namespace="k8s.io").stdout
+    # Once the registry serves the right bytes, the next pull succeeds (nothing bad was kept).
+    blob.write_bytes(good)
+    name, _ = pull(env.daemon, ref, CRI)
+    assert name.endswith(img.digest)
+
+
+@pytest.mark.parametrize("why", ["configured", "mirror"])
+def test_imaged_pulls_itself_where_containerd_cannot_be_told(
+    env: Env, containerd: PrivateContainerd, why: str
+) -> None:
+    img = archives.simple_image(f"own-pipeline-{why}")
+    archives.push(env.reg, f"open/own-{why}", "v1", img)
+    ref = f"{env.reg.host}/open/own-{why}:v1"
+    cfg: dict[str, object] = (
+        {"pull": {"cri_transfer": "imaged"}}
+        if why == "configured"
+        # The registry is its own mirror here: a mirror is all that matters (containerd is not told).
+        else {"registries": {"hosts": {env.reg.host: {"mirrors": [f"http://{env.reg.host}"]}}}}
+    )
+    d = DaemonProcess(containerd.socket, cfg)
+    d.start()
+    try:
+        name, progress = pull(d, ref, CRI)
+    finally:
+        d.stop()
+    assert name.endswith(img.digest)
+    assert fetched_by(env.reg, img.layers[-1].digest) == {"imaged"}
+    assert progress and progress[-1].progress.status in (Status.EXTRACT_COMPLETE, Status.ALREADY_EXISTS)
+    assert ref in cri.image_status(containerd.socket, ref).image.repo_tags
+
+
+def test_without_containerds_cri_imaged_pulls_itself(env: Env) -> None:
+    """A containerd without the CRI plugin: Pull into k8s.io and PullImage are imaged's own; what
+    only containerd's CRI can answer says so (UNIMPLEMENTED, containerd's answer)."""
+    bare = PrivateContainerd()
+    bare.config.write_text('disabled_plugins = ["io.containerd.grpc.v1.cri"]\n' + bare.config.read_text())
+    bare.start()
+    img = archives.simple_image("no-cri-plugin")
+    archives.push(env.reg, "open/no-cri", "v1", img)
+    ref = f"{env.reg.host}/open/no-cri:v1"
+    d = DaemonProcess(bare.socket)
+    d.config["listen"]["cri"] = {"path": str(d.dir / "cri.sock")}
+    d.config_path.write_text(yaml.safe_dump(d.config))
+    d.start()
+    try:
+        name, progress = pull(d, ref, CRI)
+        assert name.endswith(img.digest) and progress
+        assert fetched_by(env.reg, img.layers[-1].digest) == {"imaged"}
+        bare.ctr("images", "rm", "--sync", ref, name, img.config_digest, namespace="k8s.io")
+        with cri.images(str(d.dir / "cri.sock")) as stub:
+            req = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+            assert stub.PullImage(req, timeout=120).image_ref == img.config_digest
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref)), timeout=30)
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        listed = bare.ctr("images", "ls", "-q", namespace="k8s.io").stdout.split()
+        assert {ref, name, img.config_digest} <= set(listed)
+    finally:
+        d.stop()
+        bare.destroy()
