@@ -12,9 +12,10 @@ They are compiled with Python's `re`, whose syntax is close to RE2's for ordinar
 
 A rule names its authorities with `keyless` and `publicKey`, each a single mapping (the
 reference's form) or a list: any one of them verifies, or, with `threshold: k`, k distinct ones
-(each by a signature of its own). `attestations` adds in-toto statements the image must carry,
-signed by one of the rule's authorities, whose predicate satisfies a CEL expression (compiled
-here, at load). `mode: warn` (globally or per rule) evaluates as `enforce` and then allows.
+(each by a signature and a signer of its own; the same key twice is refused). `attestations`
+adds in-toto statements the image must carry, signed by one of the rule's authorities, whose
+predicate satisfies a CEL expression (compiled here, at load). `mode: warn` (globally or per
+rule) evaluates as `enforce` and then allows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from imaged.config.base import Section
 from imaged.verify.claims import CLAIMS, split_claim_key
-from imaged.verify.keys import UnusableKey, load_public_key
+from imaged.verify.keys import UnusableKey, load_public_key, spki_der
 from imaged.verify.matching import Glob, pattern_problem
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -295,14 +296,19 @@ def rule_problems(rule: Rule) -> list[str]:
         out.append(f"a rule requires at most {MAX_ATTESTATIONS} attestations")
     for name, k in keyless:
         out += _keyless_problems(name, k)
+    seen_keys: dict[bytes, str] = {}
     for name, p in keys:
         if not p.certificate or not p.certificate.strip():
             out.append(f"{name}.certificate is required")
         else:
             try:
-                load_public_key(p.certificate)
+                spki = spki_der(load_public_key(p.certificate))
             except UnusableKey as e:
                 out.append(f"{name}.certificate: {e}")
+                continue
+            if spki in seen_keys:  # one key is one signer: it would count once anyway
+                out.append(f"{name} is the same key as {seen_keys[spki]}")
+            seen_keys.setdefault(spki, name)
     names = [k.name for _, k in keyless if k.name] + [p.name for _, p in keys if p.name]
     if len(set(names)) != len(names):
         out.append("authority names must be distinct")
@@ -322,6 +328,37 @@ def _matches_anything(regex: str) -> bool:
     except re.error:
         return False
     return all(compiled.search(v) for v in ("", "x", "https://evil.example/x@y"))
+
+
+def _may_share(a: tuple[str | None, str | None], b: tuple[str | None, str | None]) -> bool:
+    """Whether one value can satisfy both (exact, regex) constraints. An exact value is tried
+    against the other side; two regexes alone are assumed to overlap (undecidable in general)."""
+    exact = {v for v in (a[0], b[0]) if v}
+    if len(exact) > 1:
+        return False
+    if not exact:
+        return True
+    value = exact.pop()
+    for regex in (a[1], b[1]):
+        try:
+            if regex and not re.search(regex, value):
+                return False
+        except re.error:
+            return False
+    return True
+
+
+def _overlaps(rule: Rule) -> list[str]:
+    """Pairs of the rule's keyless authorities one signer identity may satisfy both of."""
+    out: list[str] = []
+    keyless = rule.keyless_authorities()
+    for i, (aname, a) in enumerate(keyless):
+        for bname, b in keyless[i + 1 :]:
+            if _may_share((a.issuer, a.issuer_regex), (b.issuer, b.issuer_regex)) and _may_share(
+                (a.subject, a.subject_regex), (b.subject, b.subject_regex)
+            ):
+                out.append(f"{aname} and {bname}")
+    return out
 
 
 def _rule_name(i: int, rule: Rule) -> str:
@@ -355,6 +392,13 @@ def config_warnings(config: VerificationConfig) -> list[str]:
                 out.append(
                     f"{name}: {kname} names a GitHub workflow without a sourceRepositoryURI (or Ref) "
                     "claim: a reusable workflow's identity passes for every repository that calls it"
+                )
+        if rule.threshold > 1:
+            for pair in _overlaps(rule):
+                out.append(
+                    f"{name}: {pair} may accept the same signer identity (issuer and subject); under "
+                    f"threshold {rule.threshold} one signer counts for one of them only, however often "
+                    "it signs"
                 )
         glob = Glob.compile(rule.image)
         for j, earlier in enumerate(globs):

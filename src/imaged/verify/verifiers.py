@@ -18,6 +18,7 @@ from imaged.verify.material import (
     BundleSignature,
     Signature,
     SignatureVerifier,
+    Signed,
 )
 from imaged.verify.static import open_static_envelope, verify_static_bundle, verify_static_simple_signing
 from imaged.verify.trust import TrustRoot
@@ -37,10 +38,13 @@ class KeylessVerifier:
         subject = f"subject {_either(rule.subject, rule.subject_regex)}"
         self.name = rule.name or (f"{name} ({subject})" if name else subject)
 
-    def verify(self, signature: Signature, digest: str) -> str:
+    def check(self, signature: Signature, digest: str) -> Signed:
         if isinstance(signature, BundleSignature):
             return verify_keyless_bundle(signature, digest, self.trust, self.policy)
         return verify_legacy_keyless(signature, digest, self.trust, self.policy)
+
+    def verify(self, signature: Signature, digest: str) -> str:
+        return self.check(signature, digest).who
 
     def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
         if isinstance(material, BundleSignature):
@@ -64,10 +68,13 @@ class StaticKeyVerifier:
         self.key = key
         self.name = name or describe(key)
 
-    def verify(self, signature: Signature, digest: str) -> str:
+    def check(self, signature: Signature, digest: str) -> Signed:
         if isinstance(signature, BundleSignature):
             return verify_static_bundle(signature, digest, self.key)
         return verify_static_simple_signing(signature, digest, self.key)
+
+    def verify(self, signature: Signature, digest: str) -> str:
+        return self.check(signature, digest).who
 
     def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
         if isinstance(material, BundleSignature):
