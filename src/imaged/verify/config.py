@@ -23,10 +23,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from imaged.config.base import Section
 from imaged.verify.claims import CLAIMS, split_claim_key
+from imaged.verify.files import read_regular_file
 from imaged.verify.keys import UnusableKey, load_public_key, spki_der
 from imaged.verify.matching import Glob, pattern_problem
 
@@ -56,6 +57,9 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 Mode = Literal["enforce", "warn"]
 MAX_AUTHORITIES = 16
 MAX_ATTESTATIONS = 8
+# Each rule is compiled (keys, regexes, CEL) at load, for the daemon and for every PolicyService.Test
+# candidate; globs keep real policies far below this.
+MAX_RULES = 256
 
 
 class KeylessRule(Section):
@@ -182,8 +186,7 @@ class TufConfig(Section):
 def tuf_root_problem(path: str) -> str | None:
     """Why `path` is not a usable initial TUF root (python-tuf checks its signatures at use)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TUF_ROOT_SIZE + 1)
+        data = read_regular_file(path, MAX_TUF_ROOT_SIZE)
     except OSError as e:
         return f"cannot read {path}: {e.strerror}"
     if len(data) > MAX_TUF_ROOT_SIZE:
@@ -211,6 +214,17 @@ class VerificationConfig(Section):
     tuf_refresh: bool = Field(default=True, alias="tufRefresh")
     tuf: TufConfig = TufConfig()
     cache: CacheConfig = CacheConfig()
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _few_rules(cls, v: object) -> object:
+        """Counted before any rule is compiled: a long list must not cost its compilation first."""
+        if isinstance(v, list | tuple) and len(v) > MAX_RULES:
+            raise ValueError(
+                f"at most {MAX_RULES} rules, not {len(v)}: one rule covers many images with a glob "
+                "(`ghcr.io/org/*`)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check_trusted_root(self) -> VerificationConfig:

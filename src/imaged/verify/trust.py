@@ -27,6 +27,7 @@ from sigstore.models import TrustedRoot
 from sigstore.verify import Verifier
 
 from imaged.oci import jsondoc
+from imaged.verify.files import read_regular_file
 from imaged.verify.keys import PublicKey, UnusableKey, check_key
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,7 @@ def parse_trust_root(data: bytes, source: str) -> TrustRoot:
 def load_trust_root_file(path: str | pathlib.Path) -> TrustRoot:
     p = pathlib.Path(path)
     try:
-        with p.open("rb") as f:
-            data = f.read(MAX_TRUST_ROOT_SIZE + 1)
+        data = read_regular_file(p, MAX_TRUST_ROOT_SIZE)
     except OSError as e:
         raise TrustRootError(f"cannot read {p}: {e.strerror}") from None
     return parse_trust_root(data, str(p))

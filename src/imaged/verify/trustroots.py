@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from imaged.verify.config import PUBLIC_GOOD_TUF_URL, VerificationConfig
+from imaged.verify.config import MAX_TUF_ROOT_SIZE, PUBLIC_GOOD_TUF_URL, VerificationConfig
+from imaged.verify.files import read_regular_file
 from imaged.verify.trust import (
     TrustRoot,
     TrustRootError,
@@ -114,9 +115,11 @@ class Settings:
             url = t.source_url
             if t.root is not None:
                 try:
-                    bootstrap = pathlib.Path(t.root).read_bytes()
+                    bootstrap = read_regular_file(t.root, MAX_TUF_ROOT_SIZE)
                 except OSError as e:
                     raise TrustRootError(f"tuf.root: cannot read {t.root}: {e.strerror}") from None
+                if len(bootstrap) > MAX_TUF_ROOT_SIZE:
+                    raise TrustRootError(f"tuf.root: {t.root} is larger than {MAX_TUF_ROOT_SIZE} bytes")
             else:
                 bootstrap = embedded_public_good_tuf_root()
             tuf = TufSource(url, bootstrap)
@@ -136,7 +139,7 @@ def save_root(path: pathlib.Path, data: bytes, as_of: float) -> None:
     at any moment leaves the previous root or this one, never a part. Its mtime is `as_of`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
+        if path.stat().st_size == len(data) and read_regular_file(path, len(data)) == data:
             os.utime(path, (as_of, as_of))
             return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -158,9 +161,10 @@ def save_root(path: pathlib.Path, data: bytes, as_of: float) -> None:
         os.close(dirfd)
 
 
-async def _in_thread(fn: Callable[[], T]) -> T:
-    """Run blocking `fn` in a daemon thread: a refresh in flight must not hold up shutdown
-    (asyncio.to_thread's executor is joined at exit). Cancelling abandons the thread."""
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run blocking `fn` in a daemon thread: work in flight (a refresh, a PolicyService.Test
+    candidate) must not hold up shutdown (asyncio.to_thread's executor is joined at exit), nor a
+    worker of that executor. Cancelling abandons the thread."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -315,7 +319,7 @@ class TrustRoots:
                     return self._fetch(source, d, s.timeout, saved if saved.exists() else None)
 
             try:
-                data = await _in_thread(fetch)
+                data = await in_daemon_thread(fetch)
                 root = parse_trust_root(data, f"{source.url} (TUF)")
             except (RefreshError, TrustRootError) as e:
                 return self._failed(str(e))
@@ -327,7 +331,7 @@ class TrustRoots:
             if not changed and current is not None and current.root.source == root.source:
                 root = current.root  # the same object: the compiled policy stays as it is
             try:
-                await _in_thread(lambda: save_root(saved, data, now))
+                await in_daemon_thread(lambda: save_root(saved, data, now))
             except OSError as e:
                 log.warning("trust root refreshed but not saved to %s: %s", saved, e)
             self._state, self._loaded = TrustState(root, Source.REFRESHED, now), True

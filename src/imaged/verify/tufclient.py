@@ -26,6 +26,7 @@ from tuf.ngclient.updater import Updater
 
 from imaged import __version__
 from imaged.registry.proxy import ProxyRules
+from imaged.verify.files import read_regular_file
 from imaged.verify.trust import MAX_TRUST_ROOT_SIZE
 
 TARGET = "trusted_root.json"
@@ -147,10 +148,10 @@ def fetch_trusted_root(
                 f"{source.url}: {TARGET} is {info.length} bytes, more than {MAX_TRUST_ROOT_SIZE}"
             )
         if saved is not None and updater.find_cached_target(info, str(saved)) is not None:
-            return saved.read_bytes()
+            return read_regular_file(saved, MAX_TRUST_ROOT_SIZE)
         with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as tmp:
             path = updater.download_target(info, filepath=str(pathlib.Path(tmp) / TARGET))
-            return pathlib.Path(path).read_bytes()
+            return read_regular_file(path, MAX_TRUST_ROOT_SIZE)
     except RefreshError:
         raise
     except Exception as e:  # python-tuf's RepositoryError and DownloadError, OSError, ValueError
