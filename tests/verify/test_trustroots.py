@@ -10,19 +10,23 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from tuf.api.exceptions import SlowRetrievalError
 
 from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
 from imaged.registry.client import RegistryClient
 from imaged.verify import ImageVerifier, VerificationConfig
 from imaged.verify.trust import EMBEDDED_SOURCE, embedded_public_good
 from imaged.verify.trustroots import (
+    _FETCH_LOCK,
     START_SPREAD,
     Settings,
     Source,
@@ -30,7 +34,7 @@ from imaged.verify.trustroots import (
     TrustState,
     save_root,
 )
-from imaged.verify.tufclient import RefreshError, TufSource
+from imaged.verify.tufclient import BoundedFetcher, RefreshError, TufSource
 from tests.conftest import REPO
 from tests.support.registry import Registry
 from tests.support.sigstore import OciPusher, PrivateSigstore
@@ -418,6 +422,96 @@ async def test_a_stalled_download_fails_within_the_timeout(tmp_path: pathlib.Pat
         assert m.last_error is not None and "timed out" in m.last_error
     finally:
         r.close()
+
+
+class Trickle:
+    """A loopback HTTP server that answers one byte at a time, every `pause` seconds: in its
+    headers, or in a body it announces as 100000 bytes long. Counts the requests it gets."""
+
+    def __init__(self, where: str, pause: float = 0.3) -> None:
+        self.where, self.pause, self.requests = where, pause, 0
+        self.stop = threading.Event()
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c: socket.socket) -> None:
+        self.requests += 1
+        with c:
+            c.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n"
+            slow = head + b"X-Slow: " + b"x" * 1000 if self.where == "headers" else b""
+            try:
+                if not slow:
+                    c.sendall(head + b"\r\n")
+                for byte in slow or b"x" * 100000:
+                    if self.stop.wait(self.pause):
+                        return
+                    c.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.srv.close()
+
+
+def consume(fetcher: BoundedFetcher, url: str) -> Exception | None:
+    try:
+        for _ in fetcher.fetch(url):
+            pass
+    except Exception as e:
+        return e
+    return None
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_trickling_server_cannot_stretch_the_deadline(where: str) -> None:
+    """One byte every 0.3 s resets a per-read timeout forever: the deadline is the whole refresh's."""
+    server = Trickle(where)
+    try:
+        fetcher = BoundedFetcher(time.monotonic() + 2.0)
+        start = time.monotonic()
+        result: list[Exception | None] = []
+        t = threading.Thread(target=lambda: result.append(consume(fetcher, server.url + "/timestamp.json")))
+        t.daemon = True
+        t.start()
+        t.join(8)
+        assert not t.is_alive(), f"still reading {time.monotonic() - start:.1f}s after a 2s deadline"
+        assert time.monotonic() - start < 4
+        [error] = result
+        assert isinstance(error, SlowRetrievalError) and "timed out" in str(error), error
+        assert server.requests == 1  # not retried
+        fetcher.close()
+    finally:
+        server.close()
+
+
+async def test_a_refresh_still_running_does_not_make_the_next_wait(tmp_path: pathlib.Path) -> None:
+    """The python-tuf lock is taken with a timeout: a refresh that never ends cannot stop all others
+    (nor keep a first keyless Verify waiting)."""
+    m = manager(
+        verification(tuf={"timeout": "1s"}), tmp_path / "state", fetch=FakeFetch(OLD.trusted_root_json())
+    )
+    assert _FETCH_LOCK.acquire(timeout=5)
+    try:
+        start = time.monotonic()
+        outcome = await asyncio.wait_for(m.refresh(), 10)
+        assert outcome == "failed" and time.monotonic() - start < 5
+        assert m.last_error is not None and "another trust root refresh is still running" in m.last_error
+    finally:
+        _FETCH_LOCK.release()
+    assert await m.refresh() == "updated"
 
 
 # -- the saved root survives kill -9 at any moment --------------------------------------------------

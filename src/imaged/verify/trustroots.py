@@ -58,6 +58,9 @@ START_SPREAD = 10.0
 T = TypeVar("T")
 # python-tuf's Updater does not support two instances on one metadata directory at once.
 _FETCH_LOCK = threading.Lock()
+# What a refresh may take past waiting for the lock and its own deadline (disk, parsing) before
+# the caller stops waiting for it.
+FETCH_GRACE = 30.0
 
 
 class Source(enum.StrEnum):
@@ -315,12 +318,22 @@ class TrustRoots:
                 current = None
 
             def fetch() -> bytes:
-                with _FETCH_LOCK:
+                # Waited for at most one refresh's time: a refresh that never ends (it should not:
+                # the fetcher's deadline covers it) must not stop every later one.
+                if not _FETCH_LOCK.acquire(timeout=s.timeout):
+                    raise RefreshError(
+                        f"another trust root refresh is still running after {s.timeout:g}s (tuf.timeout)"
+                    )
+                try:
                     return self._fetch(source, d, s.timeout, saved if saved.exists() else None)
+                finally:
+                    _FETCH_LOCK.release()
 
             try:
-                data = await in_daemon_thread(fetch)
+                data = await asyncio.wait_for(in_daemon_thread(fetch), 2 * s.timeout + FETCH_GRACE)
                 root = parse_trust_root(data, f"{source.url} (TUF)")
+            except TimeoutError:
+                return self._failed(f"the refresh did not end within {2 * s.timeout + FETCH_GRACE:g}s")
             except (RefreshError, TrustRootError) as e:
                 return self._failed(str(e))
             except Exception as e:  # a refresh must never take the daemon down
