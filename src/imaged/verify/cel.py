@@ -11,15 +11,21 @@ expression must evaluate to `true`; false, an error (a missing key) or a non-boo
 
 Cost is bounded three ways: the expression's size (MAX_EXPRESSION), the input's (the statement is
 a blob of at most 1 MiB, discovery's bound), and time: cel-cpp holds the GIL while it evaluates,
-so evaluations run in a helper process (`python -m imaged.verify.cel_worker`, started at first use,
-with an address-space limit) that is killed when one exceeds TIME_BUDGET seconds; the verification
-then fails saying so. A helper that dies is restarted for the next evaluation.
+so evaluations run in a helper process (imaged.verify.cel_worker, started at first use, with an
+address-space and a CPU-time limit) that is killed when one exceeds TIME_BUDGET seconds; the
+verification then fails saying so. A helper that dies is restarted for the next evaluation, and one
+that has used half its CPU limit is replaced before it reaches it.
+
+The helper runs isolated (`python -I`: no module from the working directory, no PYTHON* variable;
+this package's directory is the one path added) in `/`, and is killed by the kernel when the
+thread that started it (a worker of the daemon's thread pool, alive as long as the daemon) exits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import select
 import subprocess
 import sys
@@ -31,6 +37,13 @@ MAX_EXPRESSION = 4096
 TIME_BUDGET = 2.0
 MAX_ANSWER = 64 * 1024
 VARIABLES = ("predicate", "predicateType", "statement", "image")
+# The helper's RLIMIT_CPU (seconds, over its life); it is replaced once it has used half.
+CPU_LIMIT = 120
+# `python -I -c` adds neither the working directory nor PYTHONPATH: the package's own directory is
+# added explicitly (last, so nothing there shadows the standard library), so the helper runs the
+# daemon's code wherever it is installed.
+_BOOT = "import sys; sys.path.append(sys.argv[1]); from imaged.verify.cel_worker import main; main()"
+_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 class CelError(ValueError):
@@ -84,15 +97,20 @@ class CelEvaluator:
         self.time_budget = time_budget
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._cpu = 0.0  # CPU seconds the helper has used, as its last answer said
 
     def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is None and self._cpu > CPU_LIMIT / 2:
+            self._kill()  # replaced before its CPU limit kills it during an evaluation
         if self._proc is None or self._proc.poll() is not None:
+            self._cpu = 0.0
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "imaged.verify.cel_worker"],
+                [sys.executable, "-I", "-c", _BOOT, _PACKAGE_ROOT, str(os.getpid()), str(CPU_LIMIT)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
+                cwd="/",
             )
         return self._proc
 
@@ -138,6 +156,9 @@ class CelEvaluator:
             raise CelError("the CEL helper answered garbage") from None
         if not isinstance(doc, dict):
             raise CelError("the CEL helper answered garbage")
+        cpu = doc.get("cpu")
+        if isinstance(cpu, int | float):
+            self._cpu = float(cpu)
         if "error" in doc:
             raise CelError(str(doc["error"]))
         value = doc.get("value")
