@@ -1,5 +1,5 @@
 """The CEL helper process (verify/cel.py): started isolated from the daemon's working directory,
-bounded in CPU, and gone with its parent."""
+bounded in CPU, gone with its parent, and timed from when it is ready."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from imaged.verify.cel import CelEvaluator
+from imaged.verify.cel import CelError, CelEvaluator
 
 VARS: dict[str, Any] = {"predicate": {"a": 1}, "predicateType": "t", "statement": {}, "image": {}}
 # A regex compiled and run over 4 MB ten thousand times: more than 8 s of CPU in cel-cpp.
@@ -104,3 +104,18 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_restarted_helper_gets_the_same_budget() -> None:
+    """The budget is the evaluation's, from when the helper is ready: not 2 s + 10 s of start-up
+    grace for the first evaluation after a kill."""
+    cel = CelEvaluator(time_budget=0.5)
+    try:
+        for _ in range(2):  # a fresh helper each time: the previous one was killed
+            start = time.monotonic()
+            with pytest.raises(CelError, match="exceeded its time budget"):
+                cel.evaluate(SLOW, SLOW_VARS)
+            assert time.monotonic() - start < 0.5 + 3.0  # its start-up plus the budget, not 10.5 s
+        assert cel.evaluate("predicate.a == 1", VARS)
+    finally:
+        cel.close()

@@ -37,6 +37,8 @@ MAX_EXPRESSION = 4096
 TIME_BUDGET = 2.0
 MAX_ANSWER = 64 * 1024
 VARIABLES = ("predicate", "predicateType", "statement", "image")
+# Longest a helper may take to start (interpreter, cel-cpp) and say it is ready.
+START_BUDGET = 10.0
 # The helper's RLIMIT_CPU (seconds, over its life); it is replaced once it has used half.
 CPU_LIMIT = 120
 # `python -I -c` adds neither the working directory nor PYTHONPATH: the package's own directory is
@@ -112,6 +114,16 @@ class CelEvaluator:
                 close_fds=True,
                 cwd="/",
             )
+            # Its start-up (interpreter, cel-cpp) is not an expression's time: the evaluation's
+            # clock starts once it says it is ready.
+            try:
+                ready = self._read_line(self._proc, START_BUDGET)
+            except TimeoutError:
+                self._kill()
+                raise CelError(f"the CEL helper did not start within {START_BUDGET:g}s") from None
+            if ready.strip() != b'{"ready": true}':
+                self._kill()
+                raise CelError("the CEL helper did not start")
         return self._proc
 
     def close(self) -> None:
@@ -134,14 +146,12 @@ class CelEvaluator:
         Raises CelError for an error, a non-bool, or an evaluation over the time budget."""
         request = json.dumps({"expr": expression, "vars": variables}, separators=(",", ":")).encode() + b"\n"
         with self._lock:
-            # A fresh helper's start-up (interpreter and cel-cpp import) is not the expression's time.
-            started = self._proc is not None and self._proc.poll() is None
             proc = self._start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(request)
                 proc.stdin.flush()
-                answer = self._read_line(proc, self.time_budget + (0 if started else 10.0))
+                answer = self._read_line(proc, self.time_budget)
             except BrokenPipeError:
                 self._kill()
                 raise CelError("the CEL helper process exited") from None

@@ -60,6 +60,8 @@ def main() -> None:
 
     env = new_env()
     compiled: OrderedDict[str, Any] = OrderedDict()
+    sys.stdout.write('{"ready": true}\n')  # the daemon times evaluations from here
+    sys.stdout.flush()
     for line in sys.stdin:
         try:
             request = json.loads(line)
