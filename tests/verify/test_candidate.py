@@ -204,3 +204,34 @@ def test_file_valued_keys_refuse_what_is_not_a_regular_file(fifo: pathlib.Path) 
         )
     with pytest.raises(ConfigError, match="not a regular file"):
         returns_within(5, lambda: load_text(f"verification:\n  trustedRoot: {fifo}\n"))
+
+
+async def test_a_candidate_naming_the_same_root_uses_the_running_manager(tmp_path: pathlib.Path) -> None:
+    """What names the root (TUF url and initial root, trustedRoot, state dir) decides; how often it is
+    refreshed, when it is stale and how long a refresh may take do not."""
+    from imaged.daemon.runtime import Runtime
+
+    repo = TufRepository()
+    try:
+        root = str(repo.write_initial_root(tmp_path / "tuf-root.json"))
+    finally:
+        repo.close()
+    rules = [{"image": "a.io/*", "keyless": {"issuer": "https://i.example", "subject": "s@example.com"}}]
+    running = {
+        "state": {"dir": str(tmp_path / "state")},
+        "verification": {"rules": rules, "tuf": {"url": "https://tuf.example", "root": root}},
+    }
+    rt = Runtime(Config.model_validate(running))
+    try:
+
+        def candidate(**tuf: Any) -> Config:
+            v = {**running["verification"], "tuf": {"url": "https://tuf.example", "root": root, **tuf}}
+            return Config.model_validate({**running, "verification": v})
+
+        assert rt.trust_for(candidate()) is rt.trust
+        assert rt.trust_for(candidate(refreshInterval="1h", maxAge="48h", timeout="5s")) is rt.trust
+        assert rt.trust_for(candidate(url="https://other.example")) is None
+        other_state = candidate().model_copy(update={"state": Config().state})
+        assert rt.trust_for(other_state) is None
+    finally:
+        await rt.close()

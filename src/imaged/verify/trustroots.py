@@ -109,6 +109,11 @@ class Settings:
     timeout: float
     state_dir: pathlib.Path | None
 
+    def names_same_root(self, other: Settings) -> bool:
+        """Whether `other` names the same root: the trustedRoot file, the TUF repository and its
+        initial root, and where its state is kept; not how often or how long it is refreshed."""
+        return (self.file, self.tuf, self.state_dir) == (other.file, other.tuf, other.state_dir)
+
     @classmethod
     def from_config(cls, config: VerificationConfig, state_dir: str | pathlib.Path | None) -> Settings:
         """Raises TrustRootError when the configured initial TUF root cannot be read."""
