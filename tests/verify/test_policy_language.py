@@ -516,6 +516,72 @@ async def test_legacy_att_tag_with_a_key(
     assert "DSSE signature does not verify with the rule's ECDSA" in info.value.message
 
 
+async def test_an_attestation_may_be_reserved_to_named_authorities(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """Two parties sign (threshold 2), and the provenance must come from the builder, not from the
+    release identity that can sign everything else."""
+    builder = ps.static_key("builder")
+    push = OciPusher(registry)
+    image = push.push_minimal_image("att/who", "v1", label="att-who")
+    leaf = ps.issue_leaf(EMAIL, ISSUER)
+    push.push_bundle_referrer("att/who", image, ps.sign_bundle(image.digest, leaf))
+    push.push_bundle_referrer("att/who", image, ps.sign_bundle(image.digest, builder, tlog=False))
+    statement = attestation_statement(image.digest, SLSA_PROVENANCE_V1, slsa_provenance(BUILDER))
+    by_release = ps.sign_bundle(image.digest, leaf, statement=statement)
+    push.push_bundle_referrer("att/who", image, by_release, predicate_type=SLSA_PROVENANCE_V1)
+
+    def rule(*who: str) -> dict[str, Any]:
+        return {
+            "keyless": [{"name": "release", "issuer": ISSUER, "subject": EMAIL}],
+            "publicKey": [{"name": "builder", "certificate": builder.public_pem.decode()}],
+            "threshold": 2,
+            "attestations": [{**PROVENANCE_RULE, **({"authorities": list(who)} if who else {})}],
+        }
+
+    # Any of the rule's authorities (the default): the release identity's provenance is enough.
+    assert (
+        await verifier(registry, trusted_root, client, rule()).verify(f"{registry.host}/att/who:v1")
+    ).verified
+    with pytest.raises(PermissionDenied) as info:
+        await verifier(registry, trusted_root, client, rule("builder")).verify(f"{registry.host}/att/who:v1")
+    msg = info.value.message
+    assert "signed (" in msg and f"1 of the 1 attestations rule 0 ({registry.host}/*) requires" in msg
+    assert "DSSE signature does not verify with the rule's ECDSA" in msg
+    # The builder's own provenance satisfies it; positional names work too.
+    by_builder = ps.sign_bundle(image.digest, builder, statement=statement, tlog=False)
+    push.push_bundle_referrer("att/who", image, by_builder, predicate_type=SLSA_PROVENANCE_V1)
+    for who in ("builder", "publicKey[0]"):
+        verdict = await verifier(registry, trusted_root, client, rule(who)).verify(
+            f"{registry.host}/att/who:v1"
+        )
+        assert verdict.verified and f"attestation {SLSA_PROVENANCE_V1} by ECDSA" in verdict.message
+
+
+def test_attestation_authorities_are_checked_at_load() -> None:
+    pem = PrivateSigstore(seed=b"att-load").static_key().public_pem.decode()
+
+    def problem(who: list[str]) -> str:
+        with pytest.raises(ValidationError) as info:
+            VerificationConfig.model_validate(
+                {
+                    "rules": [
+                        {
+                            "image": "a.io/*",
+                            "keyless": {"name": "release", "issuer": ISSUER, "subject": EMAIL},
+                            "publicKey": [{"certificate": pem}],
+                            "attestations": [{**PROVENANCE_RULE, "authorities": who}],
+                        }
+                    ]
+                }
+            )
+        return str(info.value)
+
+    assert "attestations[0].authorities: no authority 'carol' in the rule" in problem(["carol"])
+    assert "known: release (keyless), publicKey[0]" in problem(["carol"])
+    assert "attestations[0].authorities is empty" in problem([])
+
+
 def test_cel_policies_are_compiled_at_load() -> None:
     def problem(policy: str) -> str:
         with pytest.raises(ValidationError) as info:

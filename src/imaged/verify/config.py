@@ -13,9 +13,9 @@ They are compiled with Python's `re`, whose syntax is close to RE2's for ordinar
 A rule names its authorities with `keyless` and `publicKey`, each a single mapping (the
 reference's form) or a list: any one of them verifies, or, with `threshold: k`, k distinct ones
 (each by a signature and a signer of its own; the same key twice is refused). `attestations`
-adds in-toto statements the image must carry, signed by one of the rule's authorities, whose
-predicate satisfies a CEL expression (compiled here, at load). `mode: warn` (globally or per
-rule) evaluates as `enforce` and then allows.
+adds in-toto statements the image must carry, signed by one of the rule's authorities (or of
+those its `authorities` names), whose predicate satisfies a CEL expression (compiled here, at
+load). `mode: warn` (globally or per rule) evaluates as `enforce` and then allows.
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ class AttestationRule(Section):
 
     predicate_type: str = Field(default="", alias="predicateType")
     policy: str = "true"
+    # Who may sign it, by the rule's authority names (`name`, else `keyless[0]`, `publicKey`...):
+    # under a threshold, the party that must vouch for this statement. Unset: any of them.
+    authorities: tuple[str, ...] | None = None
 
 
 class Rule(Section):
@@ -111,6 +114,22 @@ class Rule(Section):
 
     def key_authorities(self) -> tuple[tuple[str, PublicKeyRule], ...]:
         return _named("publicKey", self.public_key)
+
+    def authority_labels(self) -> list[tuple[str, ...]]:
+        """What each authority may be called, in the verifiers' order (keyless first): its
+        position (`keyless[0]`, `publicKey`) and its `name`, if any."""
+        both: list[tuple[str, KeylessRule | PublicKeyRule]] = [
+            *self.keyless_authorities(),
+            *self.key_authorities(),
+        ]
+        return [(field, spec.name) if spec.name else (field,) for field, spec in both]
+
+    def attestation_signers(self, requirement: AttestationRule) -> tuple[int, ...] | None:
+        """Indices of the authorities that may sign `requirement`; None: any (checked at load)."""
+        if requirement.authorities is None:
+            return None
+        labels = self.authority_labels()
+        return tuple(i for i, names in enumerate(labels) if set(names) & set(requirement.authorities))
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
@@ -326,8 +345,19 @@ def rule_problems(rule: Rule) -> list[str]:
     names = [k.name for _, k in keyless if k.name] + [p.name for _, p in keys if p.name]
     if len(set(names)) != len(names):
         out.append("authority names must be distinct")
+    labels = rule.authority_labels()
     for i, a in enumerate(rule.attestations):
         out += _attestation_problems(i, a)
+        if a.authorities is None:
+            continue
+        if not a.authorities:
+            out.append(f"attestations[{i}].authorities is empty (omit it: any of the rule's authorities)")
+        for ref in a.authorities:
+            found = [names for names in labels if ref in names]
+            if len(found) != 1:
+                known = ", ".join(f"{n[1]} ({n[0]})" if len(n) > 1 else n[0] for n in labels)
+                why = "no authority" if not found else "more than one authority called"
+                out.append(f"attestations[{i}].authorities: {why} {ref!r} in the rule (known: {known})")
     return out
 
 

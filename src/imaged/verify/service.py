@@ -38,7 +38,7 @@ from imaged.registry.reference import Reference, parse
 from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.cel import CelEvaluator, evaluator
-from imaged.verify.config import Mode, Rule, VerificationConfig, config_warnings
+from imaged.verify.config import AttestationRule, Mode, Rule, VerificationConfig, config_warnings
 from imaged.verify.discovery import STAGES, RegistryAPI, discover_legacy_attestations
 from imaged.verify.matching import Glob
 from imaged.verify.material import (
@@ -375,9 +375,15 @@ class ImageVerifier:
     ) -> list[AttestationResult]:
         cel = self._cel or evaluator()
 
+        def signers(a: AttestationRule) -> tuple[Authority, ...]:
+            allowed = matched.rule.attestation_signers(a)
+            if allowed is None:
+                return matched.authorities
+            return tuple(matched.authorities[i] for i in allowed)
+
         def check(found: list[AttestationMaterial]) -> list[AttestationResult]:
             return [
-                check_requirement(a, matched.authorities, found, digest, ref.repository, cel)
+                check_requirement(a, signers(a), found, digest, ref.repository, cel)
                 for a in matched.rule.attestations
             ]
 
