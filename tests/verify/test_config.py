@@ -373,6 +373,17 @@ def test_tuf_refused(tuf: dict[str, Any], message: str) -> None:
     assert message in msg
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["https://mirror:S3cretPw@tuf.example", "https://token@tuf.example/repo", "http://u:S3cretPw@[::1]:8080"],
+)
+def test_tuf_url_with_credentials_is_refused(tmp_path: Any, url: str) -> None:
+    """They would end up in the state directory's name, the log and Verify messages."""
+    [(_, msg)] = errors({"tuf": {"url": url, "root": _tuf_root(tmp_path)}})
+    assert "url must not hold credentials" in msg
+    assert "S3cretPw" not in msg and "token" not in msg
+
+
 def test_tuf_root_must_be_tuf_root_metadata(tmp_path: Any) -> None:
     from tests.support.tufrepo import TufRepository
 

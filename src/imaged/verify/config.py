@@ -180,6 +180,11 @@ class TufConfig(Section):
     def _check(self) -> TufConfig:
         if self.url is not None:
             u = self.url.rstrip("/")
+            if "@" in u.split("://", 1)[-1].split("/", 1)[0]:  # not quoted: it holds a password
+                raise ValueError(
+                    "url must not hold credentials (user:password@): a TUF repository is read "
+                    "anonymously, and the URL is part of directory names, the log and messages"
+                )
             if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", u):
                 raise ValueError(f"url must be an http(s) URL, got {self.url!r}")
             if u != PUBLIC_GOOD_TUF_URL and self.root is None:
