@@ -157,12 +157,37 @@ def test_saved_root_that_is_not_a_root_is_ignored(tmp_path: pathlib.Path, caplog
     assert m.saved_path is not None
     m.saved_path.parent.mkdir(parents=True)
     m.saved_path.write_bytes(b'{"mediaType": "garbage"')
-    (m.saved_path.parent / ".trusted_root.json.abc123").write_bytes(b"half a ro")
+    leftover = m.saved_path.parent / ".trusted_root.json.abc123"
+    leftover.write_bytes(b"half a ro")
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))  # from a refresh long gone
     with caplog.at_level(logging.WARNING):
         s = m.current()
     assert s is not None and s.source is Source.EMBEDDED
     assert "ignoring the saved trust root" in caplog.text
     assert not list(m.saved_path.parent.glob(".trusted_root.json.*"))  # a killed refresh's leftover
+
+
+def test_a_new_manager_leaves_the_files_of_a_refresh_still_running_alone(tmp_path: pathlib.Path) -> None:
+    """A reload builds a new manager on the same directory while the old one may be refreshing:
+    only leftovers older than any refresh can run are removed."""
+    old = manager(verification(), tmp_path / "state")
+    d = old.directory
+    assert d is not None and old.saved_path is not None
+    d.mkdir(parents=True)
+    save_root(old.saved_path, OLD.trusted_root_json(), time.time())
+    running = [d / ".trusted_root.json.live", d / ".download-live" / "trusted_root.json"]
+    gone = [d / ".trusted_root.json.dead", d / ".download-dead" / "trusted_root.json"]
+    for f in running + gone:
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"part")
+    long_ago = time.time() - 3600
+    for f in gone:
+        os.utime(f, (long_ago, long_ago))
+        os.utime(f.parent, (long_ago, long_ago))
+    new = manager(verification(), tmp_path / "state", Clock(time.time()))
+    assert (s := new.current()) is not None and s.source is Source.DISK
+    assert all(f.exists() for f in running)
+    assert not any(f.exists() or (f.parent.name.startswith(".download") and f.parent.exists()) for f in gone)
 
 
 def test_unreadable_tuf_root_at_start(tmp_path: pathlib.Path, repo: TufRepository) -> None:
@@ -544,7 +569,9 @@ def test_kill_9_while_saving_leaves_a_whole_root(tmp_path: pathlib.Path) -> None
         if path.exists():
             assert path.read_bytes() in whole
     assert path.exists()
-    TrustRoots._remove_leftovers(path.parent)
+    # The next start, once no refresh can still be running (an hour later), removes what is left.
+    later = manager(verification(), tmp_path / "other", Clock(time.time() + 3600))
+    later._remove_leftovers(path.parent)
     assert [p.name for p in path.parent.iterdir()] == ["trusted_root.json"]
 
 

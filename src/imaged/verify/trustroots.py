@@ -290,16 +290,30 @@ class TrustRoots:
         log.info("using the trust root saved at %s (%s)", _minute(as_of), path)
         return TrustState(root, Source.DISK, as_of)
 
-    @staticmethod
-    def _remove_leftovers(d: pathlib.Path) -> None:
-        """Temporary files of a refresh killed midway (the saved root itself is never partial)."""
+    def _remove_leftovers(self, d: pathlib.Path) -> None:
+        """Temporary files of a refresh killed midway (the saved root itself is never partial).
+
+        Only those older than any refresh can last: a reload builds a new manager on the same
+        directory while the previous one may still be refreshing into it."""
+        s = self.settings
+        before = self._clock() - (2 * s.timeout + FETCH_GRACE)
+
+        def old(p: pathlib.Path) -> bool:
+            try:
+                return p.stat().st_mtime < before
+            except OSError:
+                return False
+
         with contextlib.suppress(OSError):
             for p in d.glob(f".{SAVED_NAME}.*"):
-                p.unlink(missing_ok=True)
+                if old(p):
+                    p.unlink(missing_ok=True)
             for p in d.glob(".download-*"):
-                for f in p.iterdir():
-                    f.unlink(missing_ok=True)
-                p.rmdir()
+                files = list(p.iterdir())
+                if old(p) and all(old(f) for f in files):
+                    for f in files:
+                        f.unlink(missing_ok=True)
+                    p.rmdir()
 
     # -- refreshing ---------------------------------------------------------------------------
 
