@@ -175,15 +175,19 @@ def test_a_new_manager_leaves_the_files_of_a_refresh_still_running_alone(tmp_pat
     assert d is not None and old.saved_path is not None
     d.mkdir(parents=True)
     save_root(old.saved_path, OLD.trusted_root_json(), time.time())
-    running = [d / ".trusted_root.json.live", d / ".download-live" / "trusted_root.json"]
-    gone = [d / ".trusted_root.json.dead", d / ".download-dead" / "trusted_root.json"]
-    for f in running + gone:
+    me, other = os.getpid(), os.getpid() + 1
+    running = [d / f".trusted_root.json.{me}.live", d / f".download-{me}-live" / "trusted_root.json"]
+    # A process that is gone (a kill -9 before this start), and ours from long ago (its pid reused).
+    gone = [d / f".trusted_root.json.{other}.dead", d / f".download-{other}-dead" / "trusted_root.json"]
+    stale = [d / f".trusted_root.json.{me}.old", d / f".download-{me}-old" / "trusted_root.json"]
+    for f in running + gone + stale:
         f.parent.mkdir(exist_ok=True)
         f.write_bytes(b"part")
     long_ago = time.time() - 3600
-    for f in gone:
+    for f in stale:
         os.utime(f, (long_ago, long_ago))
         os.utime(f.parent, (long_ago, long_ago))
+    gone += stale
     new = manager(verification(), tmp_path / "state", Clock(time.time()))
     assert (s := new.current()) is not None and s.source is Source.DISK
     assert all(f.exists() for f in running)

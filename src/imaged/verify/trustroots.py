@@ -46,7 +46,7 @@ from imaged.verify.trust import (
     load_trust_root_file,
     parse_trust_root,
 )
-from imaged.verify.tufclient import RefreshError, TufSource, describe, fetch_trusted_root
+from imaged.verify.tufclient import DOWNLOAD_PREFIX, RefreshError, TufSource, describe, fetch_trusted_root
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def save_root(path: pathlib.Path, data: bytes, as_of: float) -> None:
         if path.stat().st_size == len(data) and read_regular_file(path, len(data)) == data:
             os.utime(path, (as_of, as_of))
             return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -293,25 +293,30 @@ class TrustRoots:
     def _remove_leftovers(self, d: pathlib.Path) -> None:
         """Temporary files of a refresh killed midway (the saved root itself is never partial).
 
-        Only those older than any refresh can last: a reload builds a new manager on the same
-        directory while the previous one may still be refreshing into it."""
+        A reload builds a new manager on the same directory while the previous one may still be
+        refreshing into it, so files named with this process's id are left alone unless older
+        than any refresh can last (the id of a process before a reboot may come back)."""
         s = self.settings
         before = self._clock() - (2 * s.timeout + FETCH_GRACE)
+        ours = str(os.getpid())
 
-        def old(p: pathlib.Path) -> bool:
+        def leftover(p: pathlib.Path, prefix: str) -> bool:
+            if p.name[len(prefix) :].split(".", 1)[0].split("-", 1)[0] != ours:
+                return True  # another process's: it is gone (one imaged per state directory)
             try:
-                return p.stat().st_mtime < before
+                return p.stat().st_mtime < before and all(
+                    f.stat().st_mtime < before for f in (p.iterdir() if p.is_dir() else ())
+                )
             except OSError:
                 return False
 
         with contextlib.suppress(OSError):
             for p in d.glob(f".{SAVED_NAME}.*"):
-                if old(p):
+                if leftover(p, f".{SAVED_NAME}."):
                     p.unlink(missing_ok=True)
-            for p in d.glob(".download-*"):
-                files = list(p.iterdir())
-                if old(p) and all(old(f) for f in files):
-                    for f in files:
+            for p in d.glob(f"{DOWNLOAD_PREFIX}*"):
+                if leftover(p, DOWNLOAD_PREFIX):
+                    for f in p.iterdir():
                         f.unlink(missing_ok=True)
                     p.rmdir()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import pathlib
 import socket
 import tempfile
@@ -34,6 +35,8 @@ from imaged.verify.files import read_regular_file
 from imaged.verify.trust import MAX_TRUST_ROOT_SIZE
 
 TARGET = "trusted_root.json"
+# A download in progress: `<prefix><pid>-<random>/` under the repository's state directory.
+DOWNLOAD_PREFIX = ".download-"
 CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 30.0
@@ -239,7 +242,7 @@ def fetch_trusted_root(
             )
         if saved is not None and updater.find_cached_target(info, str(saved)) is not None:
             return read_regular_file(saved, MAX_TRUST_ROOT_SIZE)
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-", dir=directory) as tmp:
             path = updater.download_target(info, filepath=str(pathlib.Path(tmp) / TARGET))
             return read_regular_file(path, MAX_TRUST_ROOT_SIZE)
     except RefreshError:
