@@ -629,6 +629,43 @@ async def test_a_rotation_published_over_tuf_is_trusted_after_a_refresh(
         r.close()
 
 
+async def test_a_key_verifies_without_a_trust_root_when_keyless_is_not_needed(
+    registry: Registry, repo: TufRepository, tmp_path: pathlib.Path
+) -> None:
+    """keyless and publicKey in one rule, no root yet (a private repository never refreshed): the
+    key alone can meet threshold 1; UNAVAILABLE only when the keyless authorities were needed."""
+    key = OLD.static_key("ops")
+    push = OciPusher(registry)
+    signed = push.push_minimal_image("trust/keyed", "v1", label="keyed")
+    sig = OLD.sign_legacy(signed.digest, f"{registry.host}/trust/keyed", key, tlog=False)
+    push.push_legacy_signatures("trust/keyed", signed.digest, [sig])
+    push.push_minimal_image("trust/unsigned", "v1", label="unsigned")
+
+    def config(threshold: int) -> VerificationConfig:
+        rule = {
+            "image": f"{registry.host}/trust/*",
+            "keyless": {"issuer": ISSUER, "subject": EMAIL},
+            "publicKey": {"certificate": key.public_pem.decode()},
+            "threshold": threshold,
+        }
+        return private(repo, tmp_path).model_copy(update={"rules": VerificationConfig(rules=[rule]).rules})
+
+    async with RegistryClient(registries_config()) as client:
+        m = manager(config(1), tmp_path / "state", fetch=FakeFetch(RefreshError("down")))
+        v = ImageVerifier(config(1), client, trust=m)
+        verdict = await v.verify(f"{registry.host}/trust/keyed:v1")
+        assert verdict.verified and "ECDSA secp256r1 key" in verdict.message
+        assert "trust root:" not in verdict.message  # the keyless authority was not used
+        # Unsigned: the keyless authority might have verified it, had there been a root.
+        for _ in range(2):  # the second time from the verdict cache: still not a refusal
+            with pytest.raises(Unavailable, match="no Sigstore trust root for keyless verification yet"):
+                await v.verify(f"{registry.host}/trust/unsigned:v1")
+        # Threshold 2 needs the keyless authority whatever the image carries.
+        both = ImageVerifier(config(2), client, trust=m)
+        with pytest.raises(Unavailable, match="no Sigstore trust root for keyless verification yet"):
+            await both.verify(f"{registry.host}/trust/keyed:v1")
+
+
 def test_trust_state_describe() -> None:
     root = embedded_public_good()
     assert TrustState(root, Source.REFRESHED, 1_796_637_600.0).describe() == "refreshed 2026-12-07T10:00Z"

@@ -52,7 +52,7 @@ from imaged.verify.material import (
 from imaged.verify.threshold import Tally
 from imaged.verify.trust import TrustRoot, TrustRootError
 from imaged.verify.trustroots import TrustRoots, TrustState
-from imaged.verify.verifiers import build_authorities
+from imaged.verify.verifiers import NO_ROOT_YET, build_authorities
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ class MatchedRule:
     authorities: tuple[Authority, ...]
     fingerprint: str  # rule content and trust root: the verdict cache key
     mode: Mode = "enforce"  # the rule's, else the configuration's
+    # Keyless authorities compiled without a root (none yet): they verify nothing, so a failure
+    # is UNAVAILABLE (they might have verified), a success the keys' alone.
+    pending: bool = False
 
     @property
     def verifier(self) -> SignatureVerifier | None:
@@ -116,16 +119,14 @@ def _unusable(e: TrustRootError) -> FailedPrecondition:
 def _compile(config: VerificationConfig, trust: TrustState | None) -> _Policy:
     """Rules ready to apply. A keyless rule's fingerprint (its verdicts' cache key) includes the
     root's: verdicts reached under another root are never served under this one. Without a root
-    yet, a keyless rule has no authorities: `_with_current_trust` recompiles it before use."""
+    yet, a keyless rule's keyless authorities verify nothing (`pending`): its keys may be enough,
+    and `_with_current_trust` recompiles it once a root is there."""
     rules = []
     for i, rule in enumerate(config.rules):
         content = rule.model_dump_json(by_alias=True)
-        authorities: tuple[Authority, ...] = ()
-        if not rule.keyless_authorities():
-            authorities = build_authorities(rule, None)
-        elif trust is not None:
-            content += trust.root.fingerprint
-            authorities = build_authorities(rule, trust.root)
+        pending = bool(rule.keyless_authorities()) and trust is None
+        content += "\0no trust root" if pending else trust.root.fingerprint if trust is not None else ""
+        authorities = build_authorities(rule, trust.root if trust is not None else None)
         rules.append(
             MatchedRule(
                 index=i,
@@ -134,6 +135,7 @@ def _compile(config: VerificationConfig, trust: TrustState | None) -> _Policy:
                 authorities=authorities,
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
                 mode=rule.mode or config.mode,
+                pending=pending,
             )
         )
     return _Policy(config, tuple(rules), trust)
@@ -259,8 +261,9 @@ class ImageVerifier:
         if credentials is not None and credentials[0]:
             registry = self._registry.with_credentials(*credentials)
         trust: TrustState | None = None
+        no_root = ""
         if matched.rule.keyless_authorities():
-            matched, trust = await self._with_current_trust(policy, matched)
+            matched, trust, no_root = await self._with_current_trust(policy, matched)
         digest = ref.digest or (await registry.resolve(ref)).digest
         pinned_ref = ref.with_digest(digest)
         # Per credentials too: a caller joining another's verification in flight, or finding its
@@ -283,6 +286,10 @@ class ImageVerifier:
                 self._on_cache_hit()
         else:
             outcome = await self._cache.get(key, compute)
+        if not outcome.verified and matched.pending:  # the keys were not enough without a root
+            raise Unavailable(
+                _truncate(f"{no_root}; the rule's keys alone did not verify it: {outcome.message}")
+            )
         if not outcome.verified:
             return self._refuse(
                 f"image verification failed: {outcome.message}",
@@ -304,15 +311,20 @@ class ImageVerifier:
 
     async def _with_current_trust(
         self, policy: _Policy, matched: MatchedRule
-    ) -> tuple[MatchedRule, TrustState]:
-        """`matched` compiled against the root in use now (recompiled when it changed)."""
+    ) -> tuple[MatchedRule, TrustState | None, str]:
+        """`matched` compiled against the root in use now (recompiled when it changed). Without a
+        root yet: UNAVAILABLE, unless the rule's keys alone can meet its threshold (then `matched`
+        as compiled without one, and why there is no root)."""
         try:
             state = await self._trust.first_root()
         except TrustRootError as e:
             raise _unusable(e) from None
         if state is None:
-            why = self._trust.last_error or "no refresh has succeeded yet"
-            raise Unavailable(f"no Sigstore trust root for keyless verification yet: {why}")
+            why = f"{NO_ROOT_YET}: {self._trust.last_error or 'no refresh has succeeded yet'}"
+            rule = policy.rules[matched.index]
+            if not rule.pending or len(rule.rule.key_authorities()) < rule.rule.threshold:
+                raise Unavailable(why)
+            return rule, None, why
         if policy.trust is not state:
             if policy.trust is not None and policy.trust.root is state.root:
                 fresh = dataclasses.replace(policy, trust=state)  # same root, newer date
@@ -321,7 +333,7 @@ class ImageVerifier:
             if self._policy is policy:  # not replaced by a reload meanwhile
                 self._policy = fresh
             policy = fresh
-        return policy.rules[matched.index], state
+        return policy.rules[matched.index], state, ""
 
     async def _verify_digest(
         self, registry: RegistryAPI, ref: Reference, digest: str, matched: MatchedRule
