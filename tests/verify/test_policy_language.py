@@ -604,6 +604,26 @@ def test_cel_policies_are_compiled_at_load() -> None:
     assert "over the 4096 limit" in problem("true && " * 600 + "true")
 
 
+def test_a_missing_cel_library_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not an ImportError escaping the loader (INTERNAL for PolicyService.Test, an uncaught
+    exception in the SIGHUP handler)."""
+    import sys
+
+    from imaged.config import ConfigError, load_text
+    from imaged.verify import cel
+
+    monkeypatch.setitem(sys.modules, "cel_expr_python", None)  # `import` raises ImportError
+    monkeypatch.setattr(cel, "_ENV", None)
+    text = (
+        "verification:\n  rules:\n    - image: a.io/*\n"
+        f"      keyless: {{issuer: {ISSUER}, subject: {EMAIL}}}\n"
+        "      attestations: [{predicateType: t, policy: 'true'}]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_text(text)
+    assert "attestations[0].policy: the CEL library (cel-expr-python) cannot be loaded" in str(info.value)
+
+
 def test_cel_time_budget_kills_a_runaway_evaluation() -> None:
     cel = CelEvaluator(time_budget=0.1)
     try:

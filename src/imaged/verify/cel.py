@@ -78,7 +78,10 @@ def compile_policy(expression: str) -> None:
         raise CelError("the expression is empty")
     if len(expression) > MAX_EXPRESSION:
         raise CelError(f"the expression is {len(expression)} characters, over the {MAX_EXPRESSION} limit")
-    from cel_expr_python import cel
+    try:
+        from cel_expr_python import cel
+    except ImportError as e:  # a configuration error (refused, logged), not a crash of the loader
+        raise CelError(f"the CEL library (cel-expr-python) cannot be loaded: {e}") from None
 
     with _ENV_LOCK:
         if _ENV is None:
