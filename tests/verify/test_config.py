@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 import pytest
@@ -275,6 +276,53 @@ def test_trusted_root_not_a_trust_root_is_refused(tmp_path: Any) -> None:
     assert "not a Sigstore trusted root" in msg
 
 
+SECRET = "c2VjcmV0UGFzc3dvcmQ"
+
+
+def _embedded_root() -> dict[str, Any]:
+    import importlib.resources
+
+    data = (
+        importlib.resources.files("sigstore._store")
+        .joinpath("https%3A%2F%2Ftuf-repo-cdn.sigstore.dev", "trusted_root.json")
+        .read_bytes()
+    )
+    doc: dict[str, Any] = json.loads(data)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "where"),
+    [
+        # Another JSON file (a registry credentials file): its keys and values are not echoed.
+        ({"auths": {f"{SECRET}.example.com": {"auth": SECRET}}}, "mediaType"),
+        # A trusted root with a value of the wrong kind or form.
+        (_embedded_root() | {"mediaType": {"a": SECRET}}, "mediaType"),
+        (
+            _embedded_root()
+            | {"tlogs": [{**_embedded_root()["tlogs"][0], "publicKey": {"rawBytes": SECRET + "!"}}]},
+            "tlogs",
+        ),
+    ],
+)
+def test_trusted_root_errors_name_the_field_not_the_content(
+    tmp_path: Any, doc: dict[str, Any], where: str
+) -> None:
+    """PolicyService.Test and the log show these messages: what a file holds must not leak."""
+    p = tmp_path / "root.json"
+    p.write_text(json.dumps(doc))
+    [(_, msg)] = errors({"trustedRoot": str(p)})
+    assert "not a Sigstore trusted root" in msg and where in msg, msg
+    assert SECRET not in msg and "input_value" not in msg, msg
+
+
+def test_tuf_root_errors_do_not_show_the_content(tmp_path: Any) -> None:
+    p = tmp_path / "root.json"
+    p.write_text(json.dumps({"signed": {"_type": SECRET}, "signatures": []}))
+    [(_, msg)] = errors({"tuf": {"url": "https://m.example", "root": str(p)}})
+    assert "not TUF metadata" in msg and SECRET not in msg, msg
+
+
 def test_trusted_root_valid_file(tmp_path: Any) -> None:
     import importlib.resources
 
@@ -325,6 +373,17 @@ def test_tuf_private_repository(tmp_path: Any) -> None:
 def test_tuf_refused(tuf: dict[str, Any], message: str) -> None:
     [(_, msg)] = errors({"tuf": tuf})
     assert message in msg
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://mirror:S3cretPw@tuf.example", "https://token@tuf.example/repo", "http://u:S3cretPw@[::1]:8080"],
+)
+def test_tuf_url_with_credentials_is_refused(tmp_path: Any, url: str) -> None:
+    """They would end up in the state directory's name, the log and Verify messages."""
+    [(_, msg)] = errors({"tuf": {"url": url, "root": _tuf_root(tmp_path)}})
+    assert "url must not hold credentials" in msg
+    assert "S3cretPw" not in msg and "token" not in msg
 
 
 def test_tuf_root_must_be_tuf_root_metadata(tmp_path: Any) -> None:

@@ -5,22 +5,38 @@ Fulcio CI claims, attestations with CEL policies (bundle referrers and legacy `.
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import json
 import pathlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from imaged.errors import PermissionDenied
 from imaged.registry.client import RegistryClient
 from imaged.verify import ImageVerifier, VerificationConfig
 from imaged.verify.cel import CelError, CelEvaluator
+from imaged.verify.config import config_warnings
+from imaged.verify.material import COSIGN_SIG_ARTIFACT_TYPE
 from imaged.verify.service import WARN_NOTE
 from tests.support.registry import Registry
 from tests.support.sigstore import OciPusher, PrivateSigstore
-from tests.support.sigstore.formats import SLSA_PROVENANCE_V1, attestation_statement, slsa_provenance
+from tests.support.sigstore.formats import (
+    SLSA_PROVENANCE_V1,
+    LegacySignature,
+    attestation_statement,
+    slsa_provenance,
+)
+from tests.support.sigstore.formats import BundleSignature as BundleSignatureBlob
+from tests.support.sigstore.keys import StaticKey
+from tests.support.sigstore.oci import OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_MANIFEST, Descriptor
 from tests.verify.test_e2e_registry import registries_config
 
 EMAIL, ISSUER = "release@example.com", "https://token.actions.githubusercontent.com"
@@ -141,6 +157,163 @@ async def test_threshold_counts_distinct_signatures_not_overlapping_identities(
     assert (
         verdict.verified and "2 of 2 authorities verified (threshold 2): release, anyone" in verdict.message
     )
+
+
+# -- one signature, one signer: counted once -------------------------------------------------------
+
+OVERLAPPING = [
+    {"name": "release", "issuer": ISSUER, "subjectRegex": "^release@example\\.com$"},
+    {"name": "anyone", "issuer": ISSUER, "subjectRegex": "^.*@example\\.com$"},
+]
+
+
+class Reformatted(BundleSignatureBlob):
+    """The same bundle, serialized with another layout (other bytes, the same signature)."""
+
+    @property
+    def json_bytes(self) -> bytes:
+        return json.dumps(self.bundle, indent=1).encode()
+
+
+def push_signature_referrer(push: OciPusher, repo: str, image: Descriptor, sig: LegacySignature) -> None:
+    """cosign 2's OCI 1.1 form of a legacy signature: a referrer with simple-signing layers."""
+    push.push_blob(repo, b"{}", OCI_EMPTY)
+    push.push_blob(repo, sig.payload, sig.media_type)
+    layer = {"mediaType": sig.media_type, "size": len(sig.payload), "digest": sig.payload_digest}
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": COSIGN_SIG_ARTIFACT_TYPE,
+            "config": {"mediaType": OCI_EMPTY, "size": 2, "digest": OCI_EMPTY_DIGEST},
+            "layers": [{**layer, "annotations": sig.annotations}],
+            "subject": {"mediaType": image.media_type, "size": image.size, "digest": image.digest},
+        }
+    ).encode()
+    referrer = push.put_manifest(repo, "sha256:" + hashlib.sha256(body).hexdigest(), body, OCI_MANIFEST)
+    push.add_to_referrers_index(
+        repo,
+        image.digest,
+        Descriptor(OCI_MANIFEST, referrer.digest, referrer.size, artifact_type=COSIGN_SIG_ARTIFACT_TYPE),
+    )
+
+
+async def refused_once(v: ImageVerifier, ref: str) -> str:
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify(ref)
+    msg = info.value.message
+    assert "1 of 2 authorities verified (threshold 2)" in msg, msg
+    return msg
+
+
+async def test_one_bundle_in_several_referrers_counts_once(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """The same bundle in two referrer manifests, and once more serialized otherwise."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image("dup/bundle", "v1", label="dup-bundle")
+    bundle = ps.sign_bundle(image.digest, ps.issue_leaf(EMAIL, ISSUER))
+    push.push_bundle_referrer("dup/bundle", image, bundle, created="2025-01-01T00:00:00Z")
+    push.push_bundle_referrer("dup/bundle", image, bundle, created="2025-01-01T00:00:01Z")
+    again = Reformatted(bundle.bundle, bundle.statement, bundle.signature, bundle.tlog_entry)
+    assert again.json_bytes != bundle.json_bytes
+    push.push_bundle_referrer("dup/bundle", image, again, created="2025-01-01T00:00:02Z")
+    v = verifier(registry, trusted_root, client, {"keyless": OVERLAPPING, "threshold": 2})
+    assert "verified no signature of its own" in await refused_once(v, f"{registry.host}/dup/bundle:v1")
+
+
+async def test_one_legacy_layer_twice_counts_once(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    push = OciPusher(registry)
+    image = push.push_minimal_image("dup/legacy", "v1", label="dup-legacy")
+    sig = ps.sign_legacy(image.digest, f"{registry.host}/dup/legacy", ps.issue_leaf(EMAIL, ISSUER))
+    push.push_legacy_signatures("dup/legacy", image.digest, [sig, sig])
+    v = verifier(registry, trusted_root, client, {"keyless": OVERLAPPING, "threshold": 2})
+    await refused_once(v, f"{registry.host}/dup/legacy:v1")
+
+
+async def test_one_signature_as_referrer_and_in_the_sig_tag_counts_once(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """Found by stage 1 (cosign 2's referrer form) and again by stage 3 (the `.sig` tag)."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image("dup/stages", "v1", label="dup-stages")
+    sig = ps.sign_legacy(image.digest, f"{registry.host}/dup/stages", ps.issue_leaf(EMAIL, ISSUER))
+    push_signature_referrer(push, "dup/stages", image, sig)
+    push.push_legacy_signatures("dup/stages", image.digest, [sig])
+    v = verifier(registry, trusted_root, client, {"keyless": OVERLAPPING, "threshold": 2})
+    await refused_once(v, f"{registry.host}/dup/stages:v1")
+
+
+async def test_one_signer_signing_twice_counts_once(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """Two signatures by release@ do not make two signers for two identities that both accept it."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image("dup/signer", "v1", label="dup-signer")
+    for _ in range(2):
+        bundle = ps.sign_bundle(image.digest, ps.issue_leaf(EMAIL, ISSUER))
+        push.push_bundle_referrer("dup/signer", image, bundle)
+    v = verifier(registry, trusted_root, client, {"keyless": OVERLAPPING, "threshold": 2})
+    msg = await refused_once(v, f"{registry.host}/dup/signer:v1")
+    assert "anyone: verified no signature of its own" in msg
+
+
+def certificate_for(key: StaticKey) -> str:
+    """A self-signed certificate holding `key` (a publicKey rule takes the key out of it)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
+    now = datetime.datetime.now(datetime.UTC)
+    priv = key.private_key
+    assert isinstance(priv, ec.EllipticCurvePrivateKey)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(priv.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(priv, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_the_same_key_twice_in_a_rule_is_refused_at_load(ps: PrivateSigstore) -> None:
+    alice, bob = ps.static_key("alice"), ps.static_key("bob")
+    pems = (alice.public_pem.decode(), bob.public_pem.decode(), alice.public_pem.decode())
+    with pytest.raises(ValidationError) as info:
+        VerificationConfig.model_validate(
+            {"rules": [{"image": "a.io/*", **key_rule(*pems, threshold=2, names=("a", "b", "c"))}]}
+        )
+    assert "publicKey[2] is the same key as publicKey[0]" in str(info.value)
+    # The key inside a certificate is the same key.
+    with pytest.raises(ValidationError) as info:
+        VerificationConfig.model_validate(
+            {"rules": [{"image": "a.io/*", **key_rule(pems[0], certificate_for(alice))}]}
+        )
+    assert "publicKey[1] is the same key as publicKey[0]" in str(info.value)
+
+
+def test_overlapping_keyless_identities_under_a_threshold_warn() -> None:
+    def warnings(threshold: int, *keyless: dict[str, str]) -> list[str]:
+        cfg = VerificationConfig.model_validate(
+            {"rules": [{"image": "a.io/*", "keyless": list(keyless), "threshold": threshold}]}
+        )
+        return [w for w in config_warnings(cfg) if "same signer" in w]
+
+    release = {"issuer": ISSUER, "subject": EMAIL}
+    anyone = {"issuer": ISSUER, "subjectRegex": "^.*@example\\.com$"}
+    other = {"issuer": ISSUER, "subject": "other@example.com"}
+    elsewhere = {"issuer": "https://accounts.example.org", "subjectRegex": "^.*@example\\.com$"}
+    [w] = warnings(2, release, anyone)
+    assert w.startswith("rules[0] ('a.io/*'): keyless[0] and keyless[1] may accept the same signer")
+    assert "counts for one of them only" in w
+    assert warnings(2, release, other) == []
+    assert warnings(2, release, elsewhere) == []
+    assert warnings(1, release, anyone) == []  # any one of them: overlap is harmless
+    # Regexes on both sides may overlap: warned; an exact value is tried against the other's regex.
+    assert len(warnings(2, anyone, {"issuerRegex": "^https://", "subjectRegex": "^other@"}, other)) == 3
 
 
 def test_single_key_form_still_works_and_threshold_is_checked_at_load() -> None:
@@ -343,6 +516,72 @@ async def test_legacy_att_tag_with_a_key(
     assert "DSSE signature does not verify with the rule's ECDSA" in info.value.message
 
 
+async def test_an_attestation_may_be_reserved_to_named_authorities(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """Two parties sign (threshold 2), and the provenance must come from the builder, not from the
+    release identity that can sign everything else."""
+    builder = ps.static_key("builder")
+    push = OciPusher(registry)
+    image = push.push_minimal_image("att/who", "v1", label="att-who")
+    leaf = ps.issue_leaf(EMAIL, ISSUER)
+    push.push_bundle_referrer("att/who", image, ps.sign_bundle(image.digest, leaf))
+    push.push_bundle_referrer("att/who", image, ps.sign_bundle(image.digest, builder, tlog=False))
+    statement = attestation_statement(image.digest, SLSA_PROVENANCE_V1, slsa_provenance(BUILDER))
+    by_release = ps.sign_bundle(image.digest, leaf, statement=statement)
+    push.push_bundle_referrer("att/who", image, by_release, predicate_type=SLSA_PROVENANCE_V1)
+
+    def rule(*who: str) -> dict[str, Any]:
+        return {
+            "keyless": [{"name": "release", "issuer": ISSUER, "subject": EMAIL}],
+            "publicKey": [{"name": "builder", "certificate": builder.public_pem.decode()}],
+            "threshold": 2,
+            "attestations": [{**PROVENANCE_RULE, **({"authorities": list(who)} if who else {})}],
+        }
+
+    # Any of the rule's authorities (the default): the release identity's provenance is enough.
+    assert (
+        await verifier(registry, trusted_root, client, rule()).verify(f"{registry.host}/att/who:v1")
+    ).verified
+    with pytest.raises(PermissionDenied) as info:
+        await verifier(registry, trusted_root, client, rule("builder")).verify(f"{registry.host}/att/who:v1")
+    msg = info.value.message
+    assert "signed (" in msg and f"1 of the 1 attestations rule 0 ({registry.host}/*) requires" in msg
+    assert "DSSE signature does not verify with the rule's ECDSA" in msg
+    # The builder's own provenance satisfies it; positional names work too.
+    by_builder = ps.sign_bundle(image.digest, builder, statement=statement, tlog=False)
+    push.push_bundle_referrer("att/who", image, by_builder, predicate_type=SLSA_PROVENANCE_V1)
+    for who in ("builder", "publicKey[0]"):
+        verdict = await verifier(registry, trusted_root, client, rule(who)).verify(
+            f"{registry.host}/att/who:v1"
+        )
+        assert verdict.verified and f"attestation {SLSA_PROVENANCE_V1} by ECDSA" in verdict.message
+
+
+def test_attestation_authorities_are_checked_at_load() -> None:
+    pem = PrivateSigstore(seed=b"att-load").static_key().public_pem.decode()
+
+    def problem(who: list[str]) -> str:
+        with pytest.raises(ValidationError) as info:
+            VerificationConfig.model_validate(
+                {
+                    "rules": [
+                        {
+                            "image": "a.io/*",
+                            "keyless": {"name": "release", "issuer": ISSUER, "subject": EMAIL},
+                            "publicKey": [{"certificate": pem}],
+                            "attestations": [{**PROVENANCE_RULE, "authorities": who}],
+                        }
+                    ]
+                }
+            )
+        return str(info.value)
+
+    assert "attestations[0].authorities: no authority 'carol' in the rule" in problem(["carol"])
+    assert "known: release (keyless), publicKey[0]" in problem(["carol"])
+    assert "attestations[0].authorities is empty" in problem([])
+
+
 def test_cel_policies_are_compiled_at_load() -> None:
     def problem(policy: str) -> str:
         with pytest.raises(ValidationError) as info:
@@ -363,6 +602,26 @@ def test_cel_policies_are_compiled_at_load() -> None:
     assert "not a valid CEL expression" in problem("predicate.runDetails.")
     assert "gives int, not bool" in problem("1 + 2")
     assert "over the 4096 limit" in problem("true && " * 600 + "true")
+
+
+def test_a_missing_cel_library_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not an ImportError escaping the loader (INTERNAL for PolicyService.Test, an uncaught
+    exception in the SIGHUP handler)."""
+    import sys
+
+    from imaged.config import ConfigError, load_text
+    from imaged.verify import cel
+
+    monkeypatch.setitem(sys.modules, "cel_expr_python", None)  # `import` raises ImportError
+    monkeypatch.setattr(cel, "_ENV", None)
+    text = (
+        "verification:\n  rules:\n    - image: a.io/*\n"
+        f"      keyless: {{issuer: {ISSUER}, subject: {EMAIL}}}\n"
+        "      attestations: [{predicateType: t, policy: 'true'}]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_text(text)
+    assert "attestations[0].policy: the CEL library (cel-expr-python) cannot be loaded" in str(info.value)
 
 
 def test_cel_time_budget_kills_a_runaway_evaluation() -> None:

@@ -10,19 +10,23 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from tuf.api.exceptions import SlowRetrievalError
 
 from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
 from imaged.registry.client import RegistryClient
 from imaged.verify import ImageVerifier, VerificationConfig
 from imaged.verify.trust import EMBEDDED_SOURCE, embedded_public_good
 from imaged.verify.trustroots import (
+    _FETCH_LOCK,
     START_SPREAD,
     Settings,
     Source,
@@ -30,7 +34,7 @@ from imaged.verify.trustroots import (
     TrustState,
     save_root,
 )
-from imaged.verify.tufclient import RefreshError, TufSource
+from imaged.verify.tufclient import BoundedFetcher, RefreshError, TufSource
 from tests.conftest import REPO
 from tests.support.registry import Registry
 from tests.support.sigstore import OciPusher, PrivateSigstore
@@ -153,12 +157,41 @@ def test_saved_root_that_is_not_a_root_is_ignored(tmp_path: pathlib.Path, caplog
     assert m.saved_path is not None
     m.saved_path.parent.mkdir(parents=True)
     m.saved_path.write_bytes(b'{"mediaType": "garbage"')
-    (m.saved_path.parent / ".trusted_root.json.abc123").write_bytes(b"half a ro")
+    leftover = m.saved_path.parent / ".trusted_root.json.abc123"
+    leftover.write_bytes(b"half a ro")
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))  # from a refresh long gone
     with caplog.at_level(logging.WARNING):
         s = m.current()
     assert s is not None and s.source is Source.EMBEDDED
     assert "ignoring the saved trust root" in caplog.text
     assert not list(m.saved_path.parent.glob(".trusted_root.json.*"))  # a killed refresh's leftover
+
+
+def test_a_new_manager_leaves_the_files_of_a_refresh_still_running_alone(tmp_path: pathlib.Path) -> None:
+    """A reload builds a new manager on the same directory while the old one may be refreshing:
+    only leftovers older than any refresh can run are removed."""
+    old = manager(verification(), tmp_path / "state")
+    d = old.directory
+    assert d is not None and old.saved_path is not None
+    d.mkdir(parents=True)
+    save_root(old.saved_path, OLD.trusted_root_json(), time.time())
+    me, other = os.getpid(), os.getpid() + 1
+    running = [d / f".trusted_root.json.{me}.live", d / f".download-{me}-live" / "trusted_root.json"]
+    # A process that is gone (a kill -9 before this start), and ours from long ago (its pid reused).
+    gone = [d / f".trusted_root.json.{other}.dead", d / f".download-{other}-dead" / "trusted_root.json"]
+    stale = [d / f".trusted_root.json.{me}.old", d / f".download-{me}-old" / "trusted_root.json"]
+    for f in running + gone + stale:
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"part")
+    long_ago = time.time() - 3600
+    for f in stale:
+        os.utime(f, (long_ago, long_ago))
+        os.utime(f.parent, (long_ago, long_ago))
+    gone += stale
+    new = manager(verification(), tmp_path / "state", Clock(time.time()))
+    assert (s := new.current()) is not None and s.source is Source.DISK
+    assert all(f.exists() for f in running)
+    assert not any(f.exists() or (f.parent.name.startswith(".download") and f.parent.exists()) for f in gone)
 
 
 def test_unreadable_tuf_root_at_start(tmp_path: pathlib.Path, repo: TufRepository) -> None:
@@ -420,6 +453,96 @@ async def test_a_stalled_download_fails_within_the_timeout(tmp_path: pathlib.Pat
         r.close()
 
 
+class Trickle:
+    """A loopback HTTP server that answers one byte at a time, every `pause` seconds: in its
+    headers, or in a body it announces as 100000 bytes long. Counts the requests it gets."""
+
+    def __init__(self, where: str, pause: float = 0.3) -> None:
+        self.where, self.pause, self.requests = where, pause, 0
+        self.stop = threading.Event()
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c: socket.socket) -> None:
+        self.requests += 1
+        with c:
+            c.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n"
+            slow = head + b"X-Slow: " + b"x" * 1000 if self.where == "headers" else b""
+            try:
+                if not slow:
+                    c.sendall(head + b"\r\n")
+                for byte in slow or b"x" * 100000:
+                    if self.stop.wait(self.pause):
+                        return
+                    c.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.srv.close()
+
+
+def consume(fetcher: BoundedFetcher, url: str) -> Exception | None:
+    try:
+        for _ in fetcher.fetch(url):
+            pass
+    except Exception as e:
+        return e
+    return None
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_trickling_server_cannot_stretch_the_deadline(where: str) -> None:
+    """One byte every 0.3 s resets a per-read timeout forever: the deadline is the whole refresh's."""
+    server = Trickle(where)
+    try:
+        fetcher = BoundedFetcher(time.monotonic() + 2.0)
+        start = time.monotonic()
+        result: list[Exception | None] = []
+        t = threading.Thread(target=lambda: result.append(consume(fetcher, server.url + "/timestamp.json")))
+        t.daemon = True
+        t.start()
+        t.join(8)
+        assert not t.is_alive(), f"still reading {time.monotonic() - start:.1f}s after a 2s deadline"
+        assert time.monotonic() - start < 4
+        [error] = result
+        assert isinstance(error, SlowRetrievalError) and "timed out" in str(error), error
+        assert server.requests == 1  # not retried
+        fetcher.close()
+    finally:
+        server.close()
+
+
+async def test_a_refresh_still_running_does_not_make_the_next_wait(tmp_path: pathlib.Path) -> None:
+    """The python-tuf lock is taken with a timeout: a refresh that never ends cannot stop all others
+    (nor keep a first keyless Verify waiting)."""
+    m = manager(
+        verification(tuf={"timeout": "1s"}), tmp_path / "state", fetch=FakeFetch(OLD.trusted_root_json())
+    )
+    assert _FETCH_LOCK.acquire(timeout=5)
+    try:
+        start = time.monotonic()
+        outcome = await asyncio.wait_for(m.refresh(), 10)
+        assert outcome == "failed" and time.monotonic() - start < 5
+        assert m.last_error is not None and "another trust root refresh is still running" in m.last_error
+    finally:
+        _FETCH_LOCK.release()
+    assert await m.refresh() == "updated"
+
+
 # -- the saved root survives kill -9 at any moment --------------------------------------------------
 
 WRITER = """
@@ -450,7 +573,9 @@ def test_kill_9_while_saving_leaves_a_whole_root(tmp_path: pathlib.Path) -> None
         if path.exists():
             assert path.read_bytes() in whole
     assert path.exists()
-    TrustRoots._remove_leftovers(path.parent)
+    # The next start, once no refresh can still be running (an hour later), removes what is left.
+    later = manager(verification(), tmp_path / "other", Clock(time.time() + 3600))
+    later._remove_leftovers(path.parent)
     assert [p.name for p in path.parent.iterdir()] == ["trusted_root.json"]
 
 
@@ -502,6 +627,43 @@ async def test_a_rotation_published_over_tuf_is_trusted_after_a_refresh(
             assert old_rule.fingerprint != new_rule.fingerprint  # the verdict cache key
     finally:
         r.close()
+
+
+async def test_a_key_verifies_without_a_trust_root_when_keyless_is_not_needed(
+    registry: Registry, repo: TufRepository, tmp_path: pathlib.Path
+) -> None:
+    """keyless and publicKey in one rule, no root yet (a private repository never refreshed): the
+    key alone can meet threshold 1; UNAVAILABLE only when the keyless authorities were needed."""
+    key = OLD.static_key("ops")
+    push = OciPusher(registry)
+    signed = push.push_minimal_image("trust/keyed", "v1", label="keyed")
+    sig = OLD.sign_legacy(signed.digest, f"{registry.host}/trust/keyed", key, tlog=False)
+    push.push_legacy_signatures("trust/keyed", signed.digest, [sig])
+    push.push_minimal_image("trust/unsigned", "v1", label="unsigned")
+
+    def config(threshold: int) -> VerificationConfig:
+        rule = {
+            "image": f"{registry.host}/trust/*",
+            "keyless": {"issuer": ISSUER, "subject": EMAIL},
+            "publicKey": {"certificate": key.public_pem.decode()},
+            "threshold": threshold,
+        }
+        return private(repo, tmp_path).model_copy(update={"rules": VerificationConfig(rules=[rule]).rules})
+
+    async with RegistryClient(registries_config()) as client:
+        m = manager(config(1), tmp_path / "state", fetch=FakeFetch(RefreshError("down")))
+        v = ImageVerifier(config(1), client, trust=m)
+        verdict = await v.verify(f"{registry.host}/trust/keyed:v1")
+        assert verdict.verified and "ECDSA secp256r1 key" in verdict.message
+        assert "trust root:" not in verdict.message  # the keyless authority was not used
+        # Unsigned: the keyless authority might have verified it, had there been a root.
+        for _ in range(2):  # the second time from the verdict cache: still not a refusal
+            with pytest.raises(Unavailable, match="no Sigstore trust root for keyless verification yet"):
+                await v.verify(f"{registry.host}/trust/unsigned:v1")
+        # Threshold 2 needs the keyless authority whatever the image carries.
+        both = ImageVerifier(config(2), client, trust=m)
+        with pytest.raises(Unavailable, match="no Sigstore trust root for keyless verification yet"):
+            await both.verify(f"{registry.host}/trust/keyed:v1")
 
 
 def test_trust_state_describe() -> None:

@@ -54,9 +54,24 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_text(text: str, source: str = "<config>") -> Config:
+class _NoAliasLoader(_StrictLoader):
+    """For text sent by a client (PolicyService.Test): anchors and aliases let a small document
+    stand for a huge one (each alias of a rule is one more rule to compile), so none are taken."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases are not accepted here", event.start_mark
+            )
+        return super().compose_node(parent, index)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def parse_text(text: str, source: str = "<config>", *, aliases: bool = True) -> dict[str, Any]:
+    """The YAML document as a mapping, not yet validated; `aliases=False` refuses anchors."""
+    loader = _StrictLoader if aliases else _NoAliasLoader
     try:
-        doc: Any = yaml.load(text, Loader=_StrictLoader) if text.strip() else {}  # a SafeLoader
+        doc: Any = yaml.load(text, Loader=loader) if text.strip() else {}  # a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
     except RecursionError:
@@ -65,6 +80,15 @@ def load_text(text: str, source: str = "<config>") -> Config:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return doc
+
+
+def load_text(text: str, source: str = "<config>") -> Config:
+    return validate(parse_text(text, source), source)
+
+
+def validate(doc: dict[str, Any], source: str = "<config>") -> Config:
+    """The configuration a parsed document describes (what `load_text` does after parsing)."""
     try:
         return Config.model_validate(doc)
     except RecursionError:

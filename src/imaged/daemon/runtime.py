@@ -91,13 +91,14 @@ class Runtime:
         return TrustRoots(settings, on_refresh=lambda outcome: counter.labels(outcome).inc())
 
     def trust_for(self, config: Config) -> TrustRoots | None:
-        """The running trust-root manager if `config` names the same trust root, else None (a
-        candidate policy then gets an offline root of its own, never a refresh loop)."""
+        """The running trust-root manager if `config` names the same trust root (refresh timings
+        aside), else None (a candidate policy then gets an offline root of its own, never a
+        refresh loop)."""
         try:
             settings = Settings.from_config(config.verification, config.state.dir)
         except TrustRootError:
             return None
-        return self.trust if self.trust.settings == settings else None
+        return self.trust if self.trust.settings.names_same_root(settings) else None
 
     def keyless_rules(self) -> bool:
         """Whether the policy has a rule that needs the trust root (else it is not refreshed)."""

@@ -19,8 +19,9 @@ from sigstore_models.common.v1 import HashAlgorithm
 
 from imaged.oci import jsondoc
 from imaged.verify import identity as ident
-from imaged.verify.material import BundleSignature
+from imaged.verify.material import BundleSignature, Signed
 from imaged.verify.payload import check_statement
+from imaged.verify.signers import bundle_signature, keyless_signer
 from imaged.verify.trust import TrustRoot
 
 
@@ -72,7 +73,7 @@ def open_keyless_dsse(
 
 def verify_keyless_bundle(
     sig: BundleSignature, digest: str, trust: TrustRoot, policy: VerificationPolicy
-) -> str:
+) -> Signed:
     """Verify one bundle for `digest` under `policy`; return who signed. Raises VerificationError."""
     kind = bundle_kind(sig.bundle)
     try:
@@ -99,4 +100,9 @@ def verify_keyless_bundle(
     except Exception as e:  # anything unexpected on hostile input is a refusal, never a pass
         raise VerificationError(f"bundle verification failed: {type(e).__name__}: {e}") from None
     entry = bundle.log_entry._inner  # log index for the message only
-    return f"{ident.describe(bundle.signing_certificate)}, Rekor log index {entry.log_index}"
+    cert = bundle.signing_certificate
+    return Signed(
+        f"{ident.describe(cert)}, Rekor log index {entry.log_index}",
+        keyless_signer(cert),
+        bundle_signature(sig.bundle),
+    )

@@ -11,15 +11,21 @@ expression must evaluate to `true`; false, an error (a missing key) or a non-boo
 
 Cost is bounded three ways: the expression's size (MAX_EXPRESSION), the input's (the statement is
 a blob of at most 1 MiB, discovery's bound), and time: cel-cpp holds the GIL while it evaluates,
-so evaluations run in a helper process (`python -m imaged.verify.cel_worker`, started at first use,
-with an address-space limit) that is killed when one exceeds TIME_BUDGET seconds; the verification
-then fails saying so. A helper that dies is restarted for the next evaluation.
+so evaluations run in a helper process (imaged.verify.cel_worker, started at first use, with an
+address-space and a CPU-time limit) that is killed when one exceeds TIME_BUDGET seconds; the
+verification then fails saying so. A helper that dies is restarted for the next evaluation, and one
+that has used half its CPU limit is replaced before it reaches it.
+
+The helper runs isolated (`python -I`: no module from the working directory, no PYTHON* variable;
+this package's directory is the one path added) in `/`, and is killed by the kernel when the
+thread that started it (a worker of the daemon's thread pool, alive as long as the daemon) exits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import select
 import subprocess
 import sys
@@ -31,6 +37,15 @@ MAX_EXPRESSION = 4096
 TIME_BUDGET = 2.0
 MAX_ANSWER = 64 * 1024
 VARIABLES = ("predicate", "predicateType", "statement", "image")
+# Longest a helper may take to start (interpreter, cel-cpp) and say it is ready.
+START_BUDGET = 10.0
+# The helper's RLIMIT_CPU (seconds, over its life); it is replaced once it has used half.
+CPU_LIMIT = 120
+# `python -I -c` adds neither the working directory nor PYTHONPATH: the package's own directory is
+# added explicitly (last, so nothing there shadows the standard library), so the helper runs the
+# daemon's code wherever it is installed.
+_BOOT = "import sys; sys.path.append(sys.argv[1]); from imaged.verify.cel_worker import main; main()"
+_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 class CelError(ValueError):
@@ -63,7 +78,10 @@ def compile_policy(expression: str) -> None:
         raise CelError("the expression is empty")
     if len(expression) > MAX_EXPRESSION:
         raise CelError(f"the expression is {len(expression)} characters, over the {MAX_EXPRESSION} limit")
-    from cel_expr_python import cel
+    try:
+        from cel_expr_python import cel
+    except ImportError as e:  # a configuration error (refused, logged), not a crash of the loader
+        raise CelError(f"the CEL library (cel-expr-python) cannot be loaded: {e}") from None
 
     with _ENV_LOCK:
         if _ENV is None:
@@ -84,16 +102,31 @@ class CelEvaluator:
         self.time_budget = time_budget
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._cpu = 0.0  # CPU seconds the helper has used, as its last answer said
 
     def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is None and self._cpu > CPU_LIMIT / 2:
+            self._kill()  # replaced before its CPU limit kills it during an evaluation
         if self._proc is None or self._proc.poll() is not None:
+            self._cpu = 0.0
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "imaged.verify.cel_worker"],
+                [sys.executable, "-I", "-c", _BOOT, _PACKAGE_ROOT, str(os.getpid()), str(CPU_LIMIT)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 close_fds=True,
+                cwd="/",
             )
+            # Its start-up (interpreter, cel-cpp) is not an expression's time: the evaluation's
+            # clock starts once it says it is ready.
+            try:
+                ready = self._read_line(self._proc, START_BUDGET)
+            except TimeoutError:
+                self._kill()
+                raise CelError(f"the CEL helper did not start within {START_BUDGET:g}s") from None
+            if ready.strip() != b'{"ready": true}':
+                self._kill()
+                raise CelError("the CEL helper did not start")
         return self._proc
 
     def close(self) -> None:
@@ -116,14 +149,12 @@ class CelEvaluator:
         Raises CelError for an error, a non-bool, or an evaluation over the time budget."""
         request = json.dumps({"expr": expression, "vars": variables}, separators=(",", ":")).encode() + b"\n"
         with self._lock:
-            # A fresh helper's start-up (interpreter and cel-cpp import) is not the expression's time.
-            started = self._proc is not None and self._proc.poll() is None
             proc = self._start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(request)
                 proc.stdin.flush()
-                answer = self._read_line(proc, self.time_budget + (0 if started else 10.0))
+                answer = self._read_line(proc, self.time_budget)
             except BrokenPipeError:
                 self._kill()
                 raise CelError("the CEL helper process exited") from None
@@ -138,6 +169,9 @@ class CelEvaluator:
             raise CelError("the CEL helper answered garbage") from None
         if not isinstance(doc, dict):
             raise CelError("the CEL helper answered garbage")
+        cpu = doc.get("cpu")
+        if isinstance(cpu, int | float):
+            self._cpu = float(cpu)
         if "error" in doc:
             raise CelError(str(doc["error"]))
         value = doc.get("value")

@@ -12,9 +12,10 @@ They are compiled with Python's `re`, whose syntax is close to RE2's for ordinar
 
 A rule names its authorities with `keyless` and `publicKey`, each a single mapping (the
 reference's form) or a list: any one of them verifies, or, with `threshold: k`, k distinct ones
-(each by a signature of its own). `attestations` adds in-toto statements the image must carry,
-signed by one of the rule's authorities, whose predicate satisfies a CEL expression (compiled
-here, at load). `mode: warn` (globally or per rule) evaluates as `enforce` and then allows.
+(each by a signature and a signer of its own; the same key twice is refused). `attestations`
+adds in-toto statements the image must carry, signed by one of the rule's authorities (or of
+those its `authorities` names), whose predicate satisfies a CEL expression (compiled here, at
+load). `mode: warn` (globally or per rule) evaluates as `enforce` and then allows.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from imaged.config.base import Section
 from imaged.verify.claims import CLAIMS, split_claim_key
-from imaged.verify.keys import UnusableKey, load_public_key
+from imaged.verify.files import read_regular_file
+from imaged.verify.keys import UnusableKey, load_public_key, spki_der
 from imaged.verify.matching import Glob, pattern_problem
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -55,6 +57,9 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 Mode = Literal["enforce", "warn"]
 MAX_AUTHORITIES = 16
 MAX_ATTESTATIONS = 8
+# Each rule is compiled (keys, regexes, CEL) at load, for the daemon and for every PolicyService.Test
+# candidate; globs keep real policies far below this.
+MAX_RULES = 256
 
 
 class KeylessRule(Section):
@@ -87,6 +92,9 @@ class AttestationRule(Section):
 
     predicate_type: str = Field(default="", alias="predicateType")
     policy: str = "true"
+    # Who may sign it, by the rule's authority names (`name`, else `keyless[0]`, `publicKey`...):
+    # under a threshold, the party that must vouch for this statement. Unset: any of them.
+    authorities: tuple[str, ...] | None = None
 
 
 class Rule(Section):
@@ -111,6 +119,22 @@ class Rule(Section):
 
     def key_authorities(self) -> tuple[tuple[str, PublicKeyRule], ...]:
         return _named("publicKey", self.public_key)
+
+    def authority_labels(self) -> list[tuple[str, ...]]:
+        """What each authority may be called, in the verifiers' order (keyless first): its
+        position (`keyless[0]`, `publicKey`) and its `name`, if any."""
+        both: list[tuple[str, KeylessRule | PublicKeyRule]] = [
+            *self.keyless_authorities(),
+            *self.key_authorities(),
+        ]
+        return [(field, spec.name) if spec.name else (field,) for field, spec in both]
+
+    def attestation_signers(self, requirement: AttestationRule) -> tuple[int, ...] | None:
+        """Indices of the authorities that may sign `requirement`; None: any (checked at load)."""
+        if requirement.authorities is None:
+            return None
+        labels = self.authority_labels()
+        return tuple(i for i, names in enumerate(labels) if set(names) & set(requirement.authorities))
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
@@ -161,6 +185,11 @@ class TufConfig(Section):
     def _check(self) -> TufConfig:
         if self.url is not None:
             u = self.url.rstrip("/")
+            if "@" in u.split("://", 1)[-1].split("/", 1)[0]:  # not quoted: it holds a password
+                raise ValueError(
+                    "url must not hold credentials (user:password@): a TUF repository is read "
+                    "anonymously, and the URL is part of directory names, the log and messages"
+                )
             if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", u):
                 raise ValueError(f"url must be an http(s) URL, got {self.url!r}")
             if u != PUBLIC_GOOD_TUF_URL and self.root is None:
@@ -186,8 +215,7 @@ class TufConfig(Section):
 def tuf_root_problem(path: str) -> str | None:
     """Why `path` is not a usable initial TUF root (python-tuf checks its signatures at use)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TUF_ROOT_SIZE + 1)
+        data = read_regular_file(path, MAX_TUF_ROOT_SIZE)
     except OSError as e:
         return f"cannot read {path}: {e.strerror}"
     if len(data) > MAX_TUF_ROOT_SIZE:
@@ -215,6 +243,17 @@ class VerificationConfig(Section):
     tuf_refresh: bool = Field(default=True, alias="tufRefresh")
     tuf: TufConfig = TufConfig()
     cache: CacheConfig = CacheConfig()
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _few_rules(cls, v: object) -> object:
+        """Counted before any rule is compiled: a long list must not cost its compilation first."""
+        if isinstance(v, list | tuple) and len(v) > MAX_RULES:
+            raise ValueError(
+                f"at most {MAX_RULES} rules, not {len(v)}: one rule covers many images with a glob "
+                "(`ghcr.io/org/*`)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check_trusted_root(self) -> VerificationConfig:
@@ -302,19 +341,35 @@ def rule_problems(rule: Rule) -> list[str]:
         out.append(f"a rule requires at most {MAX_ATTESTATIONS} attestations")
     for name, k in keyless:
         out += _keyless_problems(name, k)
+    seen_keys: dict[bytes, str] = {}
     for name, p in keys:
         if not p.certificate or not p.certificate.strip():
             out.append(f"{name}.certificate is required")
         else:
             try:
-                load_public_key(p.certificate)
+                spki = spki_der(load_public_key(p.certificate))
             except UnusableKey as e:
                 out.append(f"{name}.certificate: {e}")
+                continue
+            if spki in seen_keys:  # one key is one signer: it would count once anyway
+                out.append(f"{name} is the same key as {seen_keys[spki]}")
+            seen_keys.setdefault(spki, name)
     names = [k.name for _, k in keyless if k.name] + [p.name for _, p in keys if p.name]
     if len(set(names)) != len(names):
         out.append("authority names must be distinct")
+    labels = rule.authority_labels()
     for i, a in enumerate(rule.attestations):
         out += _attestation_problems(i, a)
+        if a.authorities is None:
+            continue
+        if not a.authorities:
+            out.append(f"attestations[{i}].authorities is empty (omit it: any of the rule's authorities)")
+        for ref in a.authorities:
+            found = [names for names in labels if ref in names]
+            if len(found) != 1:
+                known = ", ".join(f"{n[1]} ({n[0]})" if len(n) > 1 else n[0] for n in labels)
+                why = "no authority" if not found else "more than one authority called"
+                out.append(f"attestations[{i}].authorities: {why} {ref!r} in the rule (known: {known})")
     return out
 
 
@@ -329,6 +384,37 @@ def _matches_anything(regex: str) -> bool:
     except re.error:
         return False
     return all(compiled.search(v) for v in ("", "x", "https://evil.example/x@y"))
+
+
+def _may_share(a: tuple[str | None, str | None], b: tuple[str | None, str | None]) -> bool:
+    """Whether one value can satisfy both (exact, regex) constraints. An exact value is tried
+    against the other side; two regexes alone are assumed to overlap (undecidable in general)."""
+    exact = {v for v in (a[0], b[0]) if v}
+    if len(exact) > 1:
+        return False
+    if not exact:
+        return True
+    value = exact.pop()
+    for regex in (a[1], b[1]):
+        try:
+            if regex and not re.search(regex, value):
+                return False
+        except re.error:
+            return False
+    return True
+
+
+def _overlaps(rule: Rule) -> list[str]:
+    """Pairs of the rule's keyless authorities one signer identity may satisfy both of."""
+    out: list[str] = []
+    keyless = rule.keyless_authorities()
+    for i, (aname, a) in enumerate(keyless):
+        for bname, b in keyless[i + 1 :]:
+            if _may_share((a.issuer, a.issuer_regex), (b.issuer, b.issuer_regex)) and _may_share(
+                (a.subject, a.subject_regex), (b.subject, b.subject_regex)
+            ):
+                out.append(f"{aname} and {bname}")
+    return out
 
 
 def _rule_name(i: int, rule: Rule) -> str:
@@ -362,6 +448,13 @@ def config_warnings(config: VerificationConfig) -> list[str]:
                 out.append(
                     f"{name}: {kname} names a GitHub workflow without a sourceRepositoryURI (or Ref) "
                     "claim: a reusable workflow's identity passes for every repository that calls it"
+                )
+        if rule.threshold > 1:
+            for pair in _overlaps(rule):
+                out.append(
+                    f"{name}: {pair} may accept the same signer identity (issuer and subject); under "
+                    f"threshold {rule.threshold} one signer counts for one of them only, however often "
+                    "it signs"
                 )
         glob = Glob.compile(rule.image)
         for j, earlier in enumerate(globs):

@@ -87,7 +87,11 @@ def explain(config: VerificationConfig, image: str) -> list[str]:
     lines += [f"  - {_key(name, rule, j)}" for j, (name, _) in enumerate(keys)]
     if rule.attestations:
         lines.append("attestations, each signed by one of these authorities, about the image's digest:")
-        lines += [f"  - {a.predicate_type} where {a.policy}" for a in rule.attestations]
+        lines += [
+            f"  - {a.predicate_type} where {a.policy}"
+            + (f" (signed by {', '.join(a.authorities)} only)" if a.authorities else "")
+            for a in rule.attestations
+        ]
     lines.append(
         "verdict:    verified when all of this holds; otherwise "
         + ("allowed with a warning (warn mode)" if mode == "warn" else "refused, PERMISSION_DENIED")

@@ -16,9 +16,17 @@ from sigstore.verify.policy import VerificationPolicy
 from imaged.verify import identity as ident
 from imaged.verify.certs import verify_fulcio_certificate
 from imaged.verify.keys import UnusableKey, check_key, decode_b64, verify_signature
-from imaged.verify.material import ANN_BUNDLE, ANN_CERTIFICATE, ANN_SIGNATURE, Envelope, SimpleSigning
+from imaged.verify.material import (
+    ANN_BUNDLE,
+    ANN_CERTIFICATE,
+    ANN_SIGNATURE,
+    Envelope,
+    Signed,
+    SimpleSigning,
+)
 from imaged.verify.payload import check_simple_signing
 from imaged.verify.rekor import check_entry_binds, check_envelope_entry_binds, verify_set
+from imaged.verify.signers import keyless_signer
 from imaged.verify.trust import TrustRoot
 
 
@@ -34,7 +42,7 @@ def signature_bytes(sig: SimpleSigning) -> bytes:
 
 def verify_legacy_keyless(
     sig: SimpleSigning, digest: str, trust: TrustRoot, policy: VerificationPolicy
-) -> str:
+) -> Signed:
     """Verify one legacy keyless signature; return who signed. Raises VerificationError."""
     signature = signature_bytes(sig)
     cert_pem = sig.annotations.get(ANN_CERTIFICATE)
@@ -60,7 +68,8 @@ def verify_legacy_keyless(
     verify_fulcio_certificate(cert, trust, evidence.integrated_time)
     policy.verify(cert)
     check_simple_signing(sig.payload, digest)
-    return f"{ident.describe(cert)}, Rekor log index {evidence.log_index}"
+    who = f"{ident.describe(cert)}, Rekor log index {evidence.log_index}"
+    return Signed(who, keyless_signer(cert), signature)
 
 
 def open_legacy_keyless_envelope(

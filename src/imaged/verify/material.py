@@ -63,6 +63,18 @@ class Envelope:
 
 
 Signature = SimpleSigning | BundleSignature
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A signature that verified: `who` for messages, and what a threshold counts distinct
+    (signers.py): the `signer` (certificate identity or key) and the `signature` bytes."""
+
+    who: str
+    signer: str
+    signature: bytes
+
+
 # What can carry an attestation: a bundle (referrer) or a legacy envelope.
 AttestationMaterial = BundleSignature | Envelope
 
@@ -83,6 +95,10 @@ class Authority(SignatureVerifier, Protocol):
     """One of a rule's authorities: verifies image signatures and opens attestation envelopes."""
 
     name: str
+
+    def check(self, signature: Signature, digest: str) -> Signed:
+        """`verify`, saying who signed and with which signature bytes (for thresholds)."""
+        ...
 
     def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
         """Verify the envelope's signature; return (who signed, payloadType, payload), unchecked

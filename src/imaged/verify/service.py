@@ -41,7 +41,7 @@ from imaged.registry.reference import Reference, canonical_repository, parse
 from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.cel import CelEvaluator, evaluator
-from imaged.verify.config import Mode, Rule, VerificationConfig, config_warnings
+from imaged.verify.config import AttestationRule, Mode, Rule, VerificationConfig, config_warnings
 from imaged.verify.discovery import STAGES, RegistryAPI, discover_legacy_attestations
 from imaged.verify.matching import Glob, PlainHttp
 from imaged.verify.material import (
@@ -57,7 +57,7 @@ from imaged.verify.payload import check_docker_reference
 from imaged.verify.threshold import Tally
 from imaged.verify.trust import TrustRoot, TrustRootError
 from imaged.verify.trustroots import TrustRoots, TrustState
-from imaged.verify.verifiers import build_authorities
+from imaged.verify.verifiers import NO_ROOT_YET, build_authorities
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class MatchedRule:
     authorities: tuple[Authority, ...]
     fingerprint: str  # rule content and trust root: the verdict cache key
     mode: Mode = "enforce"  # the rule's, else the configuration's
+    # Keyless authorities compiled without a root (none yet): they verify nothing, so a failure
+    # is UNAVAILABLE (they might have verified), a success the keys' alone.
+    pending: bool = False
 
     @property
     def verifier(self) -> SignatureVerifier | None:
@@ -126,17 +129,15 @@ def _unusable(e: TrustRootError) -> FailedPrecondition:
 def _compile(config: VerificationConfig, trust: TrustState | None, plain_http: PlainHttp | None) -> _Policy:
     """Rules ready to apply. A keyless rule's fingerprint (its verdicts' cache key) includes the
     root's: verdicts reached under another root are never served under this one. Without a root
-    yet, a keyless rule has no authorities: `_with_current_trust` recompiles it before use.
-    `plain_http` tells rules which port is a registry's default (see `matching`)."""
+    yet, a keyless rule's keyless authorities verify nothing (`pending`): its keys may be enough,
+    and `_with_current_trust` recompiles it once a root is there. `plain_http` tells rules which
+    port is a registry's default (see `matching`)."""
     rules = []
     for i, rule in enumerate(config.rules):
         content = rule.model_dump_json(by_alias=True)
-        authorities: tuple[Authority, ...] = ()
-        if not rule.keyless_authorities():
-            authorities = build_authorities(rule, None)
-        elif trust is not None:
-            content += trust.root.fingerprint
-            authorities = build_authorities(rule, trust.root)
+        pending = bool(rule.keyless_authorities()) and trust is None
+        content += "\0no trust root" if pending else trust.root.fingerprint if trust is not None else ""
+        authorities = build_authorities(rule, trust.root if trust is not None else None)
         rules.append(
             MatchedRule(
                 index=i,
@@ -145,6 +146,7 @@ def _compile(config: VerificationConfig, trust: TrustState | None, plain_http: P
                 authorities=authorities,
                 fingerprint=hashlib.sha256(content.encode()).hexdigest(),
                 mode=rule.mode or config.mode,
+                pending=pending,
             )
         )
     return _Policy(config, tuple(rules), trust)
@@ -307,7 +309,7 @@ class ImageVerifier:
         matched = decided
         trust: TrustState | None = None
         if matched.rule.keyless_authorities():
-            matched, trust = await self._with_current_trust(self._policy, matched)
+            matched, trust, _ = await self._with_current_trust(self._policy, matched)
         reasons: list[str] = []
         # An archive carries signatures only; a rule that also wants attestations asks the registry.
         if signatures and not matched.rule.attestations:
@@ -366,8 +368,9 @@ class ImageVerifier:
         elif credentials is not None and credentials[0]:
             registry = base.with_credentials(*credentials)
         trust: TrustState | None = None
+        no_root = ""
         if matched.rule.keyless_authorities():
-            matched, trust = await self._with_current_trust(policy, matched)
+            matched, trust, no_root = await self._with_current_trust(policy, matched)
         if ref.digest and recorded is not None and recorded[0] and recorded[1] == matched.fingerprint:
             return Verdict(True, recorded[0], ref.pinned(), rule=matched.fingerprint)
         digest = ref.digest or (await registry.resolve(ref)).digest
@@ -397,6 +400,10 @@ class ImageVerifier:
                 self._on_cache_hit()
         else:
             outcome = await self._cache.get(key, compute)
+        if not outcome.verified and matched.pending:  # the keys were not enough without a root
+            raise Unavailable(
+                _truncate(f"{no_root}; the rule's keys alone did not verify it: {outcome.message}")
+            )
         if not outcome.verified:
             return self._refuse(
                 f"image verification failed: {outcome.message}",
@@ -418,15 +425,20 @@ class ImageVerifier:
 
     async def _with_current_trust(
         self, policy: _Policy, matched: MatchedRule
-    ) -> tuple[MatchedRule, TrustState]:
-        """`matched` compiled against the root in use now (recompiled when it changed)."""
+    ) -> tuple[MatchedRule, TrustState | None, str]:
+        """`matched` compiled against the root in use now (recompiled when it changed). Without a
+        root yet: UNAVAILABLE, unless the rule's keys alone can meet its threshold (then `matched`
+        as compiled without one, and why there is no root)."""
         try:
             state = await self._trust.first_root()
         except TrustRootError as e:
             raise _unusable(e) from None
         if state is None:
-            why = self._trust.last_error or "no refresh has succeeded yet"
-            raise Unavailable(f"no Sigstore trust root for keyless verification yet: {why}")
+            why = f"{NO_ROOT_YET}: {self._trust.last_error or 'no refresh has succeeded yet'}"
+            rule = policy.rules[matched.index]
+            if not rule.pending or len(rule.rule.key_authorities()) < rule.rule.threshold:
+                raise Unavailable(why)
+            return rule, None, why
         if policy.trust is not state:
             if policy.trust is not None and policy.trust.root is state.root:
                 fresh = dataclasses.replace(policy, trust=state)  # same root, newer date
@@ -435,7 +447,7 @@ class ImageVerifier:
             if self._policy is policy:  # not replaced by a reload meanwhile
                 self._policy = fresh
             policy = fresh
-        return policy.rules[matched.index], state
+        return policy.rules[matched.index], state, ""
 
     def _bound(self, matched: MatchedRule, ref: Reference) -> Callable[[Signature], None] | None:
         """What a signature must also satisfy: under checkDockerReference, name the repository."""
@@ -495,9 +507,15 @@ class ImageVerifier:
     ) -> list[AttestationResult]:
         cel = self._cel or evaluator()
 
+        def signers(a: AttestationRule) -> tuple[Authority, ...]:
+            allowed = matched.rule.attestation_signers(a)
+            if allowed is None:
+                return matched.authorities
+            return tuple(matched.authorities[i] for i in allowed)
+
         def check(found: list[AttestationMaterial]) -> list[AttestationResult]:
             return [
-                check_requirement(a, matched.authorities, found, digest, ref.repository, cel)
+                check_requirement(a, signers(a), found, digest, ref.repository, cel)
                 for a in matched.rule.attestations
             ]
 

@@ -22,8 +22,9 @@ from imaged.verify.keys import (
     verify_signature,
 )
 from imaged.verify.legacy import signature_bytes
-from imaged.verify.material import BundleSignature, SimpleSigning
+from imaged.verify.material import BundleSignature, Signed, SimpleSigning
 from imaged.verify.payload import check_simple_signing, check_statement
+from imaged.verify.signers import key_signer
 
 MAX_DSSE_SIGNATURES = 8
 
@@ -34,12 +35,12 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def verify_static_simple_signing(sig: SimpleSigning, digest: str, key: PublicKey) -> str:
+def verify_static_simple_signing(sig: SimpleSigning, digest: str, key: PublicKey) -> Signed:
     signature = signature_bytes(sig)
     if not verify_signature(key, signature, sig.payload):
         raise VerificationError(f"signature does not verify with the rule's {describe(key)}")
     check_simple_signing(sig.payload, digest)
-    return describe(key)
+    return Signed(describe(key), key_signer(key), signature)
 
 
 def _hint_note(doc: dict[str, Any], key: PublicKey) -> str:
@@ -51,22 +52,22 @@ def _hint_note(doc: dict[str, Any], key: PublicKey) -> str:
     return ""
 
 
-def _open_dsse(env: dict[str, Any], key: PublicKey, note: str = "") -> tuple[str, bytes]:
-    """(payloadType, payload) of a DSSE envelope one of whose signatures verifies with `key`."""
+def _open_dsse(env: dict[str, Any], key: PublicKey, note: str = "") -> tuple[str, bytes, bytes]:
+    """(payloadType, payload, the signature that verified) of a DSSE envelope one of whose
+    signatures verifies with `key`."""
     payload_type = env.get("payloadType")
     payload = decode_b64(str(env.get("payload", "")), "DSSE payload")
     sigs = env.get("signatures")
     if not isinstance(payload_type, str) or not isinstance(sigs, list) or not sigs:
         raise VerificationError("DSSE envelope lacks payloadType or signatures")
     message = pae(payload_type, payload)
-    ok = any(
-        isinstance(s, dict)
-        and verify_signature(key, decode_b64(str(s.get("sig", "")), "DSSE signature"), message)
-        for s in sigs[:MAX_DSSE_SIGNATURES]
-    )
-    if not ok:
-        raise VerificationError(f"DSSE signature does not verify with the rule's {describe(key)}{note}")
-    return payload_type, payload
+    for s in sigs[:MAX_DSSE_SIGNATURES]:
+        if not isinstance(s, dict):
+            continue
+        signature = decode_b64(str(s.get("sig", "")), "DSSE signature")
+        if verify_signature(key, signature, message):
+            return payload_type, payload, signature
+    raise VerificationError(f"DSSE signature does not verify with the rule's {describe(key)}{note}")
 
 
 def open_static_envelope(raw: bytes, key: PublicKey, *, bundle: bool) -> tuple[str, str, bytes]:
@@ -82,13 +83,13 @@ def open_static_envelope(raw: bytes, key: PublicKey, *, bundle: bool) -> tuple[s
     if not isinstance(env, dict):
         raise VerificationError("bundle has no dsseEnvelope" if bundle else "not a DSSE envelope")
     try:
-        payload_type, payload = _open_dsse(env, key, _hint_note(doc, key) if bundle else "")
+        payload_type, payload, _ = _open_dsse(env, key, _hint_note(doc, key) if bundle else "")
     except ValueError as e:
         raise VerificationError(str(e)) from None
     return describe(key), payload_type, payload
 
 
-def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> str:
+def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> Signed:
     try:
         doc = jsondoc.loads(sig.bundle)
     except (ValueError, UnicodeDecodeError):
@@ -99,7 +100,7 @@ def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> s
         raise VerificationError("not a Sigstore bundle (mediaType)")
     try:
         if isinstance(env := doc.get("dsseEnvelope"), dict):
-            payload_type, payload = _open_dsse(env, key, _hint_note(doc, key))
+            payload_type, payload, signature = _open_dsse(env, key, _hint_note(doc, key))
             check_statement(payload_type, payload, digest)
         elif isinstance(ms := doc.get("messageSignature"), dict):
             md = ms.get("messageDigest")
@@ -120,4 +121,4 @@ def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> s
             raise VerificationError("bundle has neither dsseEnvelope nor messageSignature")
     except ValueError as e:
         raise VerificationError(str(e)) from None
-    return describe(key)
+    return Signed(describe(key), key_signer(key), signature)

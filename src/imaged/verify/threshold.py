@@ -1,9 +1,15 @@
 """Counting a rule's authorities over an image's signatures: any one, or k distinct ones.
 
-With `threshold: k`, k distinct authorities must each verify a distinct signature: two keyless
-identities whose regexes overlap cannot both count one signature, so two-party signing means two
-signatures. The count is a maximum bipartite matching (authorities to signatures they verify),
-found by augmenting paths; a rule has at most 16 authorities and a stage 32 signatures.
+With `threshold: k`, k distinct authorities must each verify a signature of its own, by a signer
+of its own: k parties, not k copies. Discovery may find one signature several times (two identical
+`.sig` layers, one bundle in two referrers or serialized otherwise, a referrer and the `.sig` tag),
+and one party may sign twice; either counts once. Exact copies are checked once (`material_key`).
+Then every verified signature joins its signer (a certificate identity, SAN and issuer, or a key's
+SPKI) and its signature bytes into one group, and groups sharing a signer or a signature merge: an
+authority counts for a group, and a group for one authority. Two keyless identities whose regexes
+overlap cannot both count one signer, even when it signed twice (documented in the README). The
+count is a maximum bipartite matching (authorities to groups), found by augmenting paths; a rule
+has at most 16 authorities and discovery 32 signatures per stage.
 """
 
 from __future__ import annotations
@@ -14,35 +20,44 @@ from dataclasses import dataclass, field
 
 from sigstore.errors import VerificationError
 
-from imaged.verify.material import Authority, Signature
+from imaged.verify.material import Authority, Signature, Signed
+from imaged.verify.signers import material_key
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Tally:
-    """What each authority verified (signature index -> success message) and why not."""
+    """What each authority verified (signature index -> what verified) and why not."""
 
     authorities: tuple[Authority, ...]
     threshold: int
     # A further requirement on a verified signature (checkDockerReference); raises VerificationError.
     check: Callable[[Signature], None] | None = None
     signatures: list[Signature] = field(default_factory=list)
-    verified: dict[int, dict[int, str]] = field(default_factory=dict)
+    verified: dict[int, dict[int, Signed]] = field(default_factory=dict)
     reasons: dict[int, list[str]] = field(default_factory=dict)
+    copies: int = 0  # signatures found again (another layer, referrer or stage): not checked twice
+    _seen: set[bytes] = field(default_factory=set)
 
     def add(self, signatures: list[Signature], digest: str) -> None:
         """Check the new signatures against every authority (stopping once the threshold holds,
         when it is 1: the first verifying signature is enough, as before several authorities)."""
         start = len(self.signatures)
-        self.signatures.extend(signatures)
+        for sig in signatures:
+            key = material_key(sig)
+            if key in self._seen:
+                self.copies += 1
+                continue
+            self._seen.add(key)
+            self.signatures.append(sig)
         for si in range(start, len(self.signatures)):
             sig = self.signatures[si]
             for ai, authority in enumerate(self.authorities):
                 if self.threshold == 1 and self.satisfied():
                     return
                 try:
-                    who = authority.verify(sig, digest)
+                    signed = authority.check(sig, digest)
                     if self.check is not None:
                         self.check(sig)
                 except VerificationError as e:
@@ -52,32 +67,60 @@ class Tally:
                     log.warning("unexpected error verifying %s: %s", sig.where, e, exc_info=True)
                     self.reasons.setdefault(ai, []).append(f"{sig.where}: unusable ({type(e).__name__}: {e})")
                     continue
-                self.verified.setdefault(ai, {})[si] = f"{sig.how} (signed by {who})"
+                self.verified.setdefault(ai, {})[si] = signed
+
+    def _groups(self) -> dict[tuple[int, int], int]:
+        """(authority, signature index) -> the group of what it verified: signers and signature
+        bytes, joined when one verification names both (union-find)."""
+        parent: dict[tuple[str, str | bytes], tuple[str, str | bytes]] = {}
+
+        def find(x: tuple[str, str | bytes]) -> tuple[str, str | bytes]:
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for by_sig in self.verified.values():
+            for signed in by_sig.values():
+                a, b = find(("signer", signed.signer)), find(("signature", signed.signature))
+                if a != b:
+                    parent[b] = a
+        roots: dict[tuple[str, str | bytes], int] = {}
+        return {
+            (ai, si): roots.setdefault(find(("signer", signed.signer)), len(roots))
+            for ai, by_sig in self.verified.items()
+            for si, signed in by_sig.items()
+        }
 
     def matching(self) -> dict[int, int]:
-        """authority index -> the distinct signature index it is counted for."""
-        owner: dict[int, int] = {}  # signature -> authority
+        """authority index -> the signature index it is counted for, each in a group of its own."""
+        groups = self._groups()
+        owner: dict[int, int] = {}  # group -> authority
 
         def augment(ai: int, seen: set[int]) -> bool:
-            for si in self.verified.get(ai, {}):
-                if si in seen:
+            for g in dict.fromkeys(groups[ai, si] for si in self.verified.get(ai, {})):
+                if g in seen:
                     continue
-                seen.add(si)
-                if si not in owner or augment(owner[si], seen):
-                    owner[si] = ai
+                seen.add(g)
+                if g not in owner or augment(owner[g], seen):
+                    owner[g] = ai
                     return True
             return False
 
         for ai in sorted(self.verified):
             augment(ai, set())
-        return {ai: si for si, ai in owner.items()}
+        return {ai: next(si for si in self.verified[ai] if groups[ai, si] == g) for g, ai in owner.items()}
 
     def satisfied(self) -> bool:
         return len(self.matching()) >= self.threshold
 
     def successes(self) -> list[str]:
         """The counted signatures' messages, in authority order."""
-        return [self.verified[ai][si] for ai, si in sorted(self.matching().items())]
+        out = []
+        for ai, si in sorted(self.matching().items()):
+            out.append(f"{self.signatures[si].how} (signed by {self.verified[ai][si].who})")
+        return out
 
     def summary(self) -> str:
         """`k of n authorities verified (threshold t): A, B; not verified: C`, for several."""
@@ -101,8 +144,11 @@ class Tally:
         for ai, authority in enumerate(self.authorities):
             if ai in counted:
                 continue
-            if ai in self.verified:  # verified only signatures another authority is counted for
-                out.append(f"{authority.name}: verified no signature of its own")
+            if ai in self.verified:  # verified only signers or signatures another one counts for
+                out.append(
+                    f"{authority.name}: verified no signature of its own (a signer, or a signature, "
+                    "counts for one authority only)"
+                )
             else:
                 reasons = self.reasons.get(ai) or ["no signature"]
                 out.append(f"{authority.name}: " + "; ".join(reasons))

@@ -14,6 +14,7 @@ import base64
 import functools
 import hashlib
 import importlib.resources
+import json
 import logging
 import pathlib
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from datetime import datetime
 from importlib.resources.abc import Traversable
 from typing import Any
 
+import pydantic
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sigstore.models import TrustedRoot
 from sigstore.verify import Verifier
 
 from imaged.oci import jsondoc
+from imaged.verify.files import read_regular_file
 from imaged.verify.keys import PublicKey, UnusableKey, check_key
 
 log = logging.getLogger(__name__)
@@ -99,7 +102,30 @@ def _time(v: Any, what: str) -> datetime | None:
     try:
         return datetime.fromisoformat(v)
     except ValueError:
-        raise TrustRootError(f"{what}: invalid time {v!r}") from None
+        raise TrustRootError(f"{what}: invalid time (not RFC 3339)") from None
+
+
+MAX_PROBLEMS = 5
+
+
+def _problems(e: Exception) -> str:
+    """Why a document is no trusted root, by field location and reason only: these messages reach
+    PolicyService.Test's caller and the log, and the file may be something else entirely (a
+    credentials file), so no value from it is quoted (pydantic's text carries `input_value=`)."""
+    if not isinstance(e, pydantic.ValidationError):
+        return type(e).__name__  # library messages may quote what they could not parse
+    out: list[str] = []
+    for err in e.errors(include_url=False, include_context=False, include_input=False):
+        loc = [str(part) for part in err["loc"]]
+        if err["type"] == "extra_forbidden":  # the location is the file's own key: not shown
+            reason, loc = "unknown key", loc[:-1]
+        elif err["type"] in ("value_error", "assertion_error"):  # free text, may quote the value
+            reason = "invalid value"
+        else:
+            reason = err["msg"]
+        out.append(f"{'.'.join(loc) or '(top level)'}: {reason}")
+    more = f"; and {len(out) - MAX_PROBLEMS} more" if len(out) > MAX_PROBLEMS else ""
+    return "; ".join(out[:MAX_PROBLEMS]) + more
 
 
 def _validity(v: Any, what: str) -> Validity:
@@ -172,7 +198,13 @@ def parse_trust_root(data: bytes, source: str) -> TrustRoot:
         raise TrustRootError(f"{source}: larger than {MAX_TRUST_ROOT_SIZE} bytes")
     try:
         doc = jsondoc.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise TrustRootError(f"{source}: not valid JSON: not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise TrustRootError(
+            f"{source}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
+    except ValueError as e:  # ours (nested too deeply)
         raise TrustRootError(f"{source}: not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise TrustRootError(f"{source}: not a JSON object")
@@ -182,7 +214,7 @@ def parse_trust_root(data: bytes, source: str) -> TrustRoot:
         inner = trustroot_v1.TrustedRoot.from_json(data)
         sigstore_root = TrustedRoot(inner)
     except Exception as e:  # sigstore raises pydantic, ValueError and its own Error types
-        raise TrustRootError(f"{source}: not a Sigstore trusted root: {e}") from None
+        raise TrustRootError(f"{source}: not a Sigstore trusted root: {_problems(e)}") from None
     try:
         authorities = _authorities(doc.get("certificateAuthorities"))
         rekor = _log_keys(doc.get("tlogs"), "tlogs")
@@ -204,8 +236,7 @@ def parse_trust_root(data: bytes, source: str) -> TrustRoot:
 def load_trust_root_file(path: str | pathlib.Path) -> TrustRoot:
     p = pathlib.Path(path)
     try:
-        with p.open("rb") as f:
-            data = f.read(MAX_TRUST_ROOT_SIZE + 1)
+        data = read_regular_file(p, MAX_TRUST_ROOT_SIZE)
     except OSError as e:
         raise TrustRootError(f"cannot read {p}: {e.strerror}") from None
     return parse_trust_root(data, str(p))

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from imaged.verify.config import PUBLIC_GOOD_TUF_URL, VerificationConfig
+from imaged.verify.config import MAX_TUF_ROOT_SIZE, PUBLIC_GOOD_TUF_URL, VerificationConfig
+from imaged.verify.files import read_regular_file
 from imaged.verify.trust import (
     TrustRoot,
     TrustRootError,
@@ -45,7 +46,7 @@ from imaged.verify.trust import (
     load_trust_root_file,
     parse_trust_root,
 )
-from imaged.verify.tufclient import RefreshError, TufSource, describe, fetch_trusted_root
+from imaged.verify.tufclient import DOWNLOAD_PREFIX, RefreshError, TufSource, describe, fetch_trusted_root
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ START_SPREAD = 10.0
 T = TypeVar("T")
 # python-tuf's Updater does not support two instances on one metadata directory at once.
 _FETCH_LOCK = threading.Lock()
+# What a refresh may take past waiting for the lock and its own deadline (disk, parsing) before
+# the caller stops waiting for it.
+FETCH_GRACE = 30.0
 
 
 class Source(enum.StrEnum):
@@ -105,6 +109,11 @@ class Settings:
     timeout: float
     state_dir: pathlib.Path | None
 
+    def names_same_root(self, other: Settings) -> bool:
+        """Whether `other` names the same root: the trustedRoot file, the TUF repository and its
+        initial root, and where its state is kept; not how often or how long it is refreshed."""
+        return (self.file, self.tuf, self.state_dir) == (other.file, other.tuf, other.state_dir)
+
     @classmethod
     def from_config(cls, config: VerificationConfig, state_dir: str | pathlib.Path | None) -> Settings:
         """Raises TrustRootError when the configured initial TUF root cannot be read."""
@@ -114,9 +123,11 @@ class Settings:
             url = t.source_url
             if t.root is not None:
                 try:
-                    bootstrap = pathlib.Path(t.root).read_bytes()
+                    bootstrap = read_regular_file(t.root, MAX_TUF_ROOT_SIZE)
                 except OSError as e:
                     raise TrustRootError(f"tuf.root: cannot read {t.root}: {e.strerror}") from None
+                if len(bootstrap) > MAX_TUF_ROOT_SIZE:
+                    raise TrustRootError(f"tuf.root: {t.root} is larger than {MAX_TUF_ROOT_SIZE} bytes")
             else:
                 bootstrap = embedded_public_good_tuf_root()
             tuf = TufSource(url, bootstrap)
@@ -136,10 +147,10 @@ def save_root(path: pathlib.Path, data: bytes, as_of: float) -> None:
     at any moment leaves the previous root or this one, never a part. Its mtime is `as_of`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
+        if path.stat().st_size == len(data) and read_regular_file(path, len(data)) == data:
             os.utime(path, (as_of, as_of))
             return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -158,9 +169,10 @@ def save_root(path: pathlib.Path, data: bytes, as_of: float) -> None:
         os.close(dirfd)
 
 
-async def _in_thread(fn: Callable[[], T]) -> T:
-    """Run blocking `fn` in a daemon thread: a refresh in flight must not hold up shutdown
-    (asyncio.to_thread's executor is joined at exit). Cancelling abandons the thread."""
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run blocking `fn` in a daemon thread: work in flight (a refresh, a PolicyService.Test
+    candidate) must not hold up shutdown (asyncio.to_thread's executor is joined at exit), nor a
+    worker of that executor. Cancelling abandons the thread."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -278,16 +290,35 @@ class TrustRoots:
         log.info("using the trust root saved at %s (%s)", _minute(as_of), path)
         return TrustState(root, Source.DISK, as_of)
 
-    @staticmethod
-    def _remove_leftovers(d: pathlib.Path) -> None:
-        """Temporary files of a refresh killed midway (the saved root itself is never partial)."""
+    def _remove_leftovers(self, d: pathlib.Path) -> None:
+        """Temporary files of a refresh killed midway (the saved root itself is never partial).
+
+        A reload builds a new manager on the same directory while the previous one may still be
+        refreshing into it, so files named with this process's id are left alone unless older
+        than any refresh can last (the id of a process before a reboot may come back)."""
+        s = self.settings
+        before = self._clock() - (2 * s.timeout + FETCH_GRACE)
+        ours = str(os.getpid())
+
+        def leftover(p: pathlib.Path, prefix: str) -> bool:
+            if p.name[len(prefix) :].split(".", 1)[0].split("-", 1)[0] != ours:
+                return True  # another process's: it is gone (one imaged per state directory)
+            try:
+                return p.stat().st_mtime < before and all(
+                    f.stat().st_mtime < before for f in (p.iterdir() if p.is_dir() else ())
+                )
+            except OSError:
+                return False
+
         with contextlib.suppress(OSError):
             for p in d.glob(f".{SAVED_NAME}.*"):
-                p.unlink(missing_ok=True)
-            for p in d.glob(".download-*"):
-                for f in p.iterdir():
-                    f.unlink(missing_ok=True)
-                p.rmdir()
+                if leftover(p, f".{SAVED_NAME}."):
+                    p.unlink(missing_ok=True)
+            for p in d.glob(f"{DOWNLOAD_PREFIX}*"):
+                if leftover(p, DOWNLOAD_PREFIX):
+                    for f in p.iterdir():
+                        f.unlink(missing_ok=True)
+                    p.rmdir()
 
     # -- refreshing ---------------------------------------------------------------------------
 
@@ -311,12 +342,22 @@ class TrustRoots:
                 current = None
 
             def fetch() -> bytes:
-                with _FETCH_LOCK:
+                # Waited for at most one refresh's time: a refresh that never ends (it should not:
+                # the fetcher's deadline covers it) must not stop every later one.
+                if not _FETCH_LOCK.acquire(timeout=s.timeout):
+                    raise RefreshError(
+                        f"another trust root refresh is still running after {s.timeout:g}s (tuf.timeout)"
+                    )
+                try:
                     return self._fetch(source, d, s.timeout, saved if saved.exists() else None)
+                finally:
+                    _FETCH_LOCK.release()
 
             try:
-                data = await _in_thread(fetch)
+                data = await asyncio.wait_for(in_daemon_thread(fetch), 2 * s.timeout + FETCH_GRACE)
                 root = parse_trust_root(data, f"{source.url} (TUF)")
+            except TimeoutError:
+                return self._failed(f"the refresh did not end within {2 * s.timeout + FETCH_GRACE:g}s")
             except (RefreshError, TrustRootError) as e:
                 return self._failed(str(e))
             except Exception as e:  # a refresh must never take the daemon down
@@ -327,7 +368,7 @@ class TrustRoots:
             if not changed and current is not None and current.root.source == root.source:
                 root = current.root  # the same object: the compiled policy stays as it is
             try:
-                await _in_thread(lambda: save_root(saved, data, now))
+                await in_daemon_thread(lambda: save_root(saved, data, now))
             except OSError as e:
                 log.warning("trust root refreshed but not saved to %s: %s", saved, e)
             self._state, self._loaded = TrustState(root, Source.REFRESHED, now), True

@@ -10,15 +10,20 @@ and a size bound on the target. The result is the verified bytes. Blocking: run 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import pathlib
+import socket
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import urllib3
+import urllib3.connection
 from tuf.api import exceptions
 from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
@@ -26,9 +31,12 @@ from tuf.ngclient.updater import Updater
 
 from imaged import __version__
 from imaged.registry.proxy import ProxyRules
+from imaged.verify.files import read_regular_file
 from imaged.verify.trust import MAX_TRUST_ROOT_SIZE
 
 TARGET = "trusted_root.json"
+# A download in progress: `<prefix><pid>-<random>/` under the repository's state directory.
+DOWNLOAD_PREFIX = ".download-"
 CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 30.0
@@ -54,8 +62,51 @@ class TufSource:
         return f"{host}-{digest}"
 
 
+class _Watched(threading.local):
+    """The fetcher whose request this thread is making: its connections' sockets are registered
+    with it as they are made (urllib3 connects inside `request`, in the calling thread)."""
+
+    fetcher: BoundedFetcher | None = None
+
+
+_WATCHED = _Watched()
+
+
+def _register(sock: socket.socket) -> None:
+    fetcher = _WATCHED.fetcher
+    if fetcher is not None:
+        fetcher.watch(sock)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _register(sock)
+        return sock
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _register(sock)
+        return sock
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
 class BoundedFetcher(FetcherInterface):
-    """urllib3 GETs under one deadline for the whole refresh; python-tuf bounds each length."""
+    """urllib3 GETs under one deadline for the whole refresh; python-tuf bounds each length.
+
+    urllib3's timeouts are per socket operation: a server sending a byte every few seconds, in the
+    headers or the body, never trips them. So a timer shuts every socket of this fetcher down at
+    the deadline (a blocked read then returns at once), and a request is never retried (each retry
+    would have its own timeouts); redirects are followed."""
 
     def __init__(self, deadline: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._deadline = deadline
@@ -63,6 +114,10 @@ class BoundedFetcher(FetcherInterface):
         self._proxies = ProxyRules.from_environment()
         self._headers = {"User-Agent": f"imaged/{__version__}"}
         self._pools: dict[str, urllib3.PoolManager] = {}
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._expired = False
+        self._timer: threading.Timer | None = None
 
     def _pool(self, url: str) -> urllib3.PoolManager:
         proxy = self._proxies.for_url(url)
@@ -75,24 +130,53 @@ class BoundedFetcher(FetcherInterface):
                 pool = urllib3.ProxyManager(
                     str(proxy.url), headers=self._headers, proxy_headers=proxy.headers
                 )
+            pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
             self._pools[key] = pool
         return pool
 
+    def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down at the deadline (at once if it has passed)."""
+        with self._lock:
+            if not self._expired:
+                self._sockets.append(sock)
+                return
+        _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shutdown(sock)
+
+    def _late(self) -> exceptions.SlowRetrievalError:
+        return exceptions.SlowRetrievalError("the refresh timed out (its deadline covers all downloads)")
+
     def _remaining(self) -> float:
         left = self._deadline - self._clock()
-        if left <= 0:
-            raise exceptions.SlowRetrievalError("the refresh ran out of time")
+        if left <= 0 or self._expired:
+            raise self._late()
         return left
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         left = self._remaining()
+        if self._timer is None:
+            self._timer = threading.Timer(left, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
         timeout = urllib3.Timeout(connect=min(left, CONNECT_TIMEOUT), read=min(left, READ_TIMEOUT))
+        retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
+        _WATCHED.fetcher = self
         try:
             response = self._pool(url).request(
-                "GET", url, preload_content=False, timeout=timeout, retries=urllib3.Retry(2, redirect=5)
+                "GET", url, preload_content=False, timeout=timeout, retries=retries
             )
         except urllib3.exceptions.HTTPError as e:
+            if self._expired:
+                raise self._late() from None
             raise exceptions.DownloadError(f"{url}: {_cause(e)}") from None
+        finally:
+            _WATCHED.fetcher = None
         if response.status >= 400:
             response.release_conn()
             raise exceptions.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
@@ -104,13 +188,23 @@ class BoundedFetcher(FetcherInterface):
                 self._remaining()
                 yield chunk
         except urllib3.exceptions.HTTPError as e:
+            if self._expired:
+                raise self._late() from None
             raise exceptions.DownloadError(f"{url}: {_cause(e)}") from None
         finally:
             response.release_conn()
+        self._remaining()  # a body cut short by the deadline may look complete to urllib3
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for pool in self._pools.values():
             pool.clear()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _cause(e: BaseException) -> str:
@@ -147,10 +241,10 @@ def fetch_trusted_root(
                 f"{source.url}: {TARGET} is {info.length} bytes, more than {MAX_TRUST_ROOT_SIZE}"
             )
         if saved is not None and updater.find_cached_target(info, str(saved)) is not None:
-            return saved.read_bytes()
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=directory) as tmp:
+            return read_regular_file(saved, MAX_TRUST_ROOT_SIZE)
+        with tempfile.TemporaryDirectory(prefix=f"{DOWNLOAD_PREFIX}{os.getpid()}-", dir=directory) as tmp:
             path = updater.download_target(info, filepath=str(pathlib.Path(tmp) / TARGET))
-            return pathlib.Path(path).read_bytes()
+            return read_regular_file(path, MAX_TRUST_ROOT_SIZE)
     except RefreshError:
         raise
     except Exception as e:  # python-tuf's RepositoryError and DownloadError, OSError, ValueError

@@ -7,6 +7,8 @@ many distinct ones verified against the rule's threshold.
 
 from __future__ import annotations
 
+from sigstore.errors import VerificationError
+
 from imaged.verify.bundle import open_keyless_dsse, verify_keyless_bundle
 from imaged.verify.config import KeylessRule, Rule
 from imaged.verify.identity import identity_policy
@@ -18,6 +20,7 @@ from imaged.verify.material import (
     BundleSignature,
     Signature,
     SignatureVerifier,
+    Signed,
 )
 from imaged.verify.static import open_static_envelope, verify_static_bundle, verify_static_simple_signing
 from imaged.verify.trust import TrustRoot
@@ -27,22 +30,35 @@ def _either(exact: str | None, regex: str | None) -> str:
     return " and ".join(x for x in (repr(exact) if exact else "", f"/{regex}/" if regex else "") if x)
 
 
-class KeylessVerifier:
-    """Fulcio certificate with the rule's issuer, subject and claims, anchored in `trust`."""
+NO_ROOT_YET = "no Sigstore trust root for keyless verification yet"
 
-    def __init__(self, rule: KeylessRule, trust: TrustRoot, name: str | None = None) -> None:
+
+class KeylessVerifier:
+    """Fulcio certificate with the rule's issuer, subject and claims, anchored in `trust`.
+
+    Without a root (none loaded yet), it verifies nothing: the rule's other authorities may still
+    be enough (a key under threshold 1); the engine says when this one was needed."""
+
+    def __init__(self, rule: KeylessRule, trust: TrustRoot | None, name: str | None = None) -> None:
         self.rule = rule
         self.trust = trust
         self.policy = identity_policy(rule)
         subject = f"subject {_either(rule.subject, rule.subject_regex)}"
         self.name = rule.name or (f"{name} ({subject})" if name else subject)
 
-    def verify(self, signature: Signature, digest: str) -> str:
+    def check(self, signature: Signature, digest: str) -> Signed:
+        if self.trust is None:
+            raise VerificationError(NO_ROOT_YET)
         if isinstance(signature, BundleSignature):
             return verify_keyless_bundle(signature, digest, self.trust, self.policy)
         return verify_legacy_keyless(signature, digest, self.trust, self.policy)
 
+    def verify(self, signature: Signature, digest: str) -> str:
+        return self.check(signature, digest).who
+
     def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
+        if self.trust is None:
+            raise VerificationError(NO_ROOT_YET)
         if isinstance(material, BundleSignature):
             return open_keyless_dsse(material, self.trust, self.policy)
         return open_legacy_keyless_envelope(material, self.trust, self.policy)
@@ -64,10 +80,13 @@ class StaticKeyVerifier:
         self.key = key
         self.name = name or describe(key)
 
-    def verify(self, signature: Signature, digest: str) -> str:
+    def check(self, signature: Signature, digest: str) -> Signed:
         if isinstance(signature, BundleSignature):
             return verify_static_bundle(signature, digest, self.key)
         return verify_static_simple_signing(signature, digest, self.key)
+
+    def verify(self, signature: Signature, digest: str) -> str:
+        return self.check(signature, digest).who
 
     def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
         if isinstance(material, BundleSignature):
@@ -79,12 +98,11 @@ class StaticKeyVerifier:
 
 
 def build_authorities(rule: Rule, trust: TrustRoot | None) -> tuple[Authority, ...]:
-    """The authorities of a validated rule, keyless first, in configuration order; () for skip/deny."""
+    """The authorities of a validated rule, keyless first, in configuration order; () for skip/deny.
+    Without `trust`, keyless ones verify nothing (see KeylessVerifier)."""
     out: list[Authority] = []
     keyless = rule.keyless_authorities()
     for field, k in keyless:
-        if trust is None:
-            raise ValueError("a keyless rule needs a trust root")
         out.append(KeylessVerifier(k, trust, name=field if len(keyless) > 1 else None))
     for _field, p in rule.key_authorities():
         if p.certificate:
