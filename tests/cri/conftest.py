@@ -4,7 +4,12 @@ containerd's CRI is configured with, so no sandbox image is ever pulled).
 
 The containerd is this package's own: its CRI runs pod sandboxes, which here needs
 `restrict_oom_score_adj` (the machine may lack CAP_SYS_RESOURCE, and CRI gives a sandbox an OOM
-score below containerd's own otherwise)."""
+score below containerd's own otherwise).
+
+`node` is the same arrangement on either containerd, a module-scoped fixture parametrized over
+Debian's 1.6 and the built 2.x (`[containerd1.6]`, `[containerd2]`; a module may narrow it with
+`@pytest.mark.parametrize("node", ["2"], indirect=True)`): a containerd, an imaged with `listen.cri`
+in front of it, an open registry and a `publicKey` rule for its `signed/*` repositories."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
+from tests.conftest import CONTAINERD_VERSIONS, new_containerd
 from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import DaemonProcess
@@ -24,9 +30,9 @@ USERS = {"kube": "pull-s3cret"}
 
 
 @dataclass
-class Env:
+class Node:
+    containerd: PrivateContainerd
     reg: Registry  # open registry
-    private: Registry  # token auth; credentials only in PullImageRequest.auth
     daemon: DaemonProcess
     sigstore: PrivateSigstore
     key: object
@@ -40,6 +46,20 @@ class Env:
         digest = archives.push(reg, repo, tag, image)
         self.sign(reg, repo, digest)
         return digest
+
+
+@dataclass
+class Env(Node):
+    private: Registry  # token auth; credentials only in PullImageRequest.auth
+
+
+def cri_daemon(containerd_socket: str, rules: list[dict[str, object]]) -> tuple[DaemonProcess, str]:
+    """An imaged (not started) with `rules` and `listen.cri`; returns it and its CRI socket."""
+    d = DaemonProcess(containerd_socket, {"verification": {"rules": rules}})
+    sock = str(d.dir / "cri.sock")
+    d.config["listen"]["cri"] = {"path": sock}
+    d.config_path.write_text(yaml.safe_dump(d.config))
+    return d, sock
 
 
 @pytest.fixture(scope="package")
@@ -74,14 +94,31 @@ def env(containerd: PrivateContainerd) -> Iterator[Env]:
         {"image": f"{private.host}/signed/*", "publicKey": {"certificate": pem}},
         {"image": f"{reg.host}/denied/*", "deny": True},
     ]
-    d = DaemonProcess(containerd.socket, {"verification": {"rules": rules}})
-    sock = str(d.dir / "cri.sock")
-    d.config["listen"]["cri"] = {"path": sock}
-    d.config_path.write_text(yaml.safe_dump(d.config))
+    d, sock = cri_daemon(containerd.socket, rules)
     d.start()
     try:
-        yield Env(reg, private, d, ps, key, sock)
+        yield Env(
+            containerd=containerd, reg=reg, daemon=d, sigstore=ps, key=key, cri_socket=sock, private=private
+        )
     finally:
         d.stop()
         reg.close()
         private.close()
+
+
+@pytest.fixture(scope="module", params=CONTAINERD_VERSIONS, ids=lambda v: f"containerd{v}")
+def node(request: pytest.FixtureRequest) -> Iterator[Node]:
+    cd = new_containerd(request.param)
+    cd.start()
+    reg = Registry()
+    ps = PrivateSigstore(seed=b"cri-node")
+    key = ps.static_key()
+    rules = [{"image": f"{reg.host}/signed/*", "publicKey": {"certificate": key.public_pem.decode()}}]
+    d, sock = cri_daemon(cd.socket, rules)
+    try:
+        d.start()
+        yield Node(containerd=cd, reg=reg, daemon=d, sigstore=ps, key=key, cri_socket=sock)
+    finally:
+        d.stop()
+        cd.destroy()
+        reg.close()

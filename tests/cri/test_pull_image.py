@@ -13,15 +13,16 @@ import grpc
 import pytest
 
 from imaged.pb.containerd.services.images.v1 import images_pb2, images_pb2_grpc
+from imaged.pb.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from imaged.pb.runtime.v1 import api_pb2
-from tests.cri.conftest import USERS, Env
+from tests.cri.conftest import USERS, Env, Node
 from tests.pull.test_pull import ingests, leases
 from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
 from tests.support.registry import Registry
 
 
-def pull_image(env: Env, image: str, auth: api_pb2.AuthConfig | None = None, timeout: float = 300) -> str:
+def pull_image(env: Node, image: str, auth: api_pb2.AuthConfig | None = None, timeout: float = 300) -> str:
     req = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
     if auth is not None:
         req.auth.CopyFrom(auth)
@@ -155,39 +156,72 @@ def test_an_image_no_rule_covers_is_pulled_as_containerd_would(
     assert ref in cri.image_status(containerd.socket, ref).image.repo_tags
 
 
-def test_a_cancelled_pull_leaves_no_lease_or_record_and_resumes(
-    env: Env, containerd: PrivateContainerd
-) -> None:
+def k8s_leases(cd: PrivateContainerd) -> dict[str, list[tuple[str, str]]]:
+    """Every lease in k8s.io (imaged's or not) -> its resources (type, id)."""
+    with grpc.insecure_channel(f"unix:{cd.socket}") as ch:
+        stub = leases_pb2_grpc.LeasesStub(ch)
+        md = (("containerd-namespace", "k8s.io"),)
+        found = stub.List(leases_pb2.ListRequest(), metadata=md, timeout=30).leases
+        return {
+            le.id: [
+                (r.type, r.id)
+                for r in stub.ListResources(
+                    leases_pb2.ListResourcesRequest(id=le.id), metadata=md, timeout=30
+                ).resources
+            ]
+            for le in found
+        }
+
+
+def cancelled_pull_resumes(node: Node, repo: str) -> None:
+    """A PullImage cancelled while containerd's CRI downloads a layer: the download was held by
+    imaged's lease (containerd's CRI took the `containerd-lease` header: no lease of its own), no
+    lease or record is left, and the next pull resumes the partial download."""
+    containerd = node.containerd
     big = archives.Image(
         [archives.busybox_layer(), archives.layer({"big": os.urandom(96 << 20)}, compress=False)]
     )
-    digest = env.push_signed(env.reg, "signed/big", "v1", big)
-    ref = f"{env.reg.host}/signed/big:v1"
+    digest = node.push_signed(node.reg, repo, "v1", big)
+    ref = f"{node.reg.host}/{repo}:v1"
     layer = big.layers[-1].digest
-    with cri.images(env.cri_socket) as stub:
+    with cri.images(node.cri_socket) as stub:
         call = stub.PullImage.future(
             api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=300
         )
         deadline = time.monotonic() + 60
         while not [i for i in ingests(containerd, "k8s.io") if layer in i] and time.monotonic() < deadline:
             time.sleep(0.02)
+        during = k8s_leases(containerd)
         time.sleep(0.2)
         call.cancel()
+    assert len(during) == 1 and next(iter(during)).startswith("imaged-cri-pull-"), during
+    assert ("ingests", f"layer-{layer}") in next(iter(during.values())), during
     deadline = time.monotonic() + 10
-    while leases(containerd, "k8s.io") and time.monotonic() < deadline:
+    while k8s_leases(containerd) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert leases(containerd, "k8s.io") == []
-    assert not [n for n in records(containerd) if "signed/big" in n]
+    assert k8s_leases(containerd) == {}
+    assert not [n for n in records(containerd) if repo in n]
     # The partial download outlives the lease and the next pull goes on from there.
     containerd.ctr("leases", "create", "--id", "gc-now", namespace="k8s.io")
     containerd.ctr("leases", "rm", "--sync", "gc-now", namespace="k8s.io")
     assert [i for i in ingests(containerd, "k8s.io") if layer in i], "the partial download is gone"
-    before = len(env.reg.requests())
-    assert pull_image(env, ref) == big.config_digest
-    resumed = layer_gets(env.reg, before, layer)
+    before = len(node.reg.requests())
+    assert pull_image(node, ref) == big.config_digest
+    resumed = layer_gets(node.reg, before, layer)
     assert resumed and all(r[2] == 206 for r in resumed), resumed
-    assert f"{env.reg.host}/signed/big@{digest}" in records(containerd)
+    assert f"{node.reg.host}/{repo}@{digest}" in records(containerd)
     assert ingests(containerd, "k8s.io") == []
+
+
+def test_a_cancelled_pull_leaves_no_lease_or_record_and_resumes(env: Env) -> None:
+    cancelled_pull_resumes(env, "signed/big")
+
+
+@pytest.mark.parametrize("node", ["2"], indirect=True, ids=["containerd2"])
+def test_containerd2_takes_the_lease_of_a_cancelled_pull_and_resumes(node: Node) -> None:
+    """containerd 2.x's CRI pulls through its Transfer service (2.1+): the `containerd-lease` header
+    imaged sends still holds what it downloads (README, "The kubelet's pulls")."""
+    cancelled_pull_resumes(node, "signed/big")
 
 
 def test_concurrent_pulls_of_one_image(env: Env, containerd: PrivateContainerd) -> None:

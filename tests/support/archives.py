@@ -100,13 +100,17 @@ class Image:
     architecture: str = "amd64"
     os: str = "linux"
     variant: str = ""
+    user: str = ""  # the config's `User` ("1002", "www-data:1004", ...)
 
     @property
     def config(self) -> bytes:
+        run: dict[str, Any] = {"Cmd": self.cmd, "Env": ["PATH=/bin"]}
+        if self.user:
+            run["User"] = self.user
         doc: dict[str, Any] = {
             "architecture": self.architecture,
             "os": self.os,
-            "config": {"Cmd": self.cmd, "Env": ["PATH=/bin"]},
+            "config": run,
             "rootfs": {"type": "layers", "diff_ids": [lay.diff_id for lay in self.layers]},
             "created": "2026-01-01T00:00:00Z",
         }
@@ -171,6 +175,22 @@ def simple_image(marker: str = "hello", *, docker: bool = False) -> Image:
     )
 
 
+@dataclass
+class Index:
+    """An OCI image index over `images`, each described with its platform."""
+
+    images: list[Image]
+
+    @property
+    def manifest(self) -> bytes:
+        doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [i.descriptor() for i in self.images]}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @property
+    def digest(self) -> str:
+        return sha(self.manifest)
+
+
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mode, ti.mtime = len(data), 0o644, 0
@@ -229,3 +249,19 @@ def push(registry: Any, repo: str, tag: str, image: Image) -> str:
     pusher.push_blob(repo, image.config, DOCKER_CONFIG if image.docker else OCI_CONFIG)
     pusher.put_manifest(repo, tag, image.manifest, DOCKER_MANIFEST if image.docker else OCI_MANIFEST)
     return image.digest
+
+
+def push_index(registry: Any, repo: str, tags: list[str], index: Index) -> str:
+    """Push every image of `index` by digest, then the index as each of `tags`; return its digest."""
+    from tests.support.sigstore import OciPusher
+
+    pusher = OciPusher(registry)
+    for image in index.images:
+        for la in image.layers:
+            pusher.push_blob(repo, la.blob, la.media_type)
+        pusher.push_blob(repo, image.config, DOCKER_CONFIG if image.docker else OCI_CONFIG)
+        media_type = DOCKER_MANIFEST if image.docker else OCI_MANIFEST
+        pusher.put_manifest(repo, image.digest, image.manifest, media_type)
+    for tag in tags:
+        pusher.put_manifest(repo, tag, index.manifest, OCI_INDEX)
+    return index.digest
