@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := containerd runc docker-registry skopeo umoci busybox-static zstd zsh bash-completion strace systemd
+DEB_PACKAGES := containerd runc containernetworking-plugins iproute2 docker-registry skopeo umoci busybox-static zstd zsh bash-completion strace systemd
 CONFIG ?= .run/imaged.yaml
 
 .PHONY: all deps venv peers protos run demo test lint fmt bench soak clean

@@ -12,7 +12,13 @@ import pytest
 
 from tests.cri.conftest import Node
 from tests.cri.test_pull_image import records
-from tests.support import archives, critools
+from tests.support import archives, critools, peers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cri_tools() -> None:
+    """Before anything is started: cri-tools is built (or the module is skipped, IMAGED_PEERS=none)."""
+    peers.require("cri-tools")
 
 
 def crictl(node: Node, *args: str) -> subprocess.CompletedProcess[str]:

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.support import archives, peers
+from tests.support.containerd import PrivateContainerd
 from tests.support.registry import Registry
 
 CRI_TOOLS = "gcr.io/k8s-staging-cri-tools"
 # (architecture, variant) of cri-tools' images/build ARCHITECTURES; amd64 is the runnable one.
+CNI_PLUGINS = pathlib.Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 ARCHITECTURES = (("amd64", ""), ("arm", "v7"), ("arm64", "v8"), ("ppc64le", ""), ("s390x", ""))
 
 
@@ -138,6 +140,45 @@ def containerd_config_path(major: int, hosts_dir: pathlib.Path) -> str:
         else '[plugins."io.containerd.grpc.v1.cri".registry]'
     )
     return f'\n{section}\n  config_path = "{hosts_dir}"\n'
+
+
+def prepare_for_pods(cd: PrivateContainerd, *, sandbox_image: str, bridge: str, subnet: str) -> None:
+    """Before `cd.start()`: pod sandboxes as critest makes them (pod network, no host network).
+
+    The sandbox image is `sandbox_image` (the caller imports it; nothing pulls it), OOM score
+    adjustments are restricted (the machine may lack CAP_SYS_RESOURCE), and the CNI network is
+    a `bridge` named `bridge` with host-local addresses from `subnet`, no gateway and no
+    masquerading (nothing of the host's routing or iptables changes), Debian's plugins from
+    /usr/lib/cni. The caller deletes the bridge (`ip link del`) after containerd is gone."""
+    text = cd.config.read_text()
+    anchor = "disable_apparmor = true"
+    assert anchor in text, "the test containerd's CRI section changed"
+    extra = "\n  restrict_oom_score_adj = true"
+    if cd.major == 2:
+        text += f"\n[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = \"{sandbox_image}\"\n"
+    else:
+        extra += f'\n  sandbox_image = "{sandbox_image}"'
+    cd.config.write_text(text.replace(anchor, anchor + extra, 1))
+    (cd.dir / "cni-bin").symlink_to(CNI_PLUGINS)
+    (cd.dir / "cni-conf").mkdir(exist_ok=True)
+    network = {
+        "cniVersion": "1.0.0",
+        "name": "imaged-critest",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": False,
+                "ipMasq": False,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "dataDir": str(cd.dir / "cni-ipam"),
+                },
+            }
+        ],
+    }
+    (cd.dir / "cni-conf" / "10-imaged-critest.conflist").write_text(json.dumps(network))
 
 
 # -- crictl -----------------------------------------------------------------------------------------
