@@ -12,11 +12,13 @@ import time
 import grpc
 import pytest
 
+from imaged.pb.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from imaged.pb.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from imaged.pb.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from imaged.pb.runtime.v1 import api_pb2
 from tests.cri.conftest import USERS, Env, Node
 from tests.pull.test_pull import ingests, leases
+from tests.reliability.faultproxy import Fault, FaultProxy, blob_path
 from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
 from tests.support.registry import Registry
@@ -173,55 +175,97 @@ def k8s_leases(cd: PrivateContainerd) -> dict[str, list[tuple[str, str]]]:
         }
 
 
-def cancelled_pull_resumes(node: Node, repo: str) -> None:
-    """A PullImage cancelled while containerd's CRI downloads a layer: the download was held by
-    imaged's lease (containerd's CRI took the `containerd-lease` header: no lease of its own), no
-    lease or record is left, and the next pull resumes the partial download."""
-    containerd = node.containerd
+def test_a_cancelled_pull_leaves_no_lease_or_record_and_resumes(
+    env: Env, containerd: PrivateContainerd
+) -> None:
     big = archives.Image(
         [archives.busybox_layer(), archives.layer({"big": os.urandom(96 << 20)}, compress=False)]
     )
-    digest = node.push_signed(node.reg, repo, "v1", big)
-    ref = f"{node.reg.host}/{repo}:v1"
+    digest = env.push_signed(env.reg, "signed/big", "v1", big)
+    ref = f"{env.reg.host}/signed/big:v1"
     layer = big.layers[-1].digest
-    with cri.images(node.cri_socket) as stub:
+    with cri.images(env.cri_socket) as stub:
         call = stub.PullImage.future(
             api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=300
         )
         deadline = time.monotonic() + 60
         while not [i for i in ingests(containerd, "k8s.io") if layer in i] and time.monotonic() < deadline:
             time.sleep(0.02)
-        during = k8s_leases(containerd)
         time.sleep(0.2)
         call.cancel()
-    assert len(during) == 1 and next(iter(during)).startswith("imaged-cri-pull-"), during
-    assert ("ingests", f"layer-{layer}") in next(iter(during.values())), during
     deadline = time.monotonic() + 10
-    while k8s_leases(containerd) and time.monotonic() < deadline:
+    while leases(containerd, "k8s.io") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert k8s_leases(containerd) == {}
-    assert not [n for n in records(containerd) if repo in n]
+    assert leases(containerd, "k8s.io") == []
+    assert not [n for n in records(containerd) if "signed/big" in n]
     # The partial download outlives the lease and the next pull goes on from there.
     containerd.ctr("leases", "create", "--id", "gc-now", namespace="k8s.io")
     containerd.ctr("leases", "rm", "--sync", "gc-now", namespace="k8s.io")
     assert [i for i in ingests(containerd, "k8s.io") if layer in i], "the partial download is gone"
-    before = len(node.reg.requests())
-    assert pull_image(node, ref) == big.config_digest
-    resumed = layer_gets(node.reg, before, layer)
+    before = len(env.reg.requests())
+    assert pull_image(env, ref) == big.config_digest
+    resumed = layer_gets(env.reg, before, layer)
     assert resumed and all(r[2] == 206 for r in resumed), resumed
-    assert f"{node.reg.host}/{repo}@{digest}" in records(containerd)
+    assert f"{env.reg.host}/signed/big@{digest}" in records(containerd)
     assert ingests(containerd, "k8s.io") == []
 
 
-def test_a_cancelled_pull_leaves_no_lease_or_record_and_resumes(env: Env) -> None:
-    cancelled_pull_resumes(env, "signed/big")
+STALL_AT = 8 << 20
 
 
-@pytest.mark.parametrize("node", ["2"], indirect=True, ids=["containerd2"])
-def test_containerd2_takes_the_lease_of_a_cancelled_pull_and_resumes(node: Node) -> None:
-    """containerd 2.x's CRI pulls through its Transfer service (2.1+): the `containerd-lease` header
-    imaged sends still holds what it downloads (README, "The kubelet's pulls")."""
-    cancelled_pull_resumes(node, "signed/big")
+def ingest_offset(cd: PrivateContainerd, ref: str) -> int:
+    """How many bytes containerd holds of ingest `ref` in k8s.io (-1: no such ingest)."""
+    with grpc.insecure_channel(f"unix:{cd.socket}") as ch:
+        resp = content_pb2_grpc.ContentStub(ch).ListStatuses(
+            content_pb2.ListStatusesRequest(filters=[f'ref=="{ref}"']),
+            metadata=(("containerd-namespace", "k8s.io"),),
+            timeout=30,
+        )
+    return max((st.offset for st in resp.statuses), default=-1)
+
+
+def test_the_cri_pulls_under_imageds_lease_and_a_cancelled_pull_resumes(node: Node) -> None:
+    """The lease imaged sends containerd's CRI (`containerd-lease` header) holds what the CRI
+    downloads, on 1.6 and on 2.x (whose CRI pulls through its Transfer service): the only lease
+    during the pull is imaged's and it holds the layer's ingest; after a cancel no lease or record
+    is left, and the next pull resumes the partial download (README, "The kubelet's pulls").
+    The layer's first GET stalls after 8 MiB (a proxy): the cancel lands mid-download, once
+    containerd holds those bytes, and the next GET asks for the rest from there."""
+    containerd = node.containerd
+    big = archives.Image(
+        [archives.busybox_layer(), archives.layer({"big": os.urandom(48 << 20)}, compress=False)]
+    )
+    layer = big.layers[-1].digest
+    with FaultProxy(node.reg.host) as proxy:
+        proxy.add(Fault("stall", path=blob_path(layer), after=STALL_AT, seconds=120, only_from_start=True))
+        repo = f"lease/big-{containerd.major}"
+        digest = archives.push(node.reg, repo, "v1", big)
+        ref = f"{proxy.host}/{repo}:v1"
+        with cri.images(node.cri_socket) as stub:
+            call = stub.PullImage.future(
+                api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=300
+            )
+            deadline = time.monotonic() + 60
+            while ingest_offset(containerd, f"layer-{layer}") < STALL_AT and time.monotonic() < deadline:
+                time.sleep(0.05)
+            during = k8s_leases(containerd)
+            call.cancel()
+        assert len(during) == 1 and next(iter(during)).startswith("imaged-cri-pull-"), during
+        assert ("ingests", f"layer-{layer}") in next(iter(during.values())), during
+        deadline = time.monotonic() + 10
+        while k8s_leases(containerd) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert k8s_leases(containerd) == {}
+        assert not [n for n in records(containerd) if repo in n]
+        # The partial download outlives the lease (a garbage collection now keeps it).
+        containerd.ctr("leases", "create", "--id", "gc-now", namespace="k8s.io")
+        containerd.ctr("leases", "rm", "--sync", "gc-now", namespace="k8s.io")
+        assert ingest_offset(containerd, f"layer-{layer}") == STALL_AT, "the partial download is gone"
+        assert pull_image(node, ref) == big.config_digest
+        gets = proxy.entries(blob_path(layer), "GET")
+        assert [e.range_start for e in gets] == [None, STALL_AT], gets
+        assert f"{proxy.host}/{repo}@{digest}" in records(containerd)
+        assert ingests(containerd, "k8s.io") == []
 
 
 def test_concurrent_pulls_of_one_image(env: Env, containerd: PrivateContainerd) -> None:

@@ -186,7 +186,15 @@ class FaultProxy:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
+        first = await reader.readexactly(1)
+        if first == b"\x16":
+            # A TLS handshake (containerd 2.x tries HTTPS first on 127.0.0.1): answered as the
+            # registry behind (Go's net/http) answers it, so the client goes on in plain HTTP at
+            # once instead of waiting for its handshake timeout.
+            writer.write(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+            await writer.drain()
+            return
+        head = first + await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
         headers: list[tuple[str, str]] = []
