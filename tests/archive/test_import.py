@@ -72,10 +72,12 @@ async def test_cri_sees_imported_image(importer: Importer, containerd: PrivateCo
     for record in (name, f"registry.test/archive/cri-view@{img.digest}", img.config_digest):
         assert records[record].target.digest == img.digest
         assert records[record].labels[L.CRI_MANAGED] == "managed"
+    # containerd's CRI learns each name from its image events, one after the other: wait for all.
     deadline = time.monotonic() + 10
     while True:
         seen = {i.id: i for i in cri.list_images(containerd.socket)}
-        if img.config_digest in seen or time.monotonic() > deadline:
+        known = seen.get(img.config_digest)
+        if (known is not None and name in known.repo_tags) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
     assert name in seen[img.config_digest].repo_tags
