@@ -4,7 +4,10 @@ containerd cannot be told what imaged would do."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import itertools
+import json
 import os
 import time
 import uuid
@@ -13,8 +16,17 @@ import grpc
 import pytest
 import yaml
 
+from imaged import errors
+from imaged.containerd.client import Containerd, Namespaced
+from imaged.containerd.images import ImageStore
+from imaged.cri import upstream
+from imaged.cri.transfer import CriTransfer
+from imaged.oci.platform import host_platform
+from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.pb.machine import image_pb2
 from imaged.pb.runtime.v1 import api_pb2
+from imaged.registry.config import RegistriesConfig
+from imaged.registry.reference import parse
 from tests.cri.conftest import Env
 from tests.cri.test_pull_image import layer_gets, records
 from tests.pull.test_pull import ingests, leases, pull
@@ -22,6 +34,7 @@ from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import CRI, DaemonProcess
 from tests.support.registry import Registry
+from tests.support.sigstore import OciPusher
 
 Status = image_pb2.ImageServicePullLayerProgress.Status
 
@@ -204,3 +217,100 @@ def test_without_containerds_cri_imaged_pulls_itself(env: Env) -> None:
     finally:
         d.stop()
         bare.destroy()
+
+
+def _push_index_of(reg: Registry, repo: str, img: archives.Image) -> str:
+    """An OCI index wrapping `img`'s manifest, pushed as repo:v1: another digest, the same config,
+    so the same CRI image id."""
+    archives.push(reg, repo, "v1", img)
+    p = host_platform()
+    entry = {
+        "mediaType": archives.OCI_MANIFEST,
+        "digest": img.digest,
+        "size": len(img.manifest),
+        "platform": {
+            "os": p.os,
+            "architecture": p.architecture,
+            **({"variant": p.variant} if p.variant else {}),
+        },
+    }
+    body = json.dumps({"schemaVersion": 2, "mediaType": archives.OCI_INDEX, "manifests": [entry]}).encode()
+    return OciPusher(reg).put_manifest(repo, "v1", body, archives.OCI_INDEX).digest
+
+
+def _target(records: dict[str, images_pb2.Image], name: str) -> str:
+    return records[name].target.digest if name in records else ""
+
+
+async def _all_records(ns: Namespaced) -> dict[str, images_pb2.Image]:
+    return {r.name: r for r in await ImageStore(ns).list()}
+
+
+@pytest.mark.parametrize("moved", ["id", "repo-digest"])
+def test_records_never_repoint_or_label_a_digest_other_than_the_pinned_one(
+    env: Env, containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch, moved: str
+) -> None:
+    """Between containerd's pull of `repo@<pinned>` and imaged's records, a concurrent pull of an
+    index wrapping the same manifest makes containerd's CRI point the id `sha256:<config>` at the
+    index. The records step read its target from the id: it wrote the tag and the verified labels
+    for the index's digest. Now the target is `repo@<pinned>`'s; if even that names another digest,
+    the pull fails (UNAVAILABLE) and labels nothing."""
+    img = archives.simple_image(f"pinned-{moved}-{uuid.uuid4().hex}")
+    repo = f"open/pinned-{moved}"
+    index = _push_index_of(env.reg, f"{repo}-index", img)
+    archives.push(env.reg, repo, "v1", img)
+    ref = parse(f"{env.reg.host}/{repo}:v1@{img.digest}")
+    labels = {"imaged.dev/verified": "verified via a test", "imaged.dev/verified-rule": "rule-x"}
+    real_pull = upstream.pull
+
+    async def pull_then_race(ns: Namespaced, request: api_pb2.PullImageRequest) -> str:
+        image_id = await real_pull(ns, request)
+        other = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=f"{env.reg.host}/{repo}-index:v1"))
+        assert await real_pull(ns.with_lease(None), other) == image_id
+        if moved == "repo-digest":  # (nothing does this; a record naming a digest is that digest's)
+            store = ImageStore(ns)
+            found = await store.get(ref.pinned())
+            assert found is not None
+            found.target.digest, found.target.media_type = index, archives.OCI_INDEX
+            await ns.call(ns.images.Update, images_pb2.UpdateImageRequest(image=found))
+        return image_id
+
+    async def scenario() -> None:
+        cd = Containerd(containerd.socket)
+        ns = cd.ns("k8s.io")
+        transfer = CriTransfer(
+            owner="test",
+            snapshotter="overlayfs",
+            lease_expire=dt.timedelta(hours=1),
+            registries=RegistriesConfig.model_validate({}),
+        )
+        try:
+            request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref.pinned()))
+            monkeypatch.setattr(upstream, "pull", pull_then_race)
+            if moved == "id":
+                pulled = await transfer.run(ns, ref, request, labels)
+                assert pulled.target.digest == img.digest
+            else:
+                with pytest.raises(errors.Unavailable) as e:
+                    await transfer.run(ns, ref, request, labels)
+                assert ref.pinned() in e.value.message and index in e.value.message, e.value.message
+            monkeypatch.undo()
+            found = await _all_records(ns)
+            mine = {img.digest, index, img.config_digest}
+            labelled = {
+                n: r.target.digest
+                for n, r in found.items()
+                if "imaged.dev/verified" in r.labels and (r.target.digest in mine or n in mine)
+            }
+            assert index not in labelled.values(), labelled
+            assert _target(found, f"{ref.repository}@{index}") in ("", index)
+            if moved == "id":
+                assert _target(found, f"{ref.repository}:v1") == img.digest
+                assert set(labelled) == {f"{ref.repository}:v1", ref.pinned(), img.config_digest}
+                assert set(labelled.values()) == {img.digest}
+            else:
+                assert f"{ref.repository}:v1" not in found, "no tag for a pull that failed"
+        finally:
+            await cd.close()
+
+    asyncio.run(scenario())

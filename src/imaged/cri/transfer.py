@@ -239,16 +239,31 @@ class CriTransfer:
         containerd commits each write on its own, and a pull of small layers is short enough for
         a round trip to show."""
         store = ImageStore(ns)
-        # A pull pinned to a digest knows every name at once; else the id record gives the digest.
+        # A pull pinned to a digest knows every name at once, and its target is the record
+        # `repo@<pinned>` containerd's CRI made. Never the id's: containerd's CRI points the id
+        # at the last image pulled with that config (a concurrent pull of an index wrapping the
+        # same manifest), and the tag and the verified labels would follow it to that digest.
         names = record_names(ref, ref.digest, image_id, ns.namespace) if ref.digest else [image_id]
         found = {r.name: r for r in await store.list(*(f'name=="{n}"' for n in names))}
-        id_record = found.get(image_id)
-        if id_record is None:
-            raise errors.Unavailable(f"containerd's CRI pulled {ref} as {image_id}, but that record is gone")
-        t = id_record.target
+        if ref.digest:
+            pinned = found.get(ref.pinned())
+            if pinned is None or pinned.target.digest != ref.digest:
+                now = "is gone" if pinned is None else f"names {pinned.target.digest}"
+                raise errors.Unavailable(
+                    f"containerd's CRI pulled {ref.pinned()}, but its record {now} (removed or "
+                    "changed meanwhile); nothing was recorded or labelled, try again"
+                )
+            t = pinned.target
+        else:
+            id_record = found.get(image_id)
+            if id_record is None:
+                raise errors.Unavailable(
+                    f"containerd's CRI pulled {ref} as {image_id}, but that record is gone"
+                )
+            t = id_record.target
         target = Target(t.media_type, t.digest, t.size)
         wanted = {**labels, L.CRI_MANAGED: "managed"}
-        if not ref.digest or t.digest != ref.digest:
+        if not ref.digest:
             names = record_names(ref, target.digest, image_id, ns.namespace)
             others = [n for n in names if n not in found]
             if others:  # (no filter at all would list every record)
