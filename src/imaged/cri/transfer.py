@@ -262,7 +262,7 @@ class CriTransfer:
                 )
             t = id_record.target
         target = Target(t.media_type, t.digest, t.size)
-        wanted = {**labels, L.CRI_MANAGED: "managed"}
+        wanted = {k: L.fit(k, v) for k, v in {**labels, L.CRI_MANAGED: "managed"}.items()}
         if not ref.digest:
             names = record_names(ref, target.digest, image_id, ns.namespace)
             others = [n for n in names if n not in found]
