@@ -25,6 +25,7 @@ from imaged.oci.platform import host_platform
 from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.pb.machine import image_pb2
 from imaged.pb.runtime.v1 import api_pb2
+from imaged.pull.progress import Progress
 from imaged.registry.config import RegistriesConfig
 from imaged.registry.reference import parse
 from tests.cri.conftest import Env
@@ -314,3 +315,50 @@ def test_records_never_repoint_or_label_a_digest_other_than_the_pinned_one(
             await cd.close()
 
     asyncio.run(scenario())
+
+
+def test_progress_looks_never_walk_the_store(
+    env: Env, containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look asks about the layers not done yet, one by one: `Content.List` and `Snapshots.List`
+    with filters walk every blob and snapshot of the namespace inside containerd, ten times a
+    second during every pull (measured: 20 ms of containerd's CPU a look with 2000 of each)."""
+    img = archives.Image(
+        [archives.busybox_layer(), archives.layer({"walk": os.urandom(4 << 20)}, compress=False)],
+        cmd=["/bin/true"],
+    )
+    digest = archives.push(env.reg, "open/no-walk", "v1", img)
+    streamed: list[str] = []
+    real_stream = Namespaced.stream
+
+    def stream(self: Namespaced, method: object, request: object, **kw: object) -> object:
+        streamed.append(type(request).__name__)
+        return real_stream(self, method, request, **kw)  # type: ignore[arg-type]
+
+    async def scenario() -> list[str]:
+        cd = Containerd(containerd.socket)
+        transfer = CriTransfer(
+            owner="test",
+            snapshotter="overlayfs",
+            lease_expire=dt.timedelta(hours=1),
+            registries=RegistriesConfig.model_validate({}),
+            progress_interval=0.01,
+        )
+        progress = Progress()
+        try:
+            ref = parse(f"{env.reg.host}/open/no-walk:v1@{digest}")
+            assert await transfer.pull(cd.ns("k8s.io"), ref, progress, {}, None) == ref.pinned()
+            progress.close()
+            states = []
+            while (state := await progress.next()) is not None:
+                states.append(state.layer_id)
+        finally:
+            await cd.close()
+        return states
+
+    monkeypatch.setattr(Namespaced, "stream", stream)
+    reported = asyncio.run(scenario())
+    monkeypatch.undo()
+    assert {la.digest[7:19] for la in img.layers} <= set(reported), reported
+    walks = [r for r in streamed if r in ("ListContentRequest", "ListSnapshotsRequest")]
+    assert not walks, streamed
