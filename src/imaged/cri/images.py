@@ -8,7 +8,8 @@ runtime side (CreateContainer) is containerd's CRI anyway. PullImage is where im
    credentials for the registry; a refusal is PERMISSION_DENIED with the reason, before any layer
    is downloaded;
 2. a verified pull is pinned to the verified digest, so a tag cannot move in between;
-3. containerd's CRI moves the bytes (`transfer.py`), with the request's `auth`, and the image is
+3. containerd's CRI moves the bytes (`transfer.py`), with the request's `auth` (else the configured
+   credentials for that registry, which the policy used too), and the image is
    recorded as containerd's CRI records a pull of the tag, with imaged's verification label. A
    request only a registry token authenticates is pulled by imaged itself (containerd's CRI
    ignores registry tokens);
@@ -32,7 +33,7 @@ from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.images import ImageStore
 from imaged.cri import upstream
-from imaged.cri.auth import containerd_ignores, request_credentials
+from imaged.cri.auth import configured_auth, containerd_ignores, request_credentials
 from imaged.cri.transfer import CriTransfer
 from imaged.images.walk import host_manifest
 from imaged.pb.runtime.v1 import api_pb2
@@ -100,6 +101,10 @@ class CriImages:
         if not containerd_ignores(creds) and self.transfer.enabled and await self.transfer.available(self.ns):
             forward = api_pb2.PullImageRequest()
             forward.CopyFrom(request)  # keeps what this copy of the API leaves out (sandbox_config)
+            if creds is None and (configured := configured_auth(self.transfer.registries, ref.domain)):
+                # No auth for this registry in the request: the configured credentials, which the
+                # policy used too (containerd's CRI falls back to its own configured ones so).
+                forward.auth.CopyFrom(configured)
             ours: list[str] = []
             if pin is not None and pin.digest is not None:
                 record_ref = record_ref.with_digest(pin.digest)
