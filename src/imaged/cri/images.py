@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # How long PullImage waits for containerd's CRI to take in the names imaged recorded.
 KNOWN_WAIT = 10.0
+# One ImageStatus call of that wait: a call that hangs is given up and asked again.
+STATUS_TIMEOUT = 2.0
 
 # (reference, a verdict recorded for it, the request's registry credentials) -> the policy's pin.
 Decide = Callable[
@@ -135,19 +137,35 @@ class CriImages:
 
     async def _known(self, names: list[str], image_id: str) -> None:
         """Wait (bounded) until containerd's CRI has taken in `names`, which it learns from
-        containerd's image events, a moment after the records are made."""
+        containerd's image events, a moment after the records are made. The pull is done and
+        recorded: a call that hangs is given up (and asked again) within the wait, and an error
+        is logged, never the pull's failure."""
         deadline = time.monotonic() + KNOWN_WAIT
         delay = 0.002
         for name in names:
-            while not await self._knows(name, image_id):
-                if time.monotonic() > deadline:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     log.warning(
                         "containerd's CRI does not know %s after %.0f s; the pull returns anyway",
                         name,
                         KNOWN_WAIT,
                     )
                     return
-                await asyncio.sleep(delay)
+                try:
+                    async with asyncio.timeout(min(STATUS_TIMEOUT, left)):
+                        if await self._knows(name, image_id):
+                            break
+                except TimeoutError:
+                    continue
+                except errors.ImagedError as e:
+                    log.warning(
+                        "containerd's CRI cannot say whether it knows %s (%s); the pull returns anyway",
+                        name,
+                        e.message,
+                    )
+                    return
+                await asyncio.sleep(min(delay, max(left, 0.0)))
                 delay = min(delay * 2, 0.05)
 
     async def _knows(self, name: str, image_id: str) -> bool:
