@@ -362,3 +362,54 @@ def test_progress_looks_never_walk_the_store(
     assert {la.digest[7:19] for la in img.layers} <= set(reported), reported
     walks = [r for r in streamed if r in ("ListContentRequest", "ListSnapshotsRequest")]
     assert not walks, streamed
+
+
+@pytest.mark.parametrize("how", ["fails", "cancelled"])
+def test_a_failed_records_step_leaves_no_record_of_this_pull(
+    env: Env, containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """containerd's CRI made `repo@digest` and `sha256:<config>` for this pull, imaged labelled them,
+    then the tag's write failed (or the call was cancelled): the undo kept every record it had
+    labelled (updated since made: "another pull's"), so a failed pull left records, verified labels
+    and all."""
+    img = archives.simple_image(f"undo-{how}-{uuid.uuid4().hex}")
+    repo = f"open/undo-{how}"
+    archives.push(env.reg, repo, "v1", img)
+    ref = parse(f"{env.reg.host}/{repo}:v1@{img.digest}")
+    labels = {"imaged.dev/verified": "verified via a test", "imaged.dev/verified-rule": "rule-x"}
+    real_put = ImageStore.put
+    running: list[asyncio.Task[object]] = []
+
+    async def put(self: ImageStore, name: str, *args: object, **kw: object) -> bool:
+        if name == ref.tagged():
+            await asyncio.sleep(0.2)  # the other records are written (and labelled) meanwhile
+            if how == "fails":
+                raise errors.Unavailable("containerd went away")
+            running[0].cancel()
+            await asyncio.sleep(3600)
+        return await real_put(self, name, *args, **kw)  # type: ignore[arg-type]
+
+    async def scenario() -> dict[str, images_pb2.Image]:
+        cd = Containerd(containerd.socket)
+        ns = cd.ns("k8s.io")
+        transfer = CriTransfer(
+            owner="test",
+            snapshotter="overlayfs",
+            lease_expire=dt.timedelta(hours=1),
+            registries=RegistriesConfig.model_validate({}),
+        )
+        try:
+            request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref.pinned()))
+            monkeypatch.setattr(ImageStore, "put", put)
+            running.append(asyncio.create_task(transfer.run(ns, ref, request, labels)))
+            with pytest.raises(errors.Unavailable if how == "fails" else asyncio.CancelledError):
+                await running[0]
+            monkeypatch.undo()
+            return await _all_records(ns)
+        finally:
+            await cd.close()
+
+    found = asyncio.run(scenario())
+    left = {n for n in found if n in (ref.tagged(), ref.pinned(), img.config_digest)}
+    assert not left, left
+    assert leases(containerd, "k8s.io") == []
