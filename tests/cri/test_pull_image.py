@@ -11,6 +11,7 @@ import time
 
 import grpc
 import pytest
+import yaml
 
 from imaged.pb.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from imaged.pb.containerd.services.images.v1 import images_pb2, images_pb2_grpc
@@ -21,6 +22,7 @@ from tests.pull.test_pull import ingests, leases
 from tests.reliability.faultproxy import Fault, FaultProxy, blob_path
 from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
+from tests.support.daemon import DaemonProcess
 from tests.support.registry import Registry
 
 
@@ -281,3 +283,37 @@ def test_concurrent_pulls_of_one_image(env: Env, containerd: PrivateContainerd) 
     assert results == [img.config_digest] * 4
     assert ref in cri.image_status(containerd.socket, ref).image.repo_tags
     assert leases(containerd, "k8s.io") == []
+
+
+def test_without_auth_in_the_request_the_configured_credentials_pull(
+    env: Env, containerd: PrivateContainerd
+) -> None:
+    """A PullImage with no `auth` uses imaged's configured credentials for the registry, for the
+    policy and for containerd's transfer alike (containerd's CRI falls back to its own configured
+    ones likewise); before, the policy read the signature with them and containerd's CRI, sent
+    none, was refused by the registry."""
+    ((user, password),) = USERS.items()
+    img = archives.simple_image("private-configured")
+    digest = env.push_signed(env.private, "signed/configured", "v1", img)
+    ref = f"{env.private.host}/signed/configured:v1"
+    cfg = {
+        "verification": env.daemon.config["verification"],
+        "registries": {"hosts": {env.private.host: {"auth": {"username": user, "password": password}}}},
+    }
+    d = DaemonProcess(containerd.socket, cfg)
+    sock = str(d.dir / "cri.sock")
+    d.config["listen"]["cri"] = {"path": sock}
+    d.config_path.write_text(yaml.safe_dump(d.config))
+    d.start()
+    try:
+        with cri.images(sock) as stub:
+            req = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+            assert stub.PullImage(req, timeout=120).image_ref == img.config_digest
+        assert f"{env.private.host}/signed/configured@{digest}" in records(containerd)
+        assert records(containerd)[ref]["imaged.dev/verified"].startswith("verified via")
+        log = env.private.log_path.read_text(errors="replace")
+        gets = [ln for ln in log.splitlines() if '"GET ' in ln and f"/blobs/{img.layers[-1].digest}" in ln]
+        assert gets and all('"containerd/' in ln for ln in gets), gets
+        assert password not in d.logs()
+    finally:
+        d.stop()

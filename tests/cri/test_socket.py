@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import stat
+import subprocess
+import sys
 import time
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imaged.pb.machine import image_pb2, image_pb2_grpc
@@ -45,3 +49,22 @@ def test_a_pull_is_logged_with_its_image(env: Env) -> None:
         time.sleep(0.05)
     assert lines, env.daemon.logs()[-2000:]
     assert "code=PERMISSION_DENIED" in lines[0]
+
+
+def test_cri_socket_credentials_are_refused_at_load(tmp_path: pathlib.Path) -> None:
+    """`listen.cri.credentials` was accepted and did nothing: CRI pulls use the request's `auth`,
+    else the configured credentials, whatever it said."""
+    path = tmp_path / "imaged.yaml"
+    for value in ("request", "configured"):
+        path.write_text(
+            yaml.safe_dump({"listen": {"cri": {"path": str(tmp_path / "cri.sock"), "credentials": value}}})
+        )
+        for args in (["--check-config", str(path)], ["--config", str(path)]):
+            r = subprocess.run(
+                [sys.executable, "-m", "imaged.daemon.main", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 2, (args, r.stdout, r.stderr)
+            assert "cri.credentials" in r.stderr and "request's auth" in r.stderr, r.stderr

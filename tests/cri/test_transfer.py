@@ -4,7 +4,10 @@ containerd cannot be told what imaged would do."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import itertools
+import json
 import os
 import time
 import uuid
@@ -13,8 +16,18 @@ import grpc
 import pytest
 import yaml
 
+from imaged import errors
+from imaged.containerd.client import Containerd, Namespaced
+from imaged.containerd.images import ImageStore
+from imaged.cri import upstream
+from imaged.cri.transfer import CriTransfer
+from imaged.oci.platform import host_platform
+from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.pb.machine import image_pb2
 from imaged.pb.runtime.v1 import api_pb2
+from imaged.pull.progress import Progress
+from imaged.registry.config import RegistriesConfig
+from imaged.registry.reference import parse
 from tests.cri.conftest import Env
 from tests.cri.test_pull_image import layer_gets, records
 from tests.pull.test_pull import ingests, leases, pull
@@ -22,6 +35,7 @@ from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import CRI, DaemonProcess
 from tests.support.registry import Registry
+from tests.support.sigstore import OciPusher
 
 Status = image_pb2.ImageServicePullLayerProgress.Status
 
@@ -204,3 +218,198 @@ def test_without_containerds_cri_imaged_pulls_itself(env: Env) -> None:
     finally:
         d.stop()
         bare.destroy()
+
+
+def _push_index_of(reg: Registry, repo: str, img: archives.Image) -> str:
+    """An OCI index wrapping `img`'s manifest, pushed as repo:v1: another digest, the same config,
+    so the same CRI image id."""
+    archives.push(reg, repo, "v1", img)
+    p = host_platform()
+    entry = {
+        "mediaType": archives.OCI_MANIFEST,
+        "digest": img.digest,
+        "size": len(img.manifest),
+        "platform": {
+            "os": p.os,
+            "architecture": p.architecture,
+            **({"variant": p.variant} if p.variant else {}),
+        },
+    }
+    body = json.dumps({"schemaVersion": 2, "mediaType": archives.OCI_INDEX, "manifests": [entry]}).encode()
+    return OciPusher(reg).put_manifest(repo, "v1", body, archives.OCI_INDEX).digest
+
+
+def _target(records: dict[str, images_pb2.Image], name: str) -> str:
+    return records[name].target.digest if name in records else ""
+
+
+async def _all_records(ns: Namespaced) -> dict[str, images_pb2.Image]:
+    return {r.name: r for r in await ImageStore(ns).list()}
+
+
+@pytest.mark.parametrize("moved", ["id", "repo-digest"])
+def test_records_never_repoint_or_label_a_digest_other_than_the_pinned_one(
+    env: Env, containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch, moved: str
+) -> None:
+    """Between containerd's pull of `repo@<pinned>` and imaged's records, a concurrent pull of an
+    index wrapping the same manifest makes containerd's CRI point the id `sha256:<config>` at the
+    index. The records step read its target from the id: it wrote the tag and the verified labels
+    for the index's digest. Now the target is `repo@<pinned>`'s; if even that names another digest,
+    the pull fails (UNAVAILABLE) and labels nothing."""
+    img = archives.simple_image(f"pinned-{moved}-{uuid.uuid4().hex}")
+    repo = f"open/pinned-{moved}"
+    index = _push_index_of(env.reg, f"{repo}-index", img)
+    archives.push(env.reg, repo, "v1", img)
+    ref = parse(f"{env.reg.host}/{repo}:v1@{img.digest}")
+    labels = {"imaged.dev/verified": "verified via a test", "imaged.dev/verified-rule": "rule-x"}
+    real_pull = upstream.pull
+
+    async def pull_then_race(ns: Namespaced, request: api_pb2.PullImageRequest) -> str:
+        image_id = await real_pull(ns, request)
+        other = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=f"{env.reg.host}/{repo}-index:v1"))
+        assert await real_pull(ns.with_lease(None), other) == image_id
+        if moved == "repo-digest":  # (nothing does this; a record naming a digest is that digest's)
+            store = ImageStore(ns)
+            found = await store.get(ref.pinned())
+            assert found is not None
+            found.target.digest, found.target.media_type = index, archives.OCI_INDEX
+            await ns.call(ns.images.Update, images_pb2.UpdateImageRequest(image=found))
+        return image_id
+
+    async def scenario() -> None:
+        cd = Containerd(containerd.socket)
+        ns = cd.ns("k8s.io")
+        transfer = CriTransfer(
+            owner="test",
+            snapshotter="overlayfs",
+            lease_expire=dt.timedelta(hours=1),
+            registries=RegistriesConfig.model_validate({}),
+        )
+        try:
+            request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref.pinned()))
+            monkeypatch.setattr(upstream, "pull", pull_then_race)
+            if moved == "id":
+                pulled = await transfer.run(ns, ref, request, labels)
+                assert pulled.target.digest == img.digest
+            else:
+                with pytest.raises(errors.Unavailable) as e:
+                    await transfer.run(ns, ref, request, labels)
+                assert ref.pinned() in e.value.message and index in e.value.message, e.value.message
+            monkeypatch.undo()
+            found = await _all_records(ns)
+            mine = {img.digest, index, img.config_digest}
+            labelled = {
+                n: r.target.digest
+                for n, r in found.items()
+                if "imaged.dev/verified" in r.labels and (r.target.digest in mine or n in mine)
+            }
+            assert index not in labelled.values(), labelled
+            assert _target(found, f"{ref.repository}@{index}") in ("", index)
+            if moved == "id":
+                assert _target(found, f"{ref.repository}:v1") == img.digest
+                assert set(labelled) == {f"{ref.repository}:v1", ref.pinned(), img.config_digest}
+                assert set(labelled.values()) == {img.digest}
+            else:
+                assert f"{ref.repository}:v1" not in found, "no tag for a pull that failed"
+        finally:
+            await cd.close()
+
+    asyncio.run(scenario())
+
+
+def test_progress_looks_never_walk_the_store(
+    env: Env, containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look asks about the layers not done yet, one by one: `Content.List` and `Snapshots.List`
+    with filters walk every blob and snapshot of the namespace inside containerd, ten times a
+    second during every pull (measured: 20 ms of containerd's CPU a look with 2000 of each)."""
+    img = archives.Image(
+        [archives.busybox_layer(), archives.layer({"walk": os.urandom(4 << 20)}, compress=False)],
+        cmd=["/bin/true"],
+    )
+    digest = archives.push(env.reg, "open/no-walk", "v1", img)
+    streamed: list[str] = []
+    real_stream = Namespaced.stream
+
+    def stream(self: Namespaced, method: object, request: object, **kw: object) -> object:
+        streamed.append(type(request).__name__)
+        return real_stream(self, method, request, **kw)  # type: ignore[arg-type]
+
+    async def scenario() -> list[str]:
+        cd = Containerd(containerd.socket)
+        transfer = CriTransfer(
+            owner="test",
+            snapshotter="overlayfs",
+            lease_expire=dt.timedelta(hours=1),
+            registries=RegistriesConfig.model_validate({}),
+            progress_interval=0.01,
+        )
+        progress = Progress()
+        try:
+            ref = parse(f"{env.reg.host}/open/no-walk:v1@{digest}")
+            assert await transfer.pull(cd.ns("k8s.io"), ref, progress, {}, None) == ref.pinned()
+            progress.close()
+            states = []
+            while (state := await progress.next()) is not None:
+                states.append(state.layer_id)
+        finally:
+            await cd.close()
+        return states
+
+    monkeypatch.setattr(Namespaced, "stream", stream)
+    reported = asyncio.run(scenario())
+    monkeypatch.undo()
+    assert {la.digest[7:19] for la in img.layers} <= set(reported), reported
+    walks = [r for r in streamed if r in ("ListContentRequest", "ListSnapshotsRequest")]
+    assert not walks, streamed
+
+
+@pytest.mark.parametrize("how", ["fails", "cancelled"])
+def test_a_failed_records_step_leaves_no_record_of_this_pull(
+    env: Env, containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """containerd's CRI made `repo@digest` and `sha256:<config>` for this pull, imaged labelled them,
+    then the tag's write failed (or the call was cancelled): the undo kept every record it had
+    labelled (updated since made: "another pull's"), so a failed pull left records, verified labels
+    and all."""
+    img = archives.simple_image(f"undo-{how}-{uuid.uuid4().hex}")
+    repo = f"open/undo-{how}"
+    archives.push(env.reg, repo, "v1", img)
+    ref = parse(f"{env.reg.host}/{repo}:v1@{img.digest}")
+    labels = {"imaged.dev/verified": "verified via a test", "imaged.dev/verified-rule": "rule-x"}
+    real_put = ImageStore.put
+    running: list[asyncio.Task[object]] = []
+
+    async def put(self: ImageStore, name: str, *args: object, **kw: object) -> bool:
+        if name == ref.tagged():
+            await asyncio.sleep(0.2)  # the other records are written (and labelled) meanwhile
+            if how == "fails":
+                raise errors.Unavailable("containerd went away")
+            running[0].cancel()
+            await asyncio.sleep(3600)
+        return await real_put(self, name, *args, **kw)  # type: ignore[arg-type]
+
+    async def scenario() -> dict[str, images_pb2.Image]:
+        cd = Containerd(containerd.socket)
+        ns = cd.ns("k8s.io")
+        transfer = CriTransfer(
+            owner="test",
+            snapshotter="overlayfs",
+            lease_expire=dt.timedelta(hours=1),
+            registries=RegistriesConfig.model_validate({}),
+        )
+        try:
+            request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref.pinned()))
+            monkeypatch.setattr(ImageStore, "put", put)
+            running.append(asyncio.create_task(transfer.run(ns, ref, request, labels)))
+            with pytest.raises(errors.Unavailable if how == "fails" else asyncio.CancelledError):
+                await running[0]
+            monkeypatch.undo()
+            return await _all_records(ns)
+        finally:
+            await cd.close()
+
+    found = asyncio.run(scenario())
+    left = {n for n in found if n in (ref.tagged(), ref.pinned(), img.config_digest)}
+    assert not left, left
+    assert leases(containerd, "k8s.io") == []

@@ -73,3 +73,29 @@ def test_hosts_toml_credentials_stay_out_of_errors_and_logs(tmp_path, start) -> 
         assert "hosts.toml" in (e.details() or "") and SECRET not in (e.details() or ""), e.details()
     d.stop()
     assert SECRET not in d.logs()
+
+
+@pytest.mark.parametrize(
+    ("hosts", "where"),
+    [
+        # An error below a hosts key that holds credentials: pydantic's location named the key.
+        ({f"bob:{SECRET}@mirror.example": {"plain_http": "maybe"}}, "registries.hosts"),
+        ({f"bob:{SECRET}@mirror.example": {"mirrors": [1]}}, "registries.hosts"),
+        ({f"https://bob:{SECRET}@mirror.example": {"tls": {"nope": 1}}}, "registries.hosts"),
+        ({f"mirror.example/{SECRET}": {"plain_http": "maybe"}}, "registries.hosts"),
+        # An unknown key under auth (a password given under a misspelt name, say).
+        (
+            {"ghcr.io": {"auth": {"username": "bob", "password": "x", SECRET: 1}}},
+            "registries.hosts.ghcr.io.auth",
+        ),
+    ],
+)
+def test_a_key_path_with_credentials_is_not_echoed(tmp_path, hosts, where) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "imaged.yaml"
+    path.write_text(yaml.safe_dump({"registries": {"hosts": hosts}}))
+    for args in (["--check-config", str(path)], ["--config", str(path)]):
+        r = subprocess.run(
+            [sys.executable, "-m", "imaged.daemon.main", *args], capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 2 and where in r.stderr, r.stderr
+        assert SECRET not in r.stdout + r.stderr, r.stderr

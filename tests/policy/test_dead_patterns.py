@@ -25,6 +25,8 @@ from tests.policy.conftest import key_rule
         ("registry.corp.example", "write 'registry.corp.example/*'"),
         ("*.corp.example", "docker.io/library/*.corp.example"),
         ("localhost:5000", "write 'localhost:5000/*'"),
+        ("*.docker.io/*", "write 'docker.io/*'"),
+        ("*.example.com:0*/*", "leading zero"),
     ],
 )
 def test_dead_pattern_is_refused_by_check_config_and_at_start(tmp_path, key, pattern, reason) -> None:  # type: ignore[no-untyped-def]

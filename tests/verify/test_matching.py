@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imaged.registry.reference import parse
-from imaged.verify.matching import Glob, normalize_pattern
+from imaged.verify.matching import Glob, normalize_pattern, pattern_problem
 
 
 @pytest.mark.parametrize(
@@ -117,3 +117,72 @@ def test_registry_host_case_does_not_matter() -> None:
     assert Glob.compile("GHCR.IO/org/*").matches(parse("ghcr.io/org/app").repository)
     assert Glob.compile("ghcr.io/org/*").matches(parse("GHCR.IO/org/app").repository)
     assert not Glob.compile("ghcr.io/Org/*").matches(parse("ghcr.io/org/app").repository)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "image", "matches"),
+    [
+        # A wildcard host's port is compared as a reference's is: HTTPS's own :443 and leading
+        # zeros are not part of the spelling rules compare.
+        ("*.example.com:443/*", "a.example.com:443/x/y:v1", True),
+        ("*.example.com:443/*", "a.example.com/x/y:v1", True),
+        ("*.example.com:0443/*", "a.example.com/x:v1", True),
+        ("reg*.example.com:05000/*", "reg1.example.com:5000/x:v1", True),
+        ("reg*.example.com:5000/*", "reg1.example.com:05000/x:v1", True),
+        ("reg*.example.com:5000/*", "reg1.example.com/x:v1", False),
+        # A `*` in the host name stays in the name: no port unless one is written; `:*` is any
+        # port, or none.
+        ("*.example.com/*", "a.example.com:8443/x:v1", False),
+        ("reg*/*", "reg.example.com:5000/x:v1", False),
+        ("*/app", "127.0.0.1:5000/app", False),
+        ("*.example.com:*/*", "a.example.com:8443/x:v1", True),
+        ("*.example.com:*/*", "a.example.com/x:v1", True),
+        ("*.example.com:*/*", "a.example.com:443/x:v1", True),
+        ("*.example.com:84*/*", "a.example.com:8443/x:v1", True),
+        ("*.example.com:84*/*", "a.example.com/x:v1", False),
+        ("127.0.0.1:*/sec/*", "127.0.0.1/sec/app", True),
+        ("*.Example.com/*", "a.example.com/x:v1", True),
+        # A literal Docker Hub alias beside a wildcard port is Docker Hub.
+        ("index.docker.io:*/*", "nginx", True),
+    ],
+)
+def test_wildcard_host_is_compared_canonically(pattern: str, image: str, matches: bool) -> None:
+    assert Glob.compile(pattern).matches(parse(image).repository) is matches
+
+
+@pytest.mark.parametrize(
+    ("pattern", "normalized"),
+    [
+        ("*.example.com:443/*", "*.example.com/*"),
+        ("*.example.com:0443/*", "*.example.com/*"),
+        ("reg*.example.com:05000/*", "reg*.example.com:5000/*"),
+        ("*.EXAMPLE.com:*/*", "*.example.com:*/*"),
+        ("registry-1.docker.io:*/*", "docker.io:*/*"),
+    ],
+)
+def test_wildcard_host_normalization(pattern: str, normalized: str) -> None:
+    assert normalize_pattern(pattern) == normalized
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("*.docker.io/*", "write 'docker.io/*'"),
+        ("registry*.docker.io/library/*", "write 'docker.io/library/*'"),
+        ("*.hub.docker.com/*", "Docker Hub"),
+        ("*.example.com:0*/*", "leading zero"),
+        ("*.example.com:70000/*", "port"),
+        ("*.example.com:0/*", "port"),
+        ("*.example.com:http/*", "port"),
+    ],
+)
+def test_wildcard_hosts_that_can_never_match_are_refused(pattern: str, reason: str) -> None:
+    problem = pattern_problem(pattern)
+    assert problem is not None and reason in problem, problem
+
+
+@pytest.mark.parametrize(
+    "pattern", ["*.io/*", "*docker.io/*", "*.com/*", "*.example.com:*/*", "*.example.com:8*/*", "*/*"]
+)
+def test_wildcard_hosts_that_can_match_load(pattern: str) -> None:
+    assert pattern_problem(pattern) is None

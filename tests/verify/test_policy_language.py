@@ -19,8 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
+from imaged.archive.ingest import ArchiveContents, Blob
+from imaged.archive.limits import ImportLimits
+from imaged.archive.signatures import archive_signatures
 from imaged.errors import PermissionDenied
 from imaged.registry.client import RegistryClient
+from imaged.registry.reference import parse
 from imaged.verify import ImageVerifier, VerificationConfig
 from imaged.verify.cel import CelError, CelEvaluator
 from imaged.verify.config import config_warnings
@@ -36,7 +40,13 @@ from tests.support.sigstore.formats import (
 )
 from tests.support.sigstore.formats import BundleSignature as BundleSignatureBlob
 from tests.support.sigstore.keys import StaticKey
-from tests.support.sigstore.oci import OCI_EMPTY, OCI_EMPTY_DIGEST, OCI_MANIFEST, Descriptor
+from tests.support.sigstore.oci import (
+    OCI_EMPTY,
+    OCI_EMPTY_DIGEST,
+    OCI_MANIFEST,
+    Descriptor,
+    legacy_signature_manifest,
+)
 from tests.verify.test_e2e_registry import registries_config
 
 EMAIL, ISSUER = "release@example.com", "https://token.actions.githubusercontent.com"
@@ -258,6 +268,34 @@ async def test_one_signer_signing_twice_counts_once(
     v = verifier(registry, trusted_root, client, {"keyless": OVERLAPPING, "threshold": 2})
     msg = await refused_once(v, f"{registry.host}/dup/signer:v1")
     assert "anyone: verified no signature of its own" in msg
+
+
+async def test_one_signature_manifest_listed_twice_in_an_archive_counts_once(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """An OCI layout whose index.json lists the `.sig` manifest twice: the import reads its
+    signature twice, the threshold counts it once (and the registry, asked next, has none)."""
+    push = OciPusher(registry)
+    image = push.push_minimal_image("dup/archive", "v1", label="dup-archive")
+    sig = ps.sign_legacy(image.digest, f"{registry.host}/dup/archive", ps.issue_leaf(EMAIL, ISSUER))
+    manifest, config = legacy_signature_manifest([sig])
+    entry = {"mediaType": OCI_MANIFEST, "digest": sha(manifest), "size": len(manifest)}
+    contents = ArchiveContents(
+        documents={"index.json": json.dumps({"schemaVersion": 2, "manifests": [entry, entry]}).encode()}
+    )
+    for blob in (sig.payload, config, manifest):
+        contents.by_digest[sha(blob)] = Blob("blobs/x", sha(blob), len(blob), "", blob)
+    found = await archive_signatures(contents, None, ImportLimits(), {image.digest})  # type: ignore[arg-type]
+    v = verifier(registry, trusted_root, client, {"keyless": OVERLAPPING, "threshold": 2})
+    ref = parse(f"{registry.host}/dup/archive:v1")
+    with pytest.raises(PermissionDenied) as info:
+        await v.verify_archive_image(ref, image.digest, [s.signature for s in found])
+    msg = info.value.message
+    assert "no signature in the archive satisfies" in msg and "verified no signature of its own" in msg, msg
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def certificate_for(key: StaticKey) -> str:

@@ -10,10 +10,27 @@ import yaml
 from pydantic import ValidationError
 
 from imaged.config.models import Config
+from imaged.registry.config import is_host_key
 
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the file and the key."""
+
+
+def _shown(loc: tuple[int | str, ...], unknown: bool) -> tuple[int | str, ...]:
+    """`loc` with the parts that may hold a secret replaced: a part holding an `@` (user:password@),
+    a `registries.hosts` key that is no host (a URL, perhaps with credentials), and an unknown key
+    under `auth` (a password under a misspelt name)."""
+    out: list[int | str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, str):
+            host_key = loc[i - 2 : i] == ("registries", "hosts") and not is_host_key(part)
+            if "@" in part or host_key:
+                part = "<a key not shown: it is no registry host>"
+            elif unknown and i == len(loc) - 1 and "auth" in loc[:i]:
+                part = "<a key not shown: under auth>"
+        out.append(part)
+    return tuple(out)
 
 
 def _key(loc: tuple[int | str, ...]) -> str:
@@ -99,7 +116,8 @@ def validate(doc: dict[str, Any], source: str = "<config>") -> Config:
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            problems.append(f"  {_key(tuple(err['loc']))}: {msg}")
+            loc = _shown(tuple(err["loc"]), err["type"] == "extra_forbidden")
+            problems.append(f"  {_key(loc)}: {msg}")
         raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(problems)) from None
 
 

@@ -65,6 +65,12 @@ class ListenConfig(Section):
             for other, other_path in paths[:i]:
                 if path == other_path:
                     raise ValueError(f"{name}.path must differ from {other}.path (one socket, one role)")
+        if self.cri is not None and self.cri.credentials is not None:
+            # Accepted and ignored before: a setting that does nothing reads as a protection.
+            raise ValueError(
+                "cri.credentials is not a setting of the CRI socket: a CRI pull uses the request's auth, "
+                "else the configured registries credentials, as containerd's CRI does; remove it"
+            )
         return self
 
 

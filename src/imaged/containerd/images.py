@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import field_mask_pb2
 
 from imaged import errors
+from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.pb.containerd.types import descriptor_pb2
@@ -31,7 +32,7 @@ class ImageStore:
 
         A label given with an empty value is removed from an existing record (and not set on a new one).
         """
-        image = images_pb2.Image(name=name, target=target, labels={k: v for k, v in labels.items() if v})
+        image = images_pb2.Image(name=name, target=target, labels=L.fit_all(labels))
         try:
             await self.ns.call(self.ns.images.Create, images_pb2.CreateImageRequest(image=image))
             return True

@@ -8,7 +8,8 @@ runtime side (CreateContainer) is containerd's CRI anyway. PullImage is where im
    credentials for the registry; a refusal is PERMISSION_DENIED with the reason, before any layer
    is downloaded;
 2. a verified pull is pinned to the verified digest, so a tag cannot move in between;
-3. containerd's CRI moves the bytes (`transfer.py`), with the request's `auth`, and the image is
+3. containerd's CRI moves the bytes (`transfer.py`), with the request's `auth` (else the configured
+   credentials for that registry, which the policy used too), and the image is
    recorded as containerd's CRI records a pull of the tag, with imaged's verification label. A
    request only a registry token authenticates is pulled by imaged itself (containerd's CRI
    ignores registry tokens);
@@ -32,7 +33,7 @@ from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.images import ImageStore
 from imaged.cri import upstream
-from imaged.cri.auth import containerd_ignores, request_credentials
+from imaged.cri.auth import configured_auth, containerd_ignores, request_credentials
 from imaged.cri.transfer import CriTransfer
 from imaged.images.walk import host_manifest
 from imaged.pb.runtime.v1 import api_pb2
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # How long PullImage waits for containerd's CRI to take in the names imaged recorded.
 KNOWN_WAIT = 10.0
+# One ImageStatus call of that wait: a call that hangs is given up and asked again.
+STATUS_TIMEOUT = 2.0
 
 # (reference, a verdict recorded for it, the request's registry credentials) -> the policy's pin.
 Decide = Callable[
@@ -100,6 +103,10 @@ class CriImages:
         if not containerd_ignores(creds) and self.transfer.enabled and await self.transfer.available(self.ns):
             forward = api_pb2.PullImageRequest()
             forward.CopyFrom(request)  # keeps what this copy of the API leaves out (sandbox_config)
+            if creds is None and (configured := configured_auth(self.transfer.registries, ref.domain)):
+                # No auth for this registry in the request: the configured credentials, which the
+                # policy used too (containerd's CRI falls back to its own configured ones so).
+                forward.auth.CopyFrom(configured)
             ours: list[str] = []
             if pin is not None and pin.digest is not None:
                 record_ref = record_ref.with_digest(pin.digest)
@@ -130,19 +137,35 @@ class CriImages:
 
     async def _known(self, names: list[str], image_id: str) -> None:
         """Wait (bounded) until containerd's CRI has taken in `names`, which it learns from
-        containerd's image events, a moment after the records are made."""
+        containerd's image events, a moment after the records are made. The pull is done and
+        recorded: a call that hangs is given up (and asked again) within the wait, and an error
+        is logged, never the pull's failure."""
         deadline = time.monotonic() + KNOWN_WAIT
         delay = 0.002
         for name in names:
-            while not await self._knows(name, image_id):
-                if time.monotonic() > deadline:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     log.warning(
                         "containerd's CRI does not know %s after %.0f s; the pull returns anyway",
                         name,
                         KNOWN_WAIT,
                     )
                     return
-                await asyncio.sleep(delay)
+                try:
+                    async with asyncio.timeout(min(STATUS_TIMEOUT, left)):
+                        if await self._knows(name, image_id):
+                            break
+                except TimeoutError:
+                    continue
+                except errors.ImagedError as e:
+                    log.warning(
+                        "containerd's CRI cannot say whether it knows %s (%s); the pull returns anyway",
+                        name,
+                        e.message,
+                    )
+                    return
+                await asyncio.sleep(min(delay, max(left, 0.0)))
                 delay = min(delay * 2, 0.05)
 
     async def _knows(self, name: str, image_id: str) -> bool:

@@ -28,11 +28,11 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from imaged import errors
 from imaged.containerd import labels as L
@@ -203,8 +203,9 @@ class CriTransfer:
                     with contextlib.suppress(asyncio.CancelledError):
                         await watching
             created: list[str] = []
+            updated: dict[str, timestamp_pb2.Timestamp] = {}
             try:
-                records = self._records(lns, ref, image_id, labels, started, created)
+                records = self._records(lns, ref, image_id, labels, started, created, updated)
                 if watcher is None:
                     pulled = await records
                 else:
@@ -219,7 +220,7 @@ class CriTransfer:
                     if self.on_bytes is not None:
                         self.on_bytes(watcher.downloaded_bytes())
             except BaseException:
-                await undo_records(ns, created)
+                await undo_records(ns, created, updated)
                 raise
         return pulled
 
@@ -231,34 +232,53 @@ class CriTransfer:
         labels: dict[str, str],
         started: float,
         created: list[str],
+        updated: dict[str, timestamp_pb2.Timestamp],
     ) -> Pulled:
         """The tag record and imaged's labels beside those containerd's CRI made. `created` gets
-        the names this pull made (containerd's CRI's too), for undoing them if the call fails.
+        the names this pull made (containerd's CRI's too), for undoing them if the call fails,
+        and `updated` when imaged labelled those containerd's CRI made: they are still this
+        pull's (and go with it) unless another pull updated them since.
 
         One read (two without a digest) and the writes that change something, those at once:
         containerd commits each write on its own, and a pull of small layers is short enough for
         a round trip to show."""
         store = ImageStore(ns)
-        # A pull pinned to a digest knows every name at once; else the id record gives the digest.
+        # A pull pinned to a digest knows every name at once, and its target is the record
+        # `repo@<pinned>` containerd's CRI made. Never the id's: containerd's CRI points the id
+        # at the last image pulled with that config (a concurrent pull of an index wrapping the
+        # same manifest), and the tag and the verified labels would follow it to that digest.
         names = record_names(ref, ref.digest, image_id, ns.namespace) if ref.digest else [image_id]
         found = {r.name: r for r in await store.list(*(f'name=="{n}"' for n in names))}
-        id_record = found.get(image_id)
-        if id_record is None:
-            raise errors.Unavailable(f"containerd's CRI pulled {ref} as {image_id}, but that record is gone")
-        t = id_record.target
+        self._made_here(found.values(), started, created)
+        if ref.digest:
+            pinned = found.get(ref.pinned())
+            if pinned is None or pinned.target.digest != ref.digest:
+                now = "is gone" if pinned is None else f"names {pinned.target.digest}"
+                raise errors.Unavailable(
+                    f"containerd's CRI pulled {ref.pinned()}, but its record {now} (removed or "
+                    "changed meanwhile); nothing was recorded or labelled, try again"
+                )
+            t = pinned.target
+        else:
+            id_record = found.get(image_id)
+            if id_record is None:
+                raise errors.Unavailable(
+                    f"containerd's CRI pulled {ref} as {image_id}, but that record is gone"
+                )
+            t = id_record.target
         target = Target(t.media_type, t.digest, t.size)
-        wanted = {**labels, L.CRI_MANAGED: "managed"}
-        if not ref.digest or t.digest != ref.digest:
+        wanted = {k: L.fit(k, v) for k, v in {**labels, L.CRI_MANAGED: "managed"}.items()}
+        if not ref.digest:
             names = record_names(ref, target.digest, image_id, ns.namespace)
             others = [n for n in names if n not in found]
             if others:  # (no filter at all would list every record)
-                found.update({r.name: r for r in await store.list(*(f'name=="{n}"' for n in others))})
+                more = await store.list(*(f'name=="{n}"' for n in others))
+                self._made_here(more, started, created)
+                found.update({r.name: r for r in more})
 
         async def write(name: str) -> None:
             record = found.get(name)
             if record is not None:
-                if record.created_at.seconds + record.created_at.nanos / 1e9 >= started:
-                    created.append(name)
                 if record.target.digest == target.digest and all(
                     record.labels.get(k, "") == v for k, v in wanted.items()
                 ):
@@ -269,9 +289,11 @@ class CriTransfer:
                 )
                 mask = field_mask_pb2.FieldMask(paths=["target", *(f"labels.{k}" for k in wanted)])
                 try:
-                    await ns.call(
+                    resp = await ns.call(
                         ns.images.Update, images_pb2.UpdateImageRequest(image=image, update_mask=mask)
                     )
+                    if name in created:
+                        updated[name] = resp.image.updated_at
                     return
                 except errors.NotFound:
                     pass  # removed meanwhile: made again below
@@ -285,6 +307,13 @@ class CriTransfer:
         except BaseExceptionGroup as eg:
             raise errors.first_error(eg) from None
         return Pulled(image_id, target, names)
+
+    @staticmethod
+    def _made_here(records: Iterable[images_pb2.Image], started: float, created: list[str]) -> None:
+        """Records containerd's CRI made for this pull (since it started) are this pull's."""
+        for record in records:
+            if record.created_at.seconds + record.created_at.nanos / 1e9 >= started:
+                created.append(record.name)
 
     async def _release_ingests(self, ns: Namespaced, lease_id: str) -> None:
         """Leave a failed pull's partial downloads to containerd's 24 h expiry of unleased

@@ -35,8 +35,6 @@ log = logging.getLogger("imaged")
 # Replaced registry clients kept open for the calls still using them (a pull has no time limit);
 # past this many, the oldest is closed. Idle, one holds no connection for long (keep-alive ends).
 MAX_RETIRED = 8
-# containerd refuses a label over 4096 bytes (key and value); a warned verdict's failure may be long.
-MAX_LABEL_VALUE = 3000
 
 
 class Runtime:
@@ -158,9 +156,8 @@ class Runtime:
         label = verdict.message
         if verdict.warned:
             label = f"{WARN_NOTE}, not verified: {label}"
-        if len(label) > MAX_LABEL_VALUE:
-            label = label[: MAX_LABEL_VALUE - 1] + "…"
-        return label
+        # containerd counts key and value in bytes; the failure may quote non-ASCII registry text.
+        return L.fit(L.VERIFIED, label)
 
     async def verify_for_pull(
         self,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from google.protobuf import timestamp_pb2
+
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
@@ -78,26 +80,30 @@ async def create_records(
             if await store.put(name, target.pb(), labels):
                 mine.append(name)
     except BaseException:
-        await finish(_undo(store, mine))
+        await finish(_undo(store, mine, {}))
         raise
     if created is not None:
         created += mine
     return names
 
 
-async def undo_records(ns: Namespaced, created: list[str]) -> None:
+async def undo_records(
+    ns: Namespaced, created: list[str], updated: dict[str, timestamp_pb2.Timestamp] | None = None
+) -> None:
     """Delete records made by earlier `create_records` calls of an operation that then failed;
-    runs to the end even if the caller is cancelled."""
-    await finish(_undo(ImageStore(ns), created))
+    runs to the end even if the caller is cancelled. `updated`: when the operation itself last
+    updated a record it made (containerd's CRI makes them, imaged labels them), which is still
+    its own if nobody updated it after."""
+    await finish(_undo(ImageStore(ns), created, updated or {}))
 
 
-async def _undo(store: ImageStore, names: list[str]) -> None:
+async def _undo(store: ImageStore, names: list[str], updated: dict[str, timestamp_pb2.Timestamp]) -> None:
     for name in reversed(names):
         try:
             image = await store.get(name)
             if image is None:
                 continue
-            if image.updated_at != image.created_at:
+            if image.updated_at != image.created_at and image.updated_at != updated.get(name):
                 # Another pull of the same image updated it since we made it: now theirs too.
                 continue
             await store.delete(name, sync=False)

@@ -42,6 +42,11 @@ def split_endpoint_url(url: str) -> tuple[str, str, str]:
     return scheme, host, slash + path
 
 
+def is_host_key(key: str) -> bool:
+    """Whether `key` is a registry host (`host[:port]`) as `registries.hosts` keys must be."""
+    return "://" not in key and "/" not in key and _HOST_RE.fullmatch(key) is not None
+
+
 def shown_url(url: str) -> str | None:
     """`url` if it is a well-formed endpoint URL (so that it holds no credentials), else None."""
     try:
@@ -272,7 +277,7 @@ class RegistriesConfig(Section):
     def _hosts(cls, v: dict[str, HostConfig]) -> dict[str, HostConfig]:
         out: dict[str, HostConfig] = {}
         for key, cfg in v.items():
-            if "://" in key or "/" in key or not _HOST_RE.fullmatch(key):
+            if not is_host_key(key):
                 shown = "(not shown: it holds an '@')" if "@" in key else repr(key)  # user:password@
                 raise ValueError(
                     f"hosts key {shown} must be a registry host like 'docker.io' or '127.0.0.1:5000'"

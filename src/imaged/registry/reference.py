@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from imaged.errors import InvalidArgument
 
 DOCKER_HUB = "docker.io"
-_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 DEFAULT_TAG = "latest"
 MAX_NAME = 255
 # No valid reference comes near this (name 255 + tag 128 + sha512 digest 135 characters): anything
@@ -160,7 +160,7 @@ def normalize_host(host: str) -> str:
     name, port = split_port(h)
     if port and port.isdigit() and port[0] == "0":
         h = f"{name}:{int(port)}"
-    return DOCKER_HUB if h in _HUB_ALIASES else h
+    return DOCKER_HUB if h in HUB_ALIASES else h
 
 
 def _split_domain(name: str) -> tuple[str, str]:

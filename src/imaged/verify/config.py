@@ -485,6 +485,13 @@ def open_policy_warnings(config: VerificationConfig) -> list[str]:
             "noMatch is allow: an image no rule matches is pulled without verification "
             '(end with an `image: "*"` rule, or set noMatch: deny)'
         )
+        for i, rule in enumerate(config.rules):
+            if not rule.skip and (ported := Glob.compile(rule.image).with_any_port()):
+                out.append(
+                    f"{_rule_name(i, rule)}: a `*` in a host does not cover a port, so the same "
+                    "host names with a port (`:8443`) match no rule and are allowed unverified while "
+                    f"noMatch is allow; write {ported!r} to cover them too"
+                )
     return out
 
 
