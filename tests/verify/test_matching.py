@@ -134,7 +134,10 @@ def test_registry_host_case_does_not_matter() -> None:
         # port, or none.
         ("*.example.com/*", "a.example.com:8443/x:v1", False),
         ("reg*/*", "reg.example.com:5000/x:v1", False),
-        ("*/app", "127.0.0.1:5000/app", False),
+        ("*/*", "reg.example.com:5000/x:v1", True),  # a host of `*` alone: every registry
+        ("*/x", "127.0.0.1:5000/x:v1", True),
+        ("*/x", "127.0.0.1:5000/y/x:v1", False),
+        ("*/app", "127.0.0.1:5000/app", True),
         ("*.example.com:*/*", "a.example.com:8443/x:v1", True),
         ("*.example.com:*/*", "a.example.com/x:v1", True),
         ("*.example.com:*/*", "a.example.com:443/x:v1", True),

@@ -158,7 +158,10 @@ def normalize_pattern(pattern: str, plain_http: PlainHttp | None = None) -> str:
 
 def _host_regex(host: str) -> str:
     """In the host name a `*` spans neither `/` nor `:` (a name's wildcard is no port's); in the
-    port it spans digits, and a port of `*` alone is any port or none."""
+    port it spans digits, and a port of `*` alone is any port or none. A host of `*` alone is any
+    host, port included: `*/*` means every registry, as people write it."""
+    if host == "*":
+        return "[^/]+"
     name, port = split_port(host)
     name_re = "".join("[^/:]*" if c == "*" else re.escape(c) for c in name)
     if port is None:
@@ -208,7 +211,7 @@ class Glob:
             return None
         host, _, path = self.normalized.partition("/")
         name, port = split_port(host)
-        return f"{name}:*/{path}" if "*" in name and port is None else None
+        return f"{name}:*/{path}" if "*" in name and name != "*" and port is None else None
 
     def covers(self, other: Glob) -> bool:
         """True if every name `other` matches is also matched by this glob (for shadow warnings).
