@@ -87,21 +87,3 @@ _BY_CODE: dict[grpc.StatusCode, type[ImagedError]] = {
 def from_code(code: grpc.StatusCode, message: str) -> ImagedError:
     """An error of the class that carries `code` (INTERNAL for codes with no class)."""
     return _BY_CODE.get(code, Internal)(message)
-
-
-def first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
-    """The most meaningful error of a failed task group: a domain error before anything else."""
-    flat: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for sub in e.exceptions:
-                walk(sub)
-        else:
-            flat.append(e)
-
-    walk(eg)
-    for e in flat:
-        if isinstance(e, ImagedError):
-            return e
-    return flat[0]

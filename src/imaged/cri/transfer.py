@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -52,6 +53,7 @@ from imaged.pull.progress import Progress
 from imaged.registry.config import RegistriesConfig
 from imaged.registry.hosts import Endpoint, endpoints
 from imaged.registry.reference import Reference, is_localhost, registry_host
+from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
 
@@ -204,18 +206,15 @@ class CriTransfer:
                         await watching
             created: list[str] = []
             try:
-                records = self._records(lns, ref, image_id, labels, started, created)
+                records = functools.partial(self._records, lns, ref, image_id, labels, started, created)
                 if watcher is None:
-                    pulled = await records
+                    pulled = await records()
                 else:
                     # The last look (every layer's final state) beside the records, not after them.
-                    try:
-                        async with asyncio.TaskGroup() as tg:
-                            recorded = tg.create_task(records)
-                            tg.create_task(watcher.finish())
-                    except BaseExceptionGroup as eg:
-                        raise errors.first_error(eg) from None
-                    pulled = recorded.result()
+                    steps: list[Callable[[], Awaitable[object]]] = [records, watcher.finish]
+                    recorded, _ = await gather(steps)
+                    assert isinstance(recorded, Pulled)
+                    pulled = recorded
                     if self.on_bytes is not None:
                         self.on_bytes(watcher.downloaded_bytes())
             except BaseException:
@@ -278,12 +277,7 @@ class CriTransfer:
             if await store.put(name, target.pb(), wanted):
                 created.append(name)
 
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for name in names:
-                    tg.create_task(write(name))
-        except BaseExceptionGroup as eg:
-            raise errors.first_error(eg) from None
+        await gather([functools.partial(write, name) for name in names])
         return Pulled(image_id, target, names)
 
     async def _release_ingests(self, ns: Namespaced, lease_id: str) -> None:

@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
-from imaged.containerd.content import ContentStore
+from imaged.containerd.content import ContentStore, write_blob
 from imaged.containerd.gclabels import distribution_source, index_child_key, manifest_labels
 from imaged.containerd.images import ImageStore
 from imaged.containerd.leases import hold_if_present, lease
@@ -51,6 +52,7 @@ from imaged.pull.turns import Turns
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
 from imaged.registry.transport import single_attempt
+from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
 
@@ -274,20 +276,10 @@ class Puller:
     async def _write_bytes(
         self, content: ContentStore, kind: str, desc: Descriptor, data: bytes, labels: dict[str, str]
     ) -> None:
-        w = await content.open_writer(f"{kind}-{desc.digest}", total=len(data), expected=desc.digest)
-        if w is None:
-            await content.update_labels(desc.digest, labels)
-            return
-        try:
-            if w.offset:
-                await w.restart()
-            await w.write(data)
-            await w.commit(labels)
-        finally:
-            await w.close()
-        if w.existed:
-            # Committed by another pull meanwhile: held already (_manifest_bytes), not labelled by us.
-            await content.update_labels(desc.digest, labels)
+        # Committed by another pull meanwhile, it is held already (_manifest_bytes).
+        await write_blob(
+            content, f"{kind}-{desc.digest}", data, size=len(data), digest=desc.digest, labels=labels
+        )
 
     async def _manifest_bytes(self, content: ContentStore, ref: Reference, desc: Descriptor) -> bytes:
         # Held before looking: content nothing references (a cancelled pull's) may otherwise be
@@ -347,41 +339,24 @@ class Puller:
             nonlocal waited
             waited = True
 
-        content = ContentStore(lns.with_lease(None))
-        w = await content.open_writer(
-            f"{kind}-{desc.digest}", total=desc.size, expected=desc.digest, lock_wait=lock_wait
+        async def fetch(offset: int) -> AsyncIterator[bytes]:
+            async for chunk in self.registry.fetch_blob(ref, desc, offset=offset):
+                if self.on_bytes is not None:
+                    self.on_bytes(len(chunk))
+                yield chunk
+
+        written = await write_blob(
+            ContentStore(lns.with_lease(None)),
+            f"{kind}-{desc.digest}",
+            fetch,
+            size=desc.size,
+            digest=desc.digest,
+            labels=labels,
+            lock_wait=lock_wait,
+            on_write=(lambda offset: on_progress(Status.DOWNLOADING, offset)) if on_progress else None,
+            turn=(lambda: turns[0].turn(turns[1])) if turns is not None else None,
         )
-        if w is None:
-            await content.update_labels(desc.digest, labels)
-            return waited
-        try:
-            if w.offset > desc.size:
-                await w.restart()
-            if on_progress:
-                on_progress(Status.DOWNLOADING, w.offset)
-            if w.offset < desc.size:
-                async for chunk in self.registry.fetch_blob(ref, desc, offset=w.offset):
-                    if self.on_bytes is not None:
-                        self.on_bytes(len(chunk))
-                    if turns is None:
-                        await w.write(chunk)
-                    else:
-                        async with turns[0].turn(turns[1]):
-                            await w.write(chunk)
-                    if on_progress:
-                        on_progress(Status.DOWNLOADING, w.offset)
-            await w.commit(labels)
-        except errors.ImagedError as e:
-            if not isinstance(e, errors.DataLoss):
-                # Keep every byte received in the ingest, so the next pull resumes right there.
-                with contextlib.suppress(errors.ImagedError):
-                    await w.flush()
-            raise
-        finally:
-            await w.close()
-        if w.existed:  # another pull committed it meanwhile: the labels are ours to set
-            await content.update_labels(desc.digest, labels)
-        return True
+        return written != "present" or waited
 
     async def _layers(
         self,
@@ -451,21 +426,21 @@ class Puller:
             await done[i].wait()
 
         unpacker = Unpacker(lns, self.options.snapshotter)
+        steps: list[Callable[[], Awaitable[object]]] = [
+            functools.partial(download, i, desc) for i, desc in enumerate(layers)
+        ]
+        steps.append(
+            functools.partial(
+                unpacker.unpack,
+                manifest.config.digest,
+                layers,
+                config.diff_ids,
+                ready=wait_ready,
+                on_event=on_event,
+            )
+        )
         try:
-            async with asyncio.TaskGroup() as tg:
-                for i, desc in enumerate(layers):
-                    tg.create_task(download(i, desc))
-                tg.create_task(
-                    unpacker.unpack(
-                        manifest.config.digest,
-                        layers,
-                        config.diff_ids,
-                        ready=wait_ready,
-                        on_event=on_event,
-                    )
-                )
-        except BaseExceptionGroup as eg:
-            raise errors.first_error(eg) from None
+            await gather(steps)
         finally:
             for t in tickers.values():
                 t.cancel()
