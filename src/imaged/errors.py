@@ -87,3 +87,9 @@ _BY_CODE: dict[grpc.StatusCode, type[ImagedError]] = {
 def from_code(code: grpc.StatusCode, message: str) -> ImagedError:
     """An error of the class that carries `code` (INTERNAL for codes with no class)."""
     return _BY_CODE.get(code, Internal)(message)
+
+
+def in_context(e: ImagedError, context: str) -> ImagedError:
+    """`e` again, its message led by what was being done: added once, by the layer that knows it
+    (Talos's `error pulling image X: ...`), never tested for by the layers above."""
+    return type(e)(f"{context}: {e.message}")

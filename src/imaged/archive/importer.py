@@ -129,14 +129,14 @@ async def _unpack(
                 if attempt == _UNPACK_ATTEMPTS - 1:
                     raise
     except (DataLoss, InvalidArgument) as e:  # a layer that does not unpack to its diff_id, ...
-        raise InvalidArgument(f"{what}: {e.message}") from None
+        raise InvalidArgument(f"{what}: {e.message}") from e
     except Internal as e:
         if current < 0 or not any(fault in e.message for fault in _LAYER_FAULTS):
             raise
         layer = u.layers[current]
         raise InvalidArgument(
             f"{what}: layer {current} ({layer.digest}) cannot be unpacked: {e.message}"
-        ) from None
+        ) from e
 
 
 # The writes only need to stay ahead of the unpacking, which is the critical path; more of them

@@ -88,9 +88,7 @@ def blob_digest(path: str) -> str | None:
     try:
         return validate_digest(digest)
     except InvalidArgument as e:
-        raise InvalidArgument(
-            f"archive member {path!r} is not named by a valid digest: {e.message}"
-        ) from None
+        raise InvalidArgument(f"archive member {path!r} is not named by a valid digest: {e.message}") from e
 
 
 def sniff(head: bytes) -> str:

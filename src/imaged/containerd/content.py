@@ -300,7 +300,7 @@ class Writer:
             await finish(self.store.abort(self.ref))
             raise errors.DataLoss(
                 f"content {self.expected or self.ref} failed verification: {e.message}"
-            ) from None
+            ) from e
         if self.expected and resp.digest != self.expected:
             await self.close()
             await finish(self.store.abort(self.ref))

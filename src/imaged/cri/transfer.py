@@ -167,10 +167,13 @@ class CriTransfer:
         if auth is not None:
             request.auth.CopyFrom(auth)
         desc = root or Descriptor("", ref.digest, 0)
+        what = f"error pulling image {ref}"
         try:
             pulled = await self.run(ns, ref, request, labels, progress=progress, root=desc)
         except upstream.CriError as e:
-            raise pull_error(e, f"error pulling image {ref}") from None
+            raise pull_error(e, what) from None
+        except errors.ImagedError as e:
+            raise errors.in_context(e, what) from e
         return ref.pinned(pulled.target.digest)
 
     async def run(

@@ -30,7 +30,7 @@ async def _find(store: ImageStore, ref: str) -> images_pb2.Image | None:
     try:
         normalized = str(parse(ref))
     except errors.InvalidArgument as e:
-        raise errors.InvalidArgument(f"cannot remove {ref!r}: {e.message}") from None
+        raise errors.InvalidArgument(f"cannot remove {ref!r}: {e.message}") from e
     return await store.get(normalized) if normalized != ref else None
 
 

@@ -111,7 +111,7 @@ def parse_descriptor(v: Any, what: str) -> Descriptor:
     try:
         validate_digest(digest)
     except InvalidArgument as e:
-        raise InvalidArgument(f"{what}: {e.message}") from None
+        raise InvalidArgument(f"{what}: {e.message}") from e
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidArgument(f"{what}: descriptor {digest} has no valid size")
     return Descriptor(

@@ -80,7 +80,8 @@ VerifyHook = Callable[[Reference, VerifiedPin | None], Awaitable[VerifiedPin | N
 
 class Transfer(Protocol):
     """Another way to move a pinned image into containerd, used where it `applies` (containerd's
-    CRI plugin for k8s.io: cri/transfer.py). Same contract as `Puller._pull`."""
+    CRI plugin for k8s.io: cri/transfer.py). Same contract as `Puller._pull`, except that its
+    failures say themselves that pulling `ref` failed (`error pulling image <ref>: ...`)."""
 
     async def applies(self, ns: Namespaced, ref: Reference) -> bool: ...
 
@@ -176,11 +177,9 @@ class Puller:
         present = await self._present(ns, pinned, labels)
         if present is not None:
             return present
-        # Failures name what was asked for, or the digest a verification pinned it to.
         if self.transfer is not None and await self.transfer.applies(ns, pinned):
-            return await self._wrap(
-                pinned if pin and pin.digest else ref, self.transfer.pull(ns, pinned, progress, labels, root)
-            )
+            return await self.transfer.pull(ns, pinned, progress, labels, root)
+        # Failures name what was asked for, or the digest a verification pinned it to.
         return await self._wrap(
             pinned if pin and pin.digest else ref, self._pull(ns, pinned, progress, labels, root)
         )
@@ -200,9 +199,7 @@ class Puller:
         try:
             return await work
         except errors.ImagedError as e:
-            if e.message.startswith("error pulling image"):
-                raise
-            raise type(e)(f"error pulling image {ref}: {e.message}") from None
+            raise errors.in_context(e, f"error pulling image {ref}") from e
 
     async def _present(self, ns: Namespaced, ref: Reference, labels: dict[str, str]) -> str | None:
         """The pinned name if the image is recorded and unpacked already; its records are

@@ -28,6 +28,7 @@ from imaged.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    in_context,
 )
 from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
@@ -156,11 +157,11 @@ class RegistryClient:
 
         async def op(e: Endpoint) -> Descriptor:
             url = e.url(f"/{ref.path}/manifests/{ref.object}")
-            r = await self._http.roundtrip(e, "HEAD", url, ref=ref, what=what, accept=accept, max_size=0)
+            r = await self._http.roundtrip(e, "HEAD", url, ref=ref, accept=accept, max_size=0)
             if r.status == 200:
                 media_type = content_type(r.headers)
                 if media_type in mt.SCHEMA1:
-                    raise _schema1(what, e)
+                    raise _schema1(e)
                 digest = r.headers.get("Docker-Content-Digest", "")
                 size = r.headers.get("Content-Length", "")
                 if (
@@ -171,13 +172,13 @@ class RegistryClient:
                 ):
                     if int(size) > max_size:
                         raise ResourceExhausted(
-                            f"{what}: manifest on {e.host} is {size} bytes, over the limit of {max_size}"
+                            f"manifest on {e.host} is {size} bytes, over the limit of {max_size}"
                         )
                     return Descriptor(media_type, digest, int(size))
             elif r.status not in (405, 400, 501):
-                raise self._http.status_error(r, e, ref, what, f"image {ref}")
+                raise self._http.status_error(r, e, ref, f"image {ref}")
             # No usable answer to HEAD: GET the manifest and hash it.
-            body, media_type, digest = await self._get_manifest_on(e, ref, ref.object, accept, max_size, what)
+            body, media_type, digest = await self._get_manifest_on(e, ref, ref.object, accept, max_size)
             return Descriptor(media_type, digest, len(body))
 
         return await self._http.on_endpoints(ref, capability, what, op)
@@ -205,7 +206,7 @@ class RegistryClient:
         capability = "pull" if is_digest else "resolve"
         try:
             return await self._http.on_endpoints(
-                ref, capability, what, lambda e: self._get_manifest_on(e, ref, obj, accept, cap, what)
+                ref, capability, what, lambda e: self._get_manifest_on(e, ref, obj, accept, cap)
             )
         except NotFound:
             if not (is_digest and fallback_tag):
@@ -219,28 +220,26 @@ class RegistryClient:
         return body, media_type, obj
 
     async def _get_manifest_on(
-        self, e: Endpoint, ref: Reference, obj: str, accept: str, max_size: int, what: str
+        self, e: Endpoint, ref: Reference, obj: str, accept: str, max_size: int
     ) -> tuple[bytes, str, str]:
         url = e.url(f"/{ref.path}/manifests/{obj}")
-        r = await self._http.roundtrip(e, "GET", url, ref=ref, what=what, accept=accept, max_size=max_size)
+        r = await self._http.roundtrip(e, "GET", url, ref=ref, accept=accept, max_size=max_size)
         if r.status != 200:
             shown = f"{ref.repository}@{obj}" if _is_digest(obj) else f"{ref.repository}:{obj}"
-            raise self._http.status_error(r, e, ref, what, f"manifest {shown}")
+            raise self._http.status_error(r, e, ref, f"manifest {shown}")
         if _is_digest(obj):
             actual = _digest_of(r.body, obj)
             if actual != obj:
-                raise DataLoss(f"{what}: {e.host} served a manifest with digest {actual} instead of {obj}")
+                raise DataLoss(f"{e.host} served a manifest with digest {actual} instead of {obj}")
             digest = obj
         else:
             digest = _hash("sha256", r.body)
         try:
             media_type = media_type_of(r.body, content_type(r.headers))
         except InvalidArgument as err:
-            raise InvalidArgument(
-                f"{what}: {e.host} served something that is not a manifest: {err.message}"
-            ) from None
+            raise InvalidArgument(f"{e.host} served something that is not a manifest: {err.message}") from err
         if media_type in mt.SCHEMA1:
-            raise _schema1(what, e)
+            raise _schema1(e)
         return r.body, media_type, digest
 
     # -- blobs ------------------------------------------------------------------------------------
@@ -271,14 +270,18 @@ class RegistryClient:
             failures = 0
             while True:
                 try:
-                    async with contextlib.aclosing(self._blob_stream(e, ref, desc, pos, what)) as stream:
-                        async for chunk in stream:
-                            pos += len(chunk)
-                            failures = 0  # progress: the next failure starts a new count
-                            yield chunk
-                    if pos != desc.size:  # pragma: no cover - _blob_stream guarantees it
-                        raise DataLoss(f"{what}: {e.host} ended the blob at byte {pos} of {desc.size}")
-                    return
+                    self._http.ready(e)
+                    try:
+                        async with contextlib.aclosing(self._blob_stream(e, ref, desc, pos)) as stream:
+                            async for chunk in stream:
+                                pos += len(chunk)
+                                failures = 0  # progress: the next failure starts a new count
+                                yield chunk
+                        if pos != desc.size:  # pragma: no cover - _blob_stream guarantees it
+                            raise DataLoss(f"{e.host} ended the blob at byte {pos} of {desc.size}")
+                        return
+                    except ImagedError as err:
+                        raise in_context(err, what) from err  # the one place it is added
                 except Transient as err:
                     failures += 1
                     if failures >= attempts:
@@ -286,7 +289,7 @@ class RegistryClient:
                             raise Unavailable(
                                 f"{what}: {err.message} (after {failures} attempt(s), "
                                 f"at byte {pos} of {desc.size})"
-                            ) from None
+                            ) from err
                         log.info("%s: mirror %s failed (%s); trying %s", what, e, err.message, eps[i + 1])
                         break
                     delay = self._http.backoff(failures, err.retry_after)
@@ -299,7 +302,7 @@ class RegistryClient:
                     break
 
     async def _blob_stream(
-        self, e: Endpoint, ref: Reference, desc: Descriptor, pos: int, what: str
+        self, e: Endpoint, ref: Reference, desc: Descriptor, pos: int
     ) -> AsyncGenerator[bytes, None]:
         """One GET of the blob from `pos`; yields at most `desc.size - pos` bytes, exactly that or raises."""
         url = e.url(f"/{ref.path}/blobs/{desc.digest}")
@@ -309,14 +312,14 @@ class RegistryClient:
         want = desc.size - pos
         async with self._http.pool.semaphore(e):
             async with self._http.whole_request(e):  # until the headers: the body is bounded by `read`
-                resp = await self._http.send(e, "GET", url, headers, ref=ref, what=what)
+                resp = await self._http.send(e, "GET", url, headers, ref=ref)
             try:
                 status = resp.status
                 if status in RETRYABLE_STATUS:
                     raise Transient(f"{e.host} answered HTTP {status}", retry_after(resp.headers))
                 if status == 416:
                     raise DataLoss(
-                        f"{what}: {e.host} cannot serve bytes from {pos}: the blob is shorter than the "
+                        f"{e.host} cannot serve bytes from {pos}: the blob is shorter than the "
                         f"{desc.size} bytes its descriptor says"
                     )
                 if status not in (200, 206):
@@ -327,19 +330,16 @@ class RegistryClient:
                     except (TooLarge, aiohttp.ClientError, TimeoutError):
                         pass
                     r = Response(status, resp.headers, body, str(resp.url))
-                    raise self._http.status_error(r, e, ref, what, f"blob {desc.digest} of {ref.repository}")
+                    raise self._http.status_error(r, e, ref, f"blob {desc.digest} of {ref.repository}")
                 skip = 0
                 if status == 206:
                     m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
                     if m is None:
-                        raise DataLoss(
-                            f"{what}: {e.host} sent a partial answer without a valid Content-Range"
-                        )
+                        raise DataLoss(f"{e.host} sent a partial answer without a valid Content-Range")
                     start, end, total = int(m.group(1)), int(m.group(2)), m.group(3)
                     if start > pos or (total != "*" and int(total) != desc.size):
                         raise DataLoss(
-                            f"{what}: {e.host} sent bytes {start}-{end}/{total}, "
-                            f"expected {pos}- of {desc.size}"
+                            f"{e.host} sent bytes {start}-{end}/{total}, expected {pos}- of {desc.size}"
                         )
                     skip = pos - start
                     expected_length = end - start + 1
@@ -348,7 +348,7 @@ class RegistryClient:
                     expected_length = desc.size
                 if resp.content_length is not None and resp.content_length != expected_length:
                     raise DataLoss(
-                        f"{what}: {e.host} announced {resp.content_length} bytes, expected {expected_length} "
+                        f"{e.host} announced {resp.content_length} bytes, expected {expected_length} "
                         f"(descriptor size {desc.size})"
                     )
                 sent = 0
@@ -364,7 +364,7 @@ class RegistryClient:
                             chunk, skip = chunk[skip:], 0
                         if sent + len(chunk) > want:
                             raise DataLoss(
-                                f"{what}: {e.host} sent more than the {desc.size} bytes the descriptor says"
+                                f"{e.host} sent more than the {desc.size} bytes the descriptor says"
                             )
                         sent += len(chunk)
                         yield chunk
@@ -376,7 +376,7 @@ class RegistryClient:
                         raise Transient(
                             f"{e.host} ended the download early ({pos + sent} of {desc.size} bytes)"
                         )
-                    raise DataLoss(f"{what}: {e.host} sent {pos + sent} of {desc.size} bytes")
+                    raise DataLoss(f"{e.host} sent {pos + sent} of {desc.size} bytes")
             finally:
                 resp.release()
 
@@ -387,12 +387,12 @@ class RegistryClient:
 
         async def op(e: Endpoint) -> bytes:
             url = e.url(f"/{ref.path}/blobs/{digest}")
-            r = await self._http.roundtrip(e, "GET", url, ref=ref, what=what, accept="*/*", max_size=max_size)
+            r = await self._http.roundtrip(e, "GET", url, ref=ref, accept="*/*", max_size=max_size)
             if r.status != 200:
-                raise self._http.status_error(r, e, ref, what, f"blob {digest} of {ref.repository}")
+                raise self._http.status_error(r, e, ref, f"blob {digest} of {ref.repository}")
             actual = _digest_of(r.body, digest)
             if actual != digest:
-                raise DataLoss(f"{what}: {e.host} served content with digest {actual} instead of {digest}")
+                raise DataLoss(f"{e.host} served content with digest {actual} instead of {digest}")
             return r.body
 
         return await self._http.on_endpoints(ref, "pull", what, op)
@@ -418,7 +418,7 @@ class RegistryClient:
                 nonlocal mirror_without_api
                 if fallback_left():
                     mirror_without_api = True
-                    raise NotFound(f"{what}: {e.host} has no referrers API ({why})")
+                    raise NotFound(f"{e.host} has no referrers API ({why})")
                 return None
 
             url = e.url(f"/{ref.path}/referrers/{digest}")
@@ -427,15 +427,13 @@ class RegistryClient:
             manifests: list[Descriptor] = []
             first: Index | None = None
             for _ in range(MAX_PAGES):
-                r = await self._http.roundtrip(
-                    e, "GET", url, ref=ref, what=what, accept=mt.OCI_INDEX, max_size=max_size
-                )
+                r = await self._http.roundtrip(e, "GET", url, ref=ref, accept=mt.OCI_INDEX, max_size=max_size)
                 if r.status in (404, 400, 405, 406, 501):
                     if first is None:
                         return no_api(f"HTTP {r.status}")
                     break
                 if r.status != 200:
-                    raise self._http.status_error(r, e, ref, what, f"referrers of {digest}")
+                    raise self._http.status_error(r, e, ref, f"referrers of {digest}")
                 if content_type(r.headers) not in (mt.OCI_INDEX, "application/json", ""):
                     return no_api(f"answered {content_type(r.headers)}")
                 try:
@@ -477,19 +475,19 @@ class RegistryClient:
             tags: list[str] = []
             for _ in range(MAX_PAGES * 50):
                 r = await self._http.roundtrip(
-                    e, "GET", url, ref=ref, what=what, accept="application/json", max_size=8 * 1024 * 1024
+                    e, "GET", url, ref=ref, accept="application/json", max_size=8 * 1024 * 1024
                 )
                 if r.status != 200:
-                    raise self._http.status_error(r, e, ref, what, f"repository {ref.repository}")
+                    raise self._http.status_error(r, e, ref, f"repository {ref.repository}")
                 try:
                     doc = jsondoc.loads(r.body)
                 except (ValueError, UnicodeDecodeError):
-                    raise InvalidArgument(f"{what}: {e.host} sent a tag list that is not JSON") from None
+                    raise InvalidArgument(f"{e.host} sent a tag list that is not JSON") from None
                 page = doc.get("tags") if isinstance(doc, dict) else None
                 if page is None:
                     page = []
                 if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
-                    raise InvalidArgument(f"{what}: {e.host} sent a malformed tag list")
+                    raise InvalidArgument(f"{e.host} sent a malformed tag list")
                 tags.extend(page)
                 if len(tags) >= limit:
                     return tags[:limit]
@@ -502,8 +500,8 @@ class RegistryClient:
         return await self._http.on_endpoints(ref, "resolve", what, op)
 
 
-def _schema1(what: str, e: Endpoint) -> InvalidArgument:
+def _schema1(e: Endpoint) -> InvalidArgument:
     return InvalidArgument(
-        f"{what}: {e.host} serves a Docker schema 1 manifest, which is deprecated and not supported; "
+        f"{e.host} serves a Docker schema 1 manifest, which is deprecated and not supported; "
         "push the image again with a current tool"
     )

@@ -209,7 +209,7 @@ def _parse(ref: str, *, default_tag: bool = True) -> Reference:
         try:
             digest_value = validate_digest(digest)
         except InvalidArgument as e:
-            raise InvalidArgument(f"invalid image reference {ref!r}: {e.message}") from None
+            raise InvalidArgument(f"invalid image reference {ref!r}: {e.message}") from e
     elif ref.endswith("@"):
         raise InvalidArgument(f"invalid image reference {ref!r}: empty digest after '@'")
     name, tag = remainder, None

@@ -37,6 +37,7 @@ from imaged.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    in_context,
 )
 from imaged.oci import jsondoc
 from imaged.registry.auth import (
@@ -310,15 +311,28 @@ class Transport:
             )
         return eps
 
+    def ready(self, e: Endpoint) -> None:
+        """Fail before a request, naming the endpoint rather than an operation, when this client is
+        closed or the endpoint's TLS settings do not load: that is configuration, not the request."""
+        self.pool.get_session()
+        self.pool.ssl_for(e)
+
     async def on_endpoints(
         self, ref: Reference, capability: str, what: str, op: Callable[[Endpoint], Awaitable[T]]
     ) -> T:
-        """Run `op` on each endpoint in order until one succeeds; a failing mirror falls through."""
+        """Run `op` on each endpoint in order until one succeeds; a failing mirror falls through.
+
+        The one place a request's failure gets its context: `what` leads its message (the
+        layers below name hosts and objects, never the operation)."""
         eps = self.endpoints(ref, capability, what)
         for i, e in enumerate(eps):
             token = _FALLBACK_LEFT.set(i < len(eps) - 1)
             try:
-                return await op(e)
+                self.ready(e)
+                try:
+                    return await op(e)
+                except ImagedError as err:
+                    raise in_context(err, what) from err
             except ImagedError as err:
                 if i == len(eps) - 1:
                     raise
@@ -354,7 +368,6 @@ class Transport:
         headers: dict[str, str],
         *,
         ref: Reference,
-        what: str,
     ) -> aiohttp.ClientResponse:
         """One request with authentication and manual redirects; returns the final response (open).
 
@@ -392,14 +405,14 @@ class Transport:
                 reason = getattr(err, "certificate_error", None) or err
                 reason = getattr(reason, "verify_message", None) or reason
                 raise Unavailable(
-                    f"{what}: TLS certificate of {urllib.parse.urlsplit(current).netloc} not trusted: "
+                    f"TLS certificate of {urllib.parse.urlsplit(current).netloc} not trusted: "
                     f"{reason}; configure its CA (registries.hosts.{ref.domain}.tls.ca_file)"
                 ) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
                 netloc = urllib.parse.urlsplit(current).netloc
                 if "HTTP request to an HTTPS server" in str(err):
                     raise Unavailable(
-                        f"{what}: {netloc} speaks HTTPS but was asked in plain HTTP; set "
+                        f"{netloc} speaks HTTPS but was asked in plain HTTP; set "
                         f"registries.hosts.{ref.domain}.plain_http to false or give it a tls section"
                     ) from None
                 through = f" through proxy {via['proxy']}" if via else ""
@@ -411,15 +424,15 @@ class Transport:
                 resp.release()
                 hops += 1
                 if not location or hops > MAX_REDIRECTS:
-                    raise Unavailable(f"{what}: {e.host} sent a redirect loop or a redirect without Location")
+                    raise Unavailable(f"{e.host} sent a redirect loop or a redirect without Location")
                 try:
                     current = urllib.parse.urljoin(current, location)
                     scheme = urllib.parse.urlsplit(current).scheme
                     URL(current, encoded=True).port  # noqa: B018  (a bad port raises here, not later)
                 except ValueError:
-                    raise Unavailable(f"{what}: {e.host} redirected to a malformed URL") from None
+                    raise Unavailable(f"{e.host} redirected to a malformed URL") from None
                 if scheme not in ("http", "https"):
-                    raise Unavailable(f"{what}: {e.host} redirected to a non-HTTP URL")
+                    raise Unavailable(f"{e.host} redirected to a non-HTTP URL")
                 if resp.status == 303:
                     method = "GET" if method != "HEAD" else method
                 continue
@@ -429,7 +442,7 @@ class Transport:
                 challenges = parse_www_authenticate(", ".join(resp.headers.getall("WWW-Authenticate", [])))
                 resp.release()
                 authed_once = True
-                await self._authenticate(e, challenges, scope, creds, ref=ref, what=what)
+                await self._authenticate(e, challenges, scope, creds, ref=ref)
                 continue
             return resp
 
@@ -451,7 +464,6 @@ class Transport:
         creds: Credentials,
         *,
         ref: Reference,
-        what: str,
     ) -> None:
         """Prepare the Authorization for the retry after a 401 (fetch a token, or switch to Basic)."""
         bearer = next((c for c in challenges if c.scheme == "bearer" and c.realm), None)
@@ -462,9 +474,7 @@ class Transport:
             try:
                 async with lock:
                     if self.pool.tokens.get(e.host, scope, creds) is None:
-                        token, expires_in = await self._fetch_token(
-                            e, bearer, scope, creds, ref=ref, what=what
-                        )
+                        token, expires_in = await self._fetch_token(e, bearer, scope, creds, ref=ref)
                         self.pool.tokens.put(e.host, scope, creds, token, expires_in)
             finally:
                 # A failed fetch left it too; callers still waiting hold the lock object itself.
@@ -474,13 +484,13 @@ class Transport:
         if any(c.scheme == "basic" for c in challenges):
             if creds.basic() is None:
                 raise Unauthenticated(
-                    f"{what}: {e.host} requires a user name and password for repository {ref.path}; "
+                    f"{e.host} requires a user name and password for repository {ref.path}; "
                     f"no credentials are configured for {ref.domain}"
                 )
             self.pool.basic_hosts.add(e.host)
             return
         raise Unauthenticated(
-            f"{what}: {e.host} requires authentication with a scheme this client does not support "
+            f"{e.host} requires authentication with a scheme this client does not support "
             f"({', '.join(sorted({c.scheme for c in challenges})) or 'no challenge given'})"
         )
 
@@ -492,7 +502,6 @@ class Transport:
         creds: Credentials,
         *,
         ref: Reference,
-        what: str,
     ) -> tuple[str, float | None]:
         realm = challenge.realm
         try:
@@ -508,7 +517,7 @@ class Transport:
             or not parts.hostname
             or "@" in parts.netloc
         ):
-            raise Unauthenticated(f"{what}: {e.host} named an unusable token realm {redact_url(realm)!r}")
+            raise Unauthenticated(f"{e.host} named an unusable token realm {redact_url(realm)!r}")
         realm_host = parts.netloc
         # The registry's machine (another port, as docker_auth runs beside a registry): plain HTTP
         # to it is what talking plain HTTP to the registry already accepts.
@@ -527,7 +536,7 @@ class Transport:
                 f"registries.hosts.{realm_host}.plain_http: true"
             )
             raise FailedPrecondition(
-                f"{what}: {e.host} sends clients to token server {realm_host} over plain HTTP, and the "
+                f"{e.host} sends clients to token server {realm_host} over plain HTTP, and the "
                 f"credentials configured for {ref.domain} are not sent unencrypted; {advice}"
             )
         scopes = [scope]
@@ -574,8 +583,7 @@ class Transport:
                 if status in (401, 403):
                     who = f"user {creds.username!r}" if creds.username else "anonymous access"
                     raise Unauthenticated(
-                        f"{what}: token server {realm_host} of {e.host} refused {who} "
-                        f"for repository {ref.path}"
+                        f"token server {realm_host} of {e.host} refused {who} for repository {ref.path}"
                     )
                 if status == 400:  # OAuth2's invalid_grant: a revoked or expired identity token
                     try:
@@ -583,29 +591,26 @@ class Transport:
                     except TooLarge:
                         detail = ""
                     raise Unauthenticated(
-                        f"{what}: token server {realm_host} of {e.host} rejected the request "
-                        f"(HTTP 400{detail})"
+                        f"token server {realm_host} of {e.host} rejected the request (HTTP 400{detail})"
                     )
                 if status != 200:
-                    raise Unavailable(f"{what}: token server {realm_host} of {e.host} answered HTTP {status}")
+                    raise Unavailable(f"token server {realm_host} of {e.host} answered HTTP {status}")
                 body = await read_capped(resp, MAX_TOKEN_BODY)
         except aiohttp.ClientError as err:
             raise Unavailable(
-                f"{what}: cannot reach token server {realm_host} of {e.host}: {type(err).__name__}"
+                f"cannot reach token server {realm_host} of {e.host}: {type(err).__name__}"
             ) from None
         except TimeoutError:
-            raise Unavailable(f"{what}: token server {realm_host} of {e.host} timed out") from None
+            raise Unavailable(f"token server {realm_host} of {e.host} timed out") from None
         except TooLarge:
-            raise Unavailable(
-                f"{what}: token server {realm_host} of {e.host} sent an oversized answer"
-            ) from None
+            raise Unavailable(f"token server {realm_host} of {e.host} sent an oversized answer") from None
         try:
             doc = jsondoc.loads(body)
         except (ValueError, UnicodeDecodeError):
             doc = None
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
-            raise Unavailable(f"{what}: token server {realm_host} of {e.host} sent no token")
+            raise Unavailable(f"token server {realm_host} of {e.host} sent no token")
         expires_in = doc.get("expires_in") if isinstance(doc, dict) else None
         return token, _token_lifetime(expires_in)
 
@@ -616,7 +621,6 @@ class Transport:
         url: str,
         *,
         ref: Reference,
-        what: str,
         accept: str,
         max_size: int,
     ) -> Response:
@@ -628,7 +632,7 @@ class Transport:
         while True:
             try:
                 async with self.pool.semaphore(e), self.whole_request(e):
-                    resp = await self.send(e, method, url, {"Accept": accept}, ref=ref, what=what)
+                    resp = await self.send(e, method, url, {"Accept": accept}, ref=ref)
                     try:
                         if resp.status in RETRYABLE_STATUS:
                             raise Transient(
@@ -642,7 +646,7 @@ class Transport:
                             except TooLarge:
                                 if 200 <= resp.status < 300:
                                     raise ResourceExhausted(
-                                        f"{what}: {e.host} sent more than the limit of {max_size} bytes"
+                                        f"{e.host} sent more than the limit of {max_size} bytes"
                                     ) from None
                                 body = b""
                         return Response(resp.status, resp.headers, body, str(resp.url))
@@ -655,9 +659,9 @@ class Transport:
             except Transient as err:
                 failures += 1
                 if failures >= attempts:
-                    raise Unavailable(f"{what}: {err.message} (after {failures} attempt(s))") from None
+                    raise Unavailable(f"{err.message} (after {failures} attempt(s))") from err
                 delay = self.backoff(failures, err.retry_after)
-                log.info("%s: %s; retrying in %.1fs", what, err.message, delay)
+                log.info("%s %s: %s; retrying in %.1fs", method, redact_url(url), err.message, delay)
                 await asyncio.sleep(delay)
 
     @contextlib.asynccontextmanager
@@ -677,33 +681,31 @@ class Transport:
                 f"{e.host} timed out: no complete answer within {limit:g}s (registries.timeouts.request)"
             ) from None
 
-    def status_error(
-        self, r: Response | int, e: Endpoint, ref: Reference, what: str, missing: str
-    ) -> ImagedError:
+    def status_error(self, r: Response | int, e: Endpoint, ref: Reference, missing: str) -> ImagedError:
         """The error for a non-success answer; `missing` describes the object for 404."""
         status = r if isinstance(r, int) else r.status
         detail = _registry_error(r.body) if isinstance(r, Response) else ""
         suffix = f" ({detail})" if detail else ""
         if status == 404:
-            return NotFound(f"{what}: {missing} not found on {e.host}{suffix}")
+            return NotFound(f"{missing} not found on {e.host}{suffix}")
         if status == 401:
             creds = self.credentials(e, ref.domain)
             if creds is ANONYMOUS:
                 return Unauthenticated(
-                    f"{what}: {e.host} requires authentication for repository {ref.path}; no credentials "
+                    f"{e.host} requires authentication for repository {ref.path}; no credentials "
                     f"are configured for {ref.domain}{suffix}"
                 )
             who = f"user {creds.username!r}" if creds.username else "the configured identity token"
-            return Unauthenticated(f"{what}: {e.host} rejected {who} for repository {ref.path}{suffix}")
+            return Unauthenticated(f"{e.host} rejected {who} for repository {ref.path}{suffix}")
         if status == 403:
-            return PermissionDenied(f"{what}: {e.host} denied access to repository {ref.path}{suffix}")
+            return PermissionDenied(f"{e.host} denied access to repository {ref.path}{suffix}")
         if status == 429:
-            return Unavailable(f"{what}: {e.host} is rate limiting requests (HTTP 429){suffix}")
+            return Unavailable(f"{e.host} is rate limiting requests (HTTP 429){suffix}")
         if status >= 500:
-            return Unavailable(f"{what}: {e.host} failed with HTTP {status}{suffix}")
+            return Unavailable(f"{e.host} failed with HTTP {status}{suffix}")
         if status == 400:
-            return InvalidArgument(f"{what}: {e.host} rejected the request (HTTP 400){suffix}")
-        return FailedPrecondition(f"{what}: {e.host} answered HTTP {status}{suffix}")
+            return InvalidArgument(f"{e.host} rejected the request (HTTP 400){suffix}")
+        return FailedPrecondition(f"{e.host} answered HTTP {status}{suffix}")
 
 
 class TooLarge(Exception):
