@@ -24,10 +24,11 @@ from imaged.archive.signatures import ArchiveSignature, archive_signatures
 from imaged.archive.stream import PIECE, ByteReader, decompressed
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
+from imaged.containerd.images import Target
 from imaged.containerd.leases import lease
-from imaged.containerd.unpack import Unpacker
+from imaged.containerd.unpack import Unpacker, UnpackEventKind
 from imaged.errors import AlreadyExists, DataLoss, Internal, InvalidArgument
-from imaged.images.records import Target, create_records, undo_records
+from imaged.images.records import create_records, undo_records
 from imaged.oci.manifest import Platform
 from imaged.oci.platform import host_platform
 from imaged.registry.reference import Reference
@@ -107,7 +108,7 @@ async def _unpack(
     async def layer_ready(i: int) -> None:
         await ready(u.layers[i].digest)
 
-    def on_event(i: int, event: str, _elapsed: float) -> None:
+    def on_event(i: int, event: UnpackEventKind, _elapsed: float) -> None:
         nonlocal current
         if event == "extracting":
             current = i

@@ -312,6 +312,16 @@ class Writer:
             self._call.cancel()
 
 
+# What a blob is to an image, as its ingest ref says (`layer-sha256:...`).
+BlobKind = Literal["index", "manifest", "config", "layer"]
+
+
+def ingest_ref(kind: BlobKind, digest: str) -> str:
+    """The ref containerd's own clients write a blob under (its remotes.MakeRefKey), so that
+    concurrent writers of one blob, whoever they are, wait for each other and write it once."""
+    return f"{kind}-{digest}"
+
+
 # A blob's bytes, in one of three forms: held in memory; a one-shot stream (a tar member), read
 # to its end in every case; or opened from a byte offset, so that an ingest left part-way is
 # resumed there (a registry's `Range`) instead of written again from byte 0.

@@ -33,20 +33,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import field_mask_pb2
 
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import ImageStore, Target
 from imaged.containerd.leases import finish, lease
 from imaged.cri import upstream
 from imaged.cri.auth import configured_auth
 from imaged.cri.progress import IngestWatcher
-from imaged.images.records import CRI_NAMESPACE, Target, record_names, undo_records
+from imaged.images.records import CRI_NAMESPACE, record_names, undo_records
 from imaged.oci.manifest import Descriptor
-from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.pb.containerd.services.leases.v1 import leases_pb2
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.pull.progress import Progress
@@ -247,10 +245,9 @@ class CriTransfer:
         id_record = found.get(image_id)
         if id_record is None:
             raise errors.Unavailable(f"containerd's CRI pulled {ref} as {image_id}, but that record is gone")
-        t = id_record.target
-        target = Target(t.media_type, t.digest, t.size)
+        target = id_record.target
         wanted = {**labels, L.CRI_MANAGED: "managed"}
-        if not ref.digest or t.digest != ref.digest:
+        if not ref.digest or target.digest != ref.digest:
             names = record_names(ref, target.digest, image_id, ns.namespace)
             others = [n for n in names if n not in found]
             if others:  # (no filter at all would list every record)
@@ -259,25 +256,16 @@ class CriTransfer:
         async def write(name: str) -> None:
             record = found.get(name)
             if record is not None:
-                if record.created_at.seconds + record.created_at.nanos / 1e9 >= started:
+                if record.created_at / 1e9 >= started:
                     created.append(name)
                 if record.target.digest == target.digest and all(
                     record.labels.get(k, "") == v for k, v in wanted.items()
                 ):
                     return
-                # Known to exist: no Create to be refused first.
-                image = images_pb2.Image(
-                    name=name, target=target.pb(), labels={k: v for k, v in wanted.items() if v}
-                )
-                mask = field_mask_pb2.FieldMask(paths=["target", *(f"labels.{k}" for k in wanted)])
-                try:
-                    await ns.call(
-                        ns.images.Update, images_pb2.UpdateImageRequest(image=image, update_mask=mask)
-                    )
+                if await store.update(name, target, wanted):  # known to exist: no Create first
                     return
-                except errors.NotFound:
-                    pass  # removed meanwhile: made again below
-            if await store.put(name, target.pb(), wanted):
+                # removed meanwhile: made again below
+            if await store.put(name, target, wanted):
                 created.append(name)
 
         await gather([functools.partial(write, name) for name in names])

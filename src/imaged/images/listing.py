@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from imaged import errors
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import Image, ImageStore
 from imaged.images.walk import host_manifest
-from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Listed:
-    image: images_pb2.Image
+    image: Image
     size: int
 
 
@@ -54,7 +53,7 @@ async def list_images(ns: Namespaced, cache: SizeCache, *filters: str) -> AsyncI
     images = await ImageStore(ns).list(*filters)
     content = ContentStore(ns)
 
-    async def sized(img: images_pb2.Image) -> Listed:
+    async def sized(img: Image) -> Listed:
         key = (ns.namespace, img.target.digest)
         size = cache.get(key)
         if size is None:

@@ -29,12 +29,12 @@ from typing import Protocol, TypeVar
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
-from imaged.containerd.content import ContentStore, write_blob
+from imaged.containerd.content import BlobKind, ContentStore, ingest_ref, write_blob
 from imaged.containerd.gclabels import distribution_source, index_child_key, manifest_labels
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import ImageStore, Target
 from imaged.containerd.leases import hold_if_present, lease
-from imaged.containerd.unpack import Unpacker
-from imaged.images.records import Target, create_records
+from imaged.containerd.unpack import Unpacker, UnpackEventKind
+from imaged.images.records import create_records
 from imaged.images.walk import host_manifest
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import (
@@ -222,8 +222,7 @@ class Puller:
             manifest.config.digest, config.diff_ids
         ):
             return None
-        target = Target(image.target.media_type, image.target.digest, image.target.size)
-        await create_records(ns, ref, target, manifest.config.digest, labels)
+        await create_records(ns, ref, image.target, manifest.config.digest, labels)
         return ref.pinned(image.target.digest)
 
     async def _pull(
@@ -262,7 +261,8 @@ class Puller:
     async def _drop_stale_ingests(self, content: ContentStore, blobs: list[Descriptor]) -> None:
         """Ingests of this image's blobs left by an earlier, cut-short pull (a writer opened just
         before the cancel): the blobs are committed now, so those ingests are garbage."""
-        refs = {f"{kind}-{d.digest}" for d in blobs for kind in ("layer", "config")}
+        kinds: tuple[BlobKind, ...] = ("layer", "config")
+        refs = {ingest_ref(kind, d.digest) for d in blobs for kind in kinds}
         try:
             stale = [st.ref for st in await content.statuses() if st.ref in refs]
             for r in stale:
@@ -271,11 +271,11 @@ class Puller:
             log.debug("could not drop stale ingests: %s", e)
 
     async def _write_bytes(
-        self, content: ContentStore, kind: str, desc: Descriptor, data: bytes, labels: dict[str, str]
+        self, content: ContentStore, kind: BlobKind, desc: Descriptor, data: bytes, labels: dict[str, str]
     ) -> None:
         # Committed by another pull meanwhile, it is held already (_manifest_bytes).
         await write_blob(
-            content, f"{kind}-{desc.digest}", data, size=len(data), digest=desc.digest, labels=labels
+            content, ingest_ref(kind, desc.digest), data, size=len(data), digest=desc.digest, labels=labels
         )
 
     async def _manifest_bytes(self, content: ContentStore, ref: Reference, desc: Descriptor) -> bytes:
@@ -286,8 +286,7 @@ class Puller:
                 return await content.read_all(desc.digest, mt.MAX_MANIFEST_SIZE)
             except errors.NotFound:
                 pass
-        data, _media_type, _digest = await self.registry.get_manifest(ref, desc.digest)
-        return data
+        return (await self.registry.get_manifest(ref, desc.digest)).body
 
     async def _walk(
         self, content: ContentStore, ref: Reference, desc: Descriptor, source: dict[str, str], depth: int = 0
@@ -320,7 +319,7 @@ class Puller:
         lns: Namespaced,
         ref: Reference,
         desc: Descriptor,
-        kind: str,
+        kind: BlobKind,
         labels: dict[str, str],
         on_progress: Callable[[Status, int], None] | None = None,
         turns: tuple[Turns, int] | None = None,
@@ -344,7 +343,7 @@ class Puller:
 
         written = await write_blob(
             ContentStore(lns.with_lease(None)),
-            f"{kind}-{desc.digest}",
+            ingest_ref(kind, desc.digest),
             fetch,
             size=desc.size,
             digest=desc.digest,
@@ -404,7 +403,7 @@ class Puller:
                     )
                 )
 
-        def on_event(i: int, event: str, elapsed: float) -> None:
+        def on_event(i: int, event: UnpackEventKind, elapsed: float) -> None:
             desc = layers[i]
             lid = layer_id(desc.digest)
             if event == "extracting":

@@ -16,7 +16,7 @@ import re
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -58,6 +58,14 @@ MAX_PAGES = 20
 MAX_REFERRERS = 1024
 MAX_TAGS = 100_000
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
+
+
+class FetchedManifest(NamedTuple):
+    """A manifest or index as a registry served it (a tuple: callers may unpack it)."""
+
+    body: bytes
+    media_type: str
+    digest: str
 
 
 def _hash(algorithm: str, data: bytes) -> str:
@@ -178,8 +186,8 @@ class RegistryClient:
             elif r.status not in (405, 400, 501):
                 raise self._http.status_error(r, e, ref, f"image {ref}")
             # No usable answer to HEAD: GET the manifest and hash it.
-            body, media_type, digest = await self._get_manifest_on(e, ref, ref.object, accept, max_size)
-            return Descriptor(media_type, digest, len(body))
+            m = await self._get_manifest_on(e, ref, ref.object, accept, max_size)
+            return Descriptor(m.media_type, m.digest, len(m.body))
 
         return await self._http.on_endpoints(ref, capability, what, op)
 
@@ -191,8 +199,8 @@ class RegistryClient:
         accept: str = mt.ACCEPT_MANIFESTS,
         max_size: int | None = None,
         fallback_tag: str | None = None,
-    ) -> tuple[bytes, str, str]:
-        """(body, media type, digest) of manifest `obj` (a digest or a tag) in `ref`'s repository.
+    ) -> FetchedManifest:
+        """Manifest `obj` (a digest or a tag) of `ref`'s repository.
 
         A digest `obj` is verified (DataLoss on mismatch). With `fallback_tag`, a digest that is not
         found is fetched by that tag instead, and must still hash to `obj` (some registries serve
@@ -211,17 +219,17 @@ class RegistryClient:
         except NotFound:
             if not (is_digest and fallback_tag):
                 raise
-        body, media_type, _ = await self.get_manifest(ref, fallback_tag, accept=accept, max_size=cap)
-        actual = _digest_of(body, obj)
+        tagged = await self.get_manifest(ref, fallback_tag, accept=accept, max_size=cap)
+        actual = _digest_of(tagged.body, obj)
         if actual != obj:
             raise DataLoss(
                 f"{what}: {ref.domain} has no manifest {obj}, and tag {fallback_tag} serves {actual} instead"
             )
-        return body, media_type, obj
+        return tagged._replace(digest=obj)
 
     async def _get_manifest_on(
         self, e: Endpoint, ref: Reference, obj: str, accept: str, max_size: int
-    ) -> tuple[bytes, str, str]:
+    ) -> FetchedManifest:
         url = e.url(f"/{ref.path}/manifests/{obj}")
         r = await self._http.roundtrip(e, "GET", url, ref=ref, accept=accept, max_size=max_size)
         if r.status != 200:
@@ -240,7 +248,7 @@ class RegistryClient:
             raise InvalidArgument(f"{e.host} served something that is not a manifest: {err.message}") from err
         if media_type in mt.SCHEMA1:
             raise _schema1(e)
-        return r.body, media_type, digest
+        return FetchedManifest(r.body, media_type, digest)
 
     # -- blobs ------------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Protocol
 from imaged.errors import InvalidArgument, NotFound, ResourceExhausted
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, Index, Manifest, media_type_of, parse_index, parse_manifest
+from imaged.registry.client import FetchedManifest
 from imaged.registry.reference import Reference
 from imaged.tasks import gather
 from imaged.verify.material import (
@@ -58,7 +59,7 @@ class RegistryAPI(Protocol):
 
     async def get_manifest(
         self, ref: Reference, obj: str, *, accept: str = ..., max_size: int | None = None
-    ) -> tuple[bytes, str, str]: ...
+    ) -> FetchedManifest: ...
 
     async def get_blob(self, ref: Reference, digest: str, *, max_size: int) -> bytes: ...
 
