@@ -17,7 +17,6 @@ write and syncs it to disk, so those transactions, not bytes, bound a pull of ma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -51,7 +50,6 @@ from imaged.pull.progress import LayerState, Progress, Status
 from imaged.pull.turns import Turns
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
-from imaged.registry.transport import single_attempt
 from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
@@ -163,8 +161,8 @@ class Puller:
             recorded_tag = await ImageStore(ns).get(tagged) if tagged else None
             try:
                 # With a recorded image to fall back on, one try per request.
-                with single_attempt() if recorded_tag is not None else contextlib.nullcontext():
-                    root = await self._wrap(ref, self.registry.resolve(ref))
+                attempts = 1 if recorded_tag is not None else None
+                root = await self._wrap(ref, self.registry.resolve(ref, attempts=attempts))
             except errors.Unavailable as e:
                 present = await self._present(ns, ref, labels) if recorded_tag is not None else None
                 if present is None:
