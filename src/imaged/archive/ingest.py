@@ -23,7 +23,7 @@ from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore, Writer, copy
 from imaged.containerd.leases import finish
 from imaged.errors import InvalidArgument
-from imaged.registry.reference import validate_digest
+from imaged.oci.digest import validate_digest
 
 OCI_LAYOUT = "oci-layout"
 INDEX_JSON = "index.json"

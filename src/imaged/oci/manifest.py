@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from imaged.errors import InvalidArgument
 from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
-from imaged.registry.reference import validate_digest
+from imaged.oci.digest import sha256_digest, validate_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +61,6 @@ class Index:
 class ImageConfig:
     diff_ids: tuple[str, ...]
     platform: Platform
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _obj(data: bytes | dict[str, Any], what: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import urllib.parse
@@ -32,12 +31,13 @@ from imaged.errors import (
 )
 from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
+from imaged.oci.digest import digest_like, hash_digest, is_digest, validate_digest
 from imaged.oci.manifest import Descriptor, Index, media_type_of, parse_index
 from imaged.registry.auth import Credentials, redact_url
 from imaged.registry.config import RegistriesConfig
 from imaged.registry.hosts import Endpoint
 from imaged.registry.http import MAX_ERROR_BODY, Response, TooLarge, Transient, content_type, read_capped
-from imaged.registry.reference import Reference, validate_digest
+from imaged.registry.reference import Reference
 from imaged.registry.transport import Pool, Retries, Route, Transport
 
 log = logging.getLogger(__name__)
@@ -55,23 +55,6 @@ class FetchedManifest(NamedTuple):
     body: bytes
     media_type: str
     digest: str
-
-
-def _hash(algorithm: str, data: bytes) -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
-
-def _digest_of(data: bytes, like: str) -> str:
-    """Digest of `data` with the algorithm of digest `like`."""
-    return _hash(like.split(":", 1)[0], data)
-
-
-def _is_digest(obj: str) -> bool:
-    try:
-        validate_digest(obj)
-    except InvalidArgument:
-        return False
-    return True
 
 
 def _next_link(headers: CIMultiDictProxy[str], base: str) -> str | None:
@@ -164,7 +147,7 @@ class RegistryClient:
                 digest = r.headers.get("Docker-Content-Digest", "")
                 size = r.headers.get("Content-Length", "")
                 if (
-                    _is_digest(digest)
+                    is_digest(digest)
                     and (not ref.digest or digest == ref.digest)
                     and size.isdigit()
                     and media_type in (mt.INDEXES | mt.MANIFESTS)
@@ -199,19 +182,19 @@ class RegistryClient:
         """
         cap = max_size if max_size is not None else self.config.max_manifest_size
         what = f"fetching manifest {obj} of {ref.repository}"
-        is_digest = _is_digest(obj)
-        if not is_digest and not re.fullmatch(r"[\w][\w.-]{0,127}", obj, re.ASCII):
+        by_digest = is_digest(obj)
+        if not by_digest and not re.fullmatch(r"[\w][\w.-]{0,127}", obj, re.ASCII):
             raise InvalidArgument(f"{what}: {obj!r} is neither a digest nor a tag")
-        capability = "pull" if is_digest else "resolve"
+        capability = "pull" if by_digest else "resolve"
         try:
             return await self._http.on_endpoints(
                 ref, capability, what, lambda route: self._get_manifest_on(route, obj, accept, cap)
             )
         except NotFound:
-            if not (is_digest and fallback_tag):
+            if not (by_digest and fallback_tag):
                 raise
         tagged = await self.get_manifest(ref, fallback_tag, accept=accept, max_size=cap)
-        actual = _digest_of(tagged.body, obj)
+        actual = digest_like(tagged.body, obj)
         if actual != obj:
             raise DataLoss(
                 f"{what}: {ref.domain} has no manifest {obj}, and tag {fallback_tag} serves {actual} instead"
@@ -223,15 +206,15 @@ class RegistryClient:
         url = e.url(f"/{ref.path}/manifests/{obj}")
         r = await self._http.roundtrip(route, "GET", url, accept=accept, max_size=max_size)
         if r.status != 200:
-            shown = f"{ref.repository}@{obj}" if _is_digest(obj) else f"{ref.repository}:{obj}"
+            shown = f"{ref.repository}@{obj}" if is_digest(obj) else f"{ref.repository}:{obj}"
             raise self._http.status_error(r, route, f"manifest {shown}")
-        if _is_digest(obj):
-            actual = _digest_of(r.body, obj)
+        if is_digest(obj):
+            actual = digest_like(r.body, obj)
             if actual != obj:
                 raise DataLoss(f"{e.host} served a manifest with digest {actual} instead of {obj}")
             digest = obj
         else:
-            digest = _hash("sha256", r.body)
+            digest = hash_digest("sha256", r.body)
         try:
             media_type = media_type_of(r.body, content_type(r.headers))
         except InvalidArgument as err:
@@ -377,7 +360,7 @@ class RegistryClient:
             r = await self._http.roundtrip(route, "GET", url, accept="*/*", max_size=max_size)
             if r.status != 200:
                 raise self._http.status_error(r, route, f"blob {digest} of {ref.repository}")
-            actual = _digest_of(r.body, digest)
+            actual = digest_like(r.body, digest)
             if actual != digest:
                 raise DataLoss(f"{e.host} served content with digest {actual} instead of {digest}")
             return r.body

@@ -14,13 +14,13 @@ from google.protobuf.message import DecodeError
 
 from imaged import errors
 from imaged.archive.importer import import_archive
-from imaged.daemon.runtime import Runtime
 from imaged.images.listing import list_images
 from imaged.images.remove import remove_image
 from imaged.pb.machine import image_pb2, image_pb2_grpc
 from imaged.pull.progress import LayerState, Progress
 from imaged.registry.auth import HostLogin
 from imaged.registry.reference import MAX_REFERENCE
+from imaged.service.runtime import Runtime
 from imaged.service.status import streaming, unary
 
 MAX_CREDENTIAL = 64 * 1024  # a password may be a long token, not megabytes

@@ -16,7 +16,6 @@ from imaged.containerd import Containerd, Namespaced, leases
 from imaged.containerd import labels as L
 from imaged.cri.images import CriImages
 from imaged.cri.transfer import CriTransfer
-from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
 from imaged.images.records import CRI_NAMESPACE
 from imaged.pb.common import common_pb2
@@ -26,6 +25,7 @@ from imaged.registry.client import RegistryClient
 from imaged.registry.hosts import plain_http
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
+from imaged.service.metrics import Metrics
 from imaged.verify.service import WARN_NOTE, ImageVerifier, Verdict
 from imaged.verify.trust import TrustRootError
 from imaged.verify.trustroots import Settings, TrustRoots
