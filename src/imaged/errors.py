@@ -89,19 +89,7 @@ def from_code(code: grpc.StatusCode, message: str) -> ImagedError:
     return _BY_CODE.get(code, Internal)(message)
 
 
-def first_error(eg: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
-    """The most meaningful error of a failed task group: a domain error before anything else."""
-    flat: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for sub in e.exceptions:
-                walk(sub)
-        else:
-            flat.append(e)
-
-    walk(eg)
-    for e in flat:
-        if isinstance(e, ImagedError):
-            return e
-    return flat[0]
+def in_context(e: ImagedError, context: str) -> ImagedError:
+    """`e` again, its message led by what was being done: added once, by the layer that knows it
+    (Talos's `error pulling image X: ...`), never tested for by the layers above."""
+    return type(e)(f"{context}: {e.message}")

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from imaged.archive import ImportLimits
-from imaged.archive import ingest as ingest_mod
 from imaged.archive.ingest import Ingest
 from imaged.archive.stream import ByteReader
 from imaged.containerd import leases as leases_mod
@@ -64,8 +63,7 @@ def _collect_before_hold(monkeypatch: pytest.MonkeyPatch, digest: str) -> list[s
             collected.append(digest)
         await real(ns, resource_id, kind)
 
-    monkeypatch.setattr(leases_mod, "hold", hold)  # what hold_if_present calls
-    monkeypatch.setattr(ingest_mod, "hold", hold)
+    monkeypatch.setattr(leases_mod, "hold", hold)  # what content.copy and hold_if_present call
     return collected
 
 

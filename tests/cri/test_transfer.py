@@ -18,11 +18,10 @@ import yaml
 
 from imaged import errors
 from imaged.containerd.client import Containerd, Namespaced
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import Image, ImageStore, Target
 from imaged.cri import upstream
 from imaged.cri.transfer import CriTransfer
 from imaged.oci.platform import host_platform
-from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.pb.machine import image_pb2
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.pull.progress import Progress
@@ -239,11 +238,11 @@ def _push_index_of(reg: Registry, repo: str, img: archives.Image) -> str:
     return OciPusher(reg).put_manifest(repo, "v1", body, archives.OCI_INDEX).digest
 
 
-def _target(records: dict[str, images_pb2.Image], name: str) -> str:
+def _target(records: dict[str, Image], name: str) -> str:
     return records[name].target.digest if name in records else ""
 
 
-async def _all_records(ns: Namespaced) -> dict[str, images_pb2.Image]:
+async def _all_records(ns: Namespaced) -> dict[str, Image]:
     return {r.name: r for r in await ImageStore(ns).list()}
 
 
@@ -272,8 +271,8 @@ def test_records_never_repoint_or_label_a_digest_other_than_the_pinned_one(
             store = ImageStore(ns)
             found = await store.get(ref.pinned())
             assert found is not None
-            found.target.digest, found.target.media_type = index, archives.OCI_INDEX
-            await ns.call(ns.images.Update, images_pb2.UpdateImageRequest(image=found))
+            moved_to = Target(archives.OCI_INDEX, index, found.target.size)
+            assert await store.update(ref.pinned(), moved_to, found.labels) is not None
         return image_id
 
     async def scenario() -> None:
@@ -389,7 +388,7 @@ def test_a_failed_records_step_leaves_no_record_of_this_pull(
             await asyncio.sleep(3600)
         return await real_put(self, name, *args, **kw)  # type: ignore[arg-type]
 
-    async def scenario() -> dict[str, images_pb2.Image]:
+    async def scenario() -> dict[str, Image]:
         cd = Containerd(containerd.socket)
         ns = cd.ns("k8s.io")
         transfer = CriTransfer(

@@ -201,7 +201,7 @@ def _sha256(data: bytes) -> str:
 
 async def test_reload_keeps_the_manager_unless_its_settings_change(tmp_path: pathlib.Path) -> None:
     from imaged.config import load_text
-    from imaged.daemon.runtime import Runtime
+    from imaged.service.runtime import Runtime
 
     base = f"state:\n  dir: {tmp_path}\nverification:\n  tufRefresh: false\n"
     rules = "  rules:\n    - image: r.io/*\n      keyless: {issuer: i, subject: s}\n"

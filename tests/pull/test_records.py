@@ -12,8 +12,8 @@ import pytest
 
 from imaged import errors
 from imaged.containerd.client import Containerd
-from imaged.containerd.images import ImageStore
-from imaged.images.records import Target, create_records, record_names
+from imaged.containerd.images import ImageStore, Target
+from imaged.images.records import create_records, record_names
 from imaged.registry.reference import parse
 from tests.support.containerd import PrivateContainerd
 

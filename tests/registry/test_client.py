@@ -15,7 +15,8 @@ from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import parse_index, parse_manifest
 from imaged.registry.client import MAX_REFERRERS, RegistryClient
 from imaged.registry.reference import parse
-from imaged.registry.transport import _oauth_error, single_attempt
+from imaged.registry.token import _oauth_error
+from imaged.registry.transport import single_attempt
 from tests.registry.conftest import PASSWORD, USER, Seeded, make_config
 from tests.reliability.hostile import HostileRegistry, compact
 from tests.support.images import push_test_image

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from imaged.errors import InvalidArgument
+from imaged.oci.digest import validate_digest
 from imaged.registry.reference import (
     canonical_domain,
     canonical_repository,
     normalize_host,
     parse,
     registry_host,
-    validate_digest,
 )
 
 D = "sha256:" + "a" * 64

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from imaged.config.loader import ConfigError, load_text
 from imaged.errors import InvalidArgument
-from imaged.registry.reference import Reference, parse, validate_digest
+from imaged.oci.digest import validate_digest
+from imaged.registry.reference import Reference, parse
 from imaged.verify.config import Rule, VerificationConfig, config_warnings
 from imaged.verify.matching import Glob, normalize_pattern, pattern_problem
 from tests.reliability.strategies import (

@@ -209,7 +209,7 @@ def test_file_valued_keys_refuse_what_is_not_a_regular_file(fifo: pathlib.Path) 
 async def test_a_candidate_naming_the_same_root_uses_the_running_manager(tmp_path: pathlib.Path) -> None:
     """What names the root (TUF url and initial root, trustedRoot, state dir) decides; how often it is
     refreshed, when it is stale and how long a refresh may take do not."""
-    from imaged.daemon.runtime import Runtime
+    from imaged.service.runtime import Runtime
 
     repo = TufRepository()
     try:

@@ -9,11 +9,10 @@ Everything is written under the caller's lease, so what no image ends up referen
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from imaged import errors
@@ -21,12 +20,10 @@ from imaged.archive.limits import ImportLimits
 from imaged.archive.stream import ByteReader
 from imaged.archive.tar import BLOCK, Kind, Member, TarReader, checksum_ok
 from imaged.containerd.client import Namespaced
-from imaged.containerd.content import ContentStore, Writer
-from imaged.containerd.leases import finish, hold, hold_if_present
+from imaged.containerd.content import ContentStore, Writer, copy
+from imaged.containerd.leases import finish
 from imaged.errors import InvalidArgument
-from imaged.registry.reference import validate_digest
-
-log = logging.getLogger(__name__)
+from imaged.oci.digest import validate_digest
 
 OCI_LAYOUT = "oci-layout"
 INDEX_JSON = "index.json"
@@ -91,9 +88,7 @@ def blob_digest(path: str) -> str | None:
     try:
         return validate_digest(digest)
     except InvalidArgument as e:
-        raise InvalidArgument(
-            f"archive member {path!r} is not named by a valid digest: {e.message}"
-        ) from None
+        raise InvalidArgument(f"archive member {path!r} is not named by a valid digest: {e.message}") from e
 
 
 def sniff(head: bytes) -> str:
@@ -188,39 +183,40 @@ class Ingest:
             digest = f"{algorithm}:{h.hexdigest()}"
             self._check(path, expected, digest)
             return Blob(path, digest, member.size, sniff(data[:BLOCK]), data)
-        ref = self._ref()
-        writer = await self._open(ref, member.size, expected or "")
         head = b""
-        # The blob is in another namespace: containerd has its bytes and only wants the commit.
-        send = writer is not None and not (expected and writer.offset == member.size)
-        try:
-            if writer is not None and send and writer.offset:
-                await writer.restart()
+
+        async def hashed() -> AsyncIterator[bytes]:
+            nonlocal head
             while piece := await tr.read():
                 if len(head) < BLOCK:
                     head += piece[: BLOCK - len(head)]
                 h.update(piece)
-                if writer is not None and send:
-                    await writer.write(piece)
+                yield piece
+
+        def seal() -> str:
             digest = f"{algorithm}:{h.hexdigest()}"
             self._check(path, expected, digest)
-            if writer is not None:
-                # Known now even for docker-save members: containerd checks it, and a blob that
-                # already exists is reported with its digest.
-                writer.expected = digest
-                # Held before the commit: a commit that finds the blob present leases nothing,
-                # and an unreferenced one could be collected before a hold after it, with the
-                # streamed bytes already dropped. Held first, it either stays or is recreated
-                # from our ingest. One lease write per member too large to buffer: cheap.
-                await hold(self.ns, digest)
-                await writer.commit()
-                await writer.close()
-                writer = None
-        except BaseException:
-            if writer is not None:
-                await writer.close()
-                await finish(self._abort(ref))
-            raise
+            return digest
+
+        # Held before the commit (hold): a commit that finds the blob present leases
+        # nothing, and an unreferenced one could be collected before a hold after it, with the
+        # streamed bytes already dropped. Held first, it either stays or is recreated from our
+        # ingest. One lease write per member too large to buffer: cheap. `seal` gives containerd
+        # the digest even for docker-save members: it checks it, and reports a blob that already
+        # exists with it.
+        writer = await self._open(self._ref(), member.size, expected or "")
+        await copy(
+            self.store,
+            writer,
+            hashed(),
+            size=member.size,
+            digest=expected or "",
+            hold=True,
+            abort=True,
+            seal=seal,
+        )
+        digest = f"{algorithm}:{h.hexdigest()}"
+        self._check(path, expected, digest)  # a blob found present was read, not written
         return Blob(path, digest, member.size, sniff(head))
 
     @staticmethod
@@ -229,24 +225,6 @@ class Ingest:
             raise InvalidArgument(
                 f"archive member {path} does not match its name: its content has digest {digest}"
             )
-
-    async def _abort(self, ref: str) -> None:
-        """Remove our ingest; best effort, and never in place of the error that got us here.
-
-        Right after the write stream is cancelled containerd's handler may still be touching the
-        ingest directory ("directory not empty"), so a failed abort is retried for a while.
-        """
-        delay = 0.02
-        for attempt in range(12):
-            try:
-                await self.store.abort(ref)
-                return
-            except errors.ImagedError as e:
-                if attempt == 11:
-                    log.warning("could not abort ingest %s: %s", ref, e.message)
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
     def _ref(self) -> str:
         """A fresh ingest ref: ours alone, so an abort never touches another client's ingest."""
@@ -258,7 +236,7 @@ class Ingest:
             return await self.store.open_writer(ref, total=total, expected=expected)
         except BaseException:
             # Cancelled or failed after containerd may have created the ingest.
-            await finish(self._abort(ref))
+            await finish(self.store.discard(ref))
             raise
 
     async def write_blob(self, data: bytes, digest: str, labels: dict[str, str]) -> None:
@@ -270,25 +248,11 @@ class Ingest:
         cost a metadata write per small blob) and written again if it was collected meanwhile.
         """
         for _ in range(_REWRITES):
-            ref = self._ref()
-            writer = await self._open(ref, len(data), digest)
-            if writer is None:
-                await self.store.update_labels(digest, labels)
-                return
-            try:
-                if writer.offset != len(data):  # equal: in another namespace, commit is enough
-                    await writer.restart()
-                    await writer.write(data)
-                await writer.commit(labels)
-            except BaseException:
-                await writer.close()
-                await finish(self._abort(ref))
-                raise
-            await writer.close()
-            if not writer.existed:
-                return
-            if await hold_if_present(self.ns, digest, lambda: self.store.exists(digest)):
-                await self.store.update_labels(digest, labels)  # the commit did not set them
+            writer = await self._open(self._ref(), len(data), digest)
+            written = await copy(
+                self.store, writer, data, size=len(data), digest=digest, labels=labels, hold=True, abort=True
+            )
+            if written != "collected":
                 return
         raise errors.Unavailable(
             f"blob {digest} kept being collected by containerd as this import wrote it; try again"

@@ -25,7 +25,7 @@ def _parse(name: str, what: str) -> Reference:
     try:
         return parse(name)
     except InvalidArgument as e:
-        raise InvalidArgument(f"{what}: {e.message}") from None
+        raise InvalidArgument(f"{what}: {e.message}") from e
 
 
 def oci_names(annotations: dict[str, str], what: str) -> list[Reference]:

@@ -23,6 +23,7 @@ from imaged.containerd.gclabels import index_labels, manifest_labels
 from imaged.errors import InvalidArgument
 from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
+from imaged.oci.digest import sha256_digest
 from imaged.oci.manifest import (
     Descriptor,
     ImageConfig,
@@ -31,7 +32,6 @@ from imaged.oci.manifest import (
     parse_config,
     parse_index,
     parse_manifest,
-    sha256_digest,
 )
 from imaged.oci.platform import matches, select
 from imaged.registry.reference import Reference

@@ -6,8 +6,8 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from imaged.config.base import Section
 from imaged.registry.config import RegistriesConfig
+from imaged.section import Section
 from imaged.verify.config import VerificationConfig
 
 

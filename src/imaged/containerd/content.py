@@ -2,20 +2,25 @@
 
 Writes use the ref names containerd's own clients use (`layer-sha256:...`), so a blob being
 fetched by ctr, CRI or another imaged call is written once: a second writer finds the ref
-locked, waits, and then finds the blob present.
+locked, waits, and then finds the blob present. `write_blob` and `copy` are the one way Pull and
+Import write a blob (containerd's Go `content.WriteBlob` and `content.Copy` are the model).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 from google.protobuf import field_mask_pb2
 
 from imaged import errors
+from imaged.containerd import leases
 from imaged.containerd.client import Namespaced
 from imaged.containerd.leases import finish
 from imaged.pb.containerd.services.content.v1 import content_pb2
@@ -106,6 +111,24 @@ class ContentStore:
             await self.ns.call(self.ns.content.Abort, content_pb2.AbortRequest(ref=ref))
         except errors.NotFound:
             pass
+
+    async def discard(self, ref: str) -> None:
+        """Abort an ingest of ours; best effort, and never in place of the error that got us here.
+
+        Right after the write stream is cancelled containerd's handler may still be touching the
+        ingest directory ("directory not empty"), so a failed abort is retried for a while.
+        """
+        delay = 0.02
+        for attempt in range(12):
+            try:
+                await self.abort(ref)
+                return
+            except errors.ImagedError as e:
+                if attempt == 11:
+                    log.warning("could not abort ingest %s: %s", ref, e.message)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def delete(self, digest: str) -> None:
         try:
@@ -277,7 +300,7 @@ class Writer:
             await finish(self.store.abort(self.ref))
             raise errors.DataLoss(
                 f"content {self.expected or self.ref} failed verification: {e.message}"
-            ) from None
+            ) from e
         if self.expected and resp.digest != self.expected:
             await self.close()
             await finish(self.store.abort(self.ref))
@@ -287,3 +310,151 @@ class Writer:
     async def close(self) -> None:
         if not self._call.done():
             self._call.cancel()
+
+
+# What a blob is to an image, as its ingest ref says (`layer-sha256:...`).
+BlobKind = Literal["index", "manifest", "config", "layer"]
+
+
+def ingest_ref(kind: BlobKind, digest: str) -> str:
+    """The ref containerd's own clients write a blob under (its remotes.MakeRefKey), so that
+    concurrent writers of one blob, whoever they are, wait for each other and write it once."""
+    return f"{kind}-{digest}"
+
+
+# A blob's bytes, in one of three forms: held in memory; a one-shot stream (a tar member), read
+# to its end in every case; or opened from a byte offset, so that an ingest left part-way is
+# resumed there (a registry's `Range`) instead of written again from byte 0.
+Source = bytes | AsyncIterable[bytes] | Callable[[int], AsyncIterable[bytes]]
+
+# What `copy` did: "present", found on opening (nothing sent); "written", created by its commit;
+# "existed", its commit found the blob present (another writer committed it meanwhile; labels
+# set, and held if asked); "collected", as "existed", but gone again before it could be held:
+# held bytes are for the caller to write again.
+Written = Literal["present", "written", "existed", "collected"]
+
+
+async def write_blob(
+    store: ContentStore,
+    ref: str,
+    source: Source,
+    *,
+    size: int,
+    digest: str,
+    labels: Mapping[str, str] | None = None,
+    lock_wait: Callable[[], None] | None = None,
+    on_write: Callable[[int], None] | None = None,
+    turn: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+) -> Written:
+    """Open the ingest `ref` (waiting while another writer holds it) and `copy` `source` into it."""
+    w = await store.open_writer(ref, total=size, expected=digest, lock_wait=lock_wait)
+    return await copy(store, w, source, size=size, digest=digest, labels=labels, on_write=on_write, turn=turn)
+
+
+async def copy(
+    store: ContentStore,
+    w: Writer | None,
+    source: Source,
+    *,
+    size: int,
+    digest: str,
+    labels: Mapping[str, str] | None = None,
+    hold: bool = False,
+    abort: bool = False,
+    seal: Callable[[], str] | None = None,
+    on_write: Callable[[int], None] | None = None,
+    turn: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+) -> Written:
+    """Write `source` (`size` bytes, digest `digest` when known) through `w` and commit it with
+    `labels`; `w` is None when opening found the blob present, which then only gets the labels.
+
+    Where the ingest holds bytes already: all of them (another namespace has the blob, or a writer
+    stopped just short of its commit), the commit alone; a part, resumed from there for a source
+    opened at an offset, else started again from byte 0. A failure leaves the ingest for the next
+    writer to resume, with the bytes of a resumable source received so far flushed into it (a
+    digest mismatch aborts it: see `Writer.commit`); with `abort`, for a ref of the caller's own
+    that nobody resumes, it aborts the ingest.
+
+    `hold`: also put the blob in the lease of `store.ns` where containerd does not, i.e. when a
+    commit finds it present: a stream is held before its commit (its bytes cannot be sent again),
+    bytes after such a commit, which otherwise costs a metadata write per blob. `seal`: for a
+    stream whose digest is known only at its end, called after the last byte and before the
+    commit, returns the digest to commit under (it may refuse by raising). `on_write`: the
+    ingest's offset once positioned and after each write. `turn`: a gate every write waits for.
+    """
+    labels = dict(labels or {})
+    if w is None:
+        await _drain(source)
+        await store.update_labels(digest, labels)
+        return "present"
+    try:
+        await _position_and_write(w, source, size, on_write, turn)
+        if seal is not None:
+            w.expected = seal()
+        if hold and not isinstance(source, bytes):
+            await leases.hold(store.ns, w.expected)
+        await w.commit(labels)
+    except BaseException as e:
+        if abort:
+            await w.close()
+            await finish(store.discard(w.ref))
+        elif callable(source) and isinstance(e, errors.ImagedError) and not isinstance(e, errors.DataLoss):
+            # Keep every byte received in the ingest, so the next writer resumes right there.
+            with contextlib.suppress(errors.ImagedError):
+                await w.flush()
+        raise
+    finally:
+        await w.close()
+    if not w.existed:
+        return "written"
+    if (
+        hold
+        and isinstance(source, bytes)
+        and not await leases.hold_if_present(store.ns, w.expected, lambda: store.exists(w.expected))
+    ):
+        return "collected"
+    await store.update_labels(w.expected, labels)  # the commit that found it set none
+    return "existed"
+
+
+async def _position_and_write(
+    w: Writer,
+    source: Source,
+    size: int,
+    on_write: Callable[[int], None] | None,
+    turn: Callable[[], AbstractAsyncContextManager[None]] | None,
+) -> None:
+    complete = bool(w.expected) and w.offset == size
+    resumable = callable(source) and w.offset < size
+    if w.offset and not complete and not resumable:
+        await w.restart()
+    if on_write is not None:
+        on_write(w.offset)
+    if complete:
+        await _drain(source)
+        return
+    if isinstance(source, bytes):
+        chunks: AsyncIterable[bytes] = _once(source)
+    elif callable(source):
+        chunks = source(w.offset)
+    else:
+        chunks = source
+    async for chunk in chunks:
+        if turn is None:
+            await w.write(chunk)
+        else:
+            async with turn():
+                await w.write(chunk)
+        if on_write is not None:
+            on_write(w.offset)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _drain(source: Source) -> None:
+    """Read a one-shot stream to its end (its reader may be hashing it, or reading a tar)."""
+    if not isinstance(source, bytes) and not callable(source):
+        async for _ in source:
+            pass

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from imaged import errors
 from imaged.containerd import labels as L
@@ -29,8 +30,10 @@ from imaged.pb.containerd.types import descriptor_pb2
 # Looks again after finding something gone: each retry means containerd collected it meanwhile.
 _SEARCHES = 4
 
-# Called with (layer index, event, elapsed seconds); events: "extracting", "extracted", "exists".
-UnpackEvent = Callable[[int, str, float], None]
+# What happens to a layer: its snapshot is being applied, was applied, or was there already.
+UnpackEventKind = Literal["extracting", "extracted", "exists"]
+# Called with (layer index, event, elapsed seconds).
+UnpackEvent = Callable[[int, UnpackEventKind, float], None]
 
 
 @dataclass(frozen=True, slots=True)

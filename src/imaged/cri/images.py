@@ -39,7 +39,7 @@ from imaged.images.walk import host_manifest
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.pull.progress import Progress
 from imaged.pull.puller import Puller, PullOptions, VerifiedPin
-from imaged.registry.auth import Credentials
+from imaged.registry.auth import Credentials, HostAuth
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
 
@@ -51,9 +51,7 @@ KNOWN_WAIT = 10.0
 STATUS_TIMEOUT = 2.0
 
 # (reference, a verdict recorded for it, the request's registry credentials) -> the policy's pin.
-Decide = Callable[
-    [Reference, VerifiedPin | None, tuple[str, Credentials] | None], Awaitable[VerifiedPin | None]
-]
+Decide = Callable[[Reference, VerifiedPin | None, HostAuth | None], Awaitable[VerifiedPin | None]]
 
 
 class CriImages:
@@ -96,7 +94,7 @@ class CriImages:
         """Pull as the kubelet asked, under the policy; return the image id."""
         ref = parse(request.image.image)
         creds = request_credentials(request.auth, ref.domain) if request.HasField("auth") else None
-        pin = await self.decide(ref, None, (ref.domain, creds) if creds is not None else None)
+        pin = await self.decide(ref, None, HostAuth(ref.domain, creds) if creds is not None else None)
         labels = {L.VERIFIED: pin.message if pin else "", L.VERIFIED_RULE: pin.rule if pin else ""}
         # containerd's CRI records no tag for `repo:tag@digest` (the digest wins); neither do we.
         record_ref = dataclasses.replace(ref, tag=None) if ref.digest else ref

@@ -26,32 +26,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import Image, ImageStore, Target
 from imaged.containerd.leases import finish, lease
 from imaged.cri import upstream
 from imaged.cri.auth import configured_auth
 from imaged.cri.progress import IngestWatcher
-from imaged.images.records import CRI_NAMESPACE, Target, record_names, undo_records
+from imaged.images.records import CRI_NAMESPACE, record_names, undo_records
 from imaged.oci.manifest import Descriptor
-from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.pb.containerd.services.leases.v1 import leases_pb2
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.pull.progress import Progress
 from imaged.registry.config import RegistriesConfig
 from imaged.registry.hosts import Endpoint, endpoints
 from imaged.registry.reference import Reference, is_localhost, registry_host
+from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,13 @@ class CriTransfer:
         if auth is not None:
             request.auth.CopyFrom(auth)
         desc = root or Descriptor("", ref.digest, 0)
+        what = f"error pulling image {ref}"
         try:
             pulled = await self.run(ns, ref, request, labels, progress=progress, root=desc)
         except upstream.CriError as e:
-            raise pull_error(e, f"error pulling image {ref}") from None
+            raise pull_error(e, what) from None
+        except errors.ImagedError as e:
+            raise errors.in_context(e, what) from e
         return ref.pinned(pulled.target.digest)
 
     async def run(
@@ -203,20 +206,19 @@ class CriTransfer:
                     with contextlib.suppress(asyncio.CancelledError):
                         await watching
             created: list[str] = []
-            updated: dict[str, timestamp_pb2.Timestamp] = {}
+            updated: dict[str, int] = {}
             try:
-                records = self._records(lns, ref, image_id, labels, started, created, updated)
+                records = functools.partial(
+                    self._records, lns, ref, image_id, labels, started, created, updated
+                )
                 if watcher is None:
-                    pulled = await records
+                    pulled = await records()
                 else:
                     # The last look (every layer's final state) beside the records, not after them.
-                    try:
-                        async with asyncio.TaskGroup() as tg:
-                            recorded = tg.create_task(records)
-                            tg.create_task(watcher.finish())
-                    except BaseExceptionGroup as eg:
-                        raise errors.first_error(eg) from None
-                    pulled = recorded.result()
+                    steps: list[Callable[[], Awaitable[object]]] = [records, watcher.finish]
+                    recorded, _ = await gather(steps)
+                    assert isinstance(recorded, Pulled)
+                    pulled = recorded
                     if self.on_bytes is not None:
                         self.on_bytes(watcher.downloaded_bytes())
             except BaseException:
@@ -232,7 +234,7 @@ class CriTransfer:
         labels: dict[str, str],
         started: float,
         created: list[str],
-        updated: dict[str, timestamp_pb2.Timestamp],
+        updated: dict[str, int],
     ) -> Pulled:
         """The tag record and imaged's labels beside those containerd's CRI made. `created` gets
         the names this pull made (containerd's CRI's too), for undoing them if the call fails,
@@ -258,15 +260,14 @@ class CriTransfer:
                     f"containerd's CRI pulled {ref.pinned()}, but its record {now} (removed or "
                     "changed meanwhile); nothing was recorded or labelled, try again"
                 )
-            t = pinned.target
+            target = pinned.target
         else:
             id_record = found.get(image_id)
             if id_record is None:
                 raise errors.Unavailable(
                     f"containerd's CRI pulled {ref} as {image_id}, but that record is gone"
                 )
-            t = id_record.target
-        target = Target(t.media_type, t.digest, t.size)
+            target = id_record.target
         wanted = {k: L.fit(k, v) for k, v in {**labels, L.CRI_MANAGED: "managed"}.items()}
         if not ref.digest:
             names = record_names(ref, target.digest, image_id, ns.namespace)
@@ -283,36 +284,23 @@ class CriTransfer:
                     record.labels.get(k, "") == v for k, v in wanted.items()
                 ):
                     return
-                # Known to exist: no Create to be refused first.
-                image = images_pb2.Image(
-                    name=name, target=target.pb(), labels={k: v for k, v in wanted.items() if v}
-                )
-                mask = field_mask_pb2.FieldMask(paths=["target", *(f"labels.{k}" for k in wanted)])
-                try:
-                    resp = await ns.call(
-                        ns.images.Update, images_pb2.UpdateImageRequest(image=image, update_mask=mask)
-                    )
+                changed = await store.update(name, target, wanted)  # known to exist: no Create first
+                if changed is not None:
                     if name in created:
-                        updated[name] = resp.image.updated_at
+                        updated[name] = changed.updated_at
                     return
-                except errors.NotFound:
-                    pass  # removed meanwhile: made again below
-            if await store.put(name, target.pb(), wanted):
+                # removed meanwhile: made again below
+            if await store.put(name, target, wanted):
                 created.append(name)
 
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for name in names:
-                    tg.create_task(write(name))
-        except BaseExceptionGroup as eg:
-            raise errors.first_error(eg) from None
+        await gather([functools.partial(write, name) for name in names])
         return Pulled(image_id, target, names)
 
     @staticmethod
-    def _made_here(records: Iterable[images_pb2.Image], started: float, created: list[str]) -> None:
+    def _made_here(records: Iterable[Image], started: float, created: list[str]) -> None:
         """Records containerd's CRI made for this pull (since it started) are this pull's."""
         for record in records:
-            if record.created_at.seconds + record.created_at.nanos / 1e9 >= started:
+            if record.created_at / 1e9 >= started:
                 created.append(record.name)
 
     async def _release_ingests(self, ns: Namespaced, lease_id: str) -> None:

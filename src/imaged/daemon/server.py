@@ -20,15 +20,16 @@ from imaged.config import Config, ConfigError, load
 from imaged.config.models import SocketConfig
 from imaged.containerd import leases
 from imaged.daemon import sockets, systemd
-from imaged.daemon.observe import Metrics, ObservingInterceptor
-from imaged.daemon.runtime import Runtime
+from imaged.daemon.observe import ObservingInterceptor
 from imaged.pb.machine import image_pb2
 from imaged.pb.policy.v1 import policy_pb2, policy_pb2_grpc
 from imaged.pb.runtime.v1 import api_pb2 as cri_pb2
 from imaged.pb.runtime.v1 import api_pb2_grpc as cri_pb2_grpc
 from imaged.service.cri_service import CriImageService
 from imaged.service.image_service import ImageService, add_image_service
+from imaged.service.metrics import Metrics
 from imaged.service.policy_service import PolicyService
+from imaged.service.runtime import Runtime
 
 log = logging.getLogger("imaged")
 SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name

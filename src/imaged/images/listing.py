@@ -7,7 +7,7 @@ Manifests are immutable, so their parsed form is cached by digest across calls.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from imaged import errors
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import Image, ImageStore
 from imaged.images.walk import host_manifest
-from imaged.pb.containerd.services.images.v1 import images_pb2
+from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Listed:
-    image: images_pb2.Image
+    image: Image
     size: int
 
 
@@ -52,26 +52,26 @@ class SizeCache:
 async def list_images(ns: Namespaced, cache: SizeCache, *filters: str) -> AsyncIterator[Listed]:
     images = await ImageStore(ns).list(*filters)
     content = ContentStore(ns)
-    sem = asyncio.Semaphore(16)
 
-    async def sized(img: images_pb2.Image) -> Listed:
+    async def sized(img: Image) -> Listed:
         key = (ns.namespace, img.target.digest)
         size = cache.get(key)
         if size is None:
-            async with sem:
-                try:
-                    t = img.target
-                    size = (await host_manifest(content, t.media_type, t.digest, t.size)).size
-                    cache.put(key, size)
-                except errors.ImagedError as e:
-                    if isinstance(e, errors.Unavailable):
-                        raise
-                    log.debug("size of %s not computable: %s", img.name, e)
-                    size = 0
+            try:
+                t = img.target
+                size = (await host_manifest(content, t.media_type, t.digest, t.size)).size
+                cache.put(key, size)
+            except errors.ImagedError as e:
+                if isinstance(e, errors.Unavailable):
+                    raise
+                log.debug("size of %s not computable: %s", img.name, e)
+                size = 0
         return Listed(img, size)
 
     # Compute sizes in bounded batches so the first responses stream before the last are sized.
     batch = 256
     for i in range(0, len(images), batch):
-        for listed in await asyncio.gather(*(sized(img) for img in images[i : i + batch])):
+        for listed in await gather(
+            [functools.partial(sized, img) for img in images[i : i + batch]], limit=16
+        ):
             yield listed

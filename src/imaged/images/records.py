@@ -9,30 +9,16 @@ and `sha256:<manifest or index digest>`, the digest `List` shows, as Talos's mac
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
-from google.protobuf import timestamp_pb2
 
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import ImageStore, Target
 from imaged.containerd.leases import finish
-from imaged.pb.containerd.types import descriptor_pb2
 from imaged.registry.reference import Reference
 
 CRI_NAMESPACE = "k8s.io"
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    media_type: str
-    digest: str
-    size: int
-
-    def pb(self) -> descriptor_pb2.Descriptor:
-        return descriptor_pb2.Descriptor(media_type=self.media_type, digest=self.digest, size=self.size)
 
 
 def record_names(ref: Reference, target_digest: str, config_digest: str, namespace: str) -> list[str]:
@@ -77,7 +63,7 @@ async def create_records(
     mine: list[str] = []
     try:
         for name in reversed(names):
-            if await store.put(name, target.pb(), labels):
+            if await store.put(name, target, labels):
                 mine.append(name)
     except BaseException:
         await finish(_undo(store, mine, {}))
@@ -87,17 +73,15 @@ async def create_records(
     return names
 
 
-async def undo_records(
-    ns: Namespaced, created: list[str], updated: dict[str, timestamp_pb2.Timestamp] | None = None
-) -> None:
+async def undo_records(ns: Namespaced, created: list[str], updated: dict[str, int] | None = None) -> None:
     """Delete records made by earlier `create_records` calls of an operation that then failed;
     runs to the end even if the caller is cancelled. `updated`: when the operation itself last
     updated a record it made (containerd's CRI makes them, imaged labels them), which is still
-    its own if nobody updated it after."""
+    its own if nobody updated it after (nanoseconds, as `Image.updated_at`)."""
     await finish(_undo(ImageStore(ns), created, updated or {}))
 
 
-async def _undo(store: ImageStore, names: list[str], updated: dict[str, timestamp_pb2.Timestamp]) -> None:
+async def _undo(store: ImageStore, names: list[str], updated: dict[str, int]) -> None:
     for name in reversed(names):
         try:
             image = await store.get(name)

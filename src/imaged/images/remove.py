@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from imaged import errors
 from imaged.containerd.client import Namespaced
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import Image, ImageStore
 from imaged.images.records import is_alias
-from imaged.pb.containerd.services.images.v1 import images_pb2
 from imaged.registry.reference import parse
 
 
-async def _find(store: ImageStore, ref: str) -> images_pb2.Image | None:
+async def _find(store: ImageStore, ref: str) -> Image | None:
     if not ref:
         raise errors.InvalidArgument("image reference is empty")
     found = await store.get(ref)
@@ -30,7 +29,7 @@ async def _find(store: ImageStore, ref: str) -> images_pb2.Image | None:
     try:
         normalized = str(parse(ref))
     except errors.InvalidArgument as e:
-        raise errors.InvalidArgument(f"cannot remove {ref!r}: {e.message}") from None
+        raise errors.InvalidArgument(f"cannot remove {ref!r}: {e.message}") from e
     return await store.get(normalized) if normalized != ref else None
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from imaged.errors import InvalidArgument
 from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
-from imaged.registry.reference import validate_digest
+from imaged.oci.digest import sha256_digest, validate_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +63,6 @@ class ImageConfig:
     platform: Platform
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def _obj(data: bytes | dict[str, Any], what: str) -> dict[str, Any]:
     if isinstance(data, dict):
         return data
@@ -111,7 +106,7 @@ def parse_descriptor(v: Any, what: str) -> Descriptor:
     try:
         validate_digest(digest)
     except InvalidArgument as e:
-        raise InvalidArgument(f"{what}: {e.message}") from None
+        raise InvalidArgument(f"{what}: {e.message}") from e
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidArgument(f"{what}: descriptor {digest} has no valid size")
     return Descriptor(

@@ -17,23 +17,23 @@ write and syncs it to disk, so those transactions, not bytes, bound a pull of ma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from imaged import errors
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
-from imaged.containerd.content import ContentStore
+from imaged.containerd.content import BlobKind, ContentStore, ingest_ref, write_blob
 from imaged.containerd.gclabels import distribution_source, index_child_key, manifest_labels
-from imaged.containerd.images import ImageStore
+from imaged.containerd.images import ImageStore, Target
 from imaged.containerd.leases import hold_if_present, lease
-from imaged.containerd.unpack import Unpacker
-from imaged.images.records import Target, create_records
+from imaged.containerd.unpack import Unpacker, UnpackEventKind
+from imaged.images.records import create_records
 from imaged.images.walk import host_manifest
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import (
@@ -50,7 +50,7 @@ from imaged.pull.progress import LayerState, Progress, Status
 from imaged.pull.turns import Turns
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
-from imaged.registry.transport import single_attempt
+from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ VerifyHook = Callable[[Reference, VerifiedPin | None], Awaitable[VerifiedPin | N
 
 class Transfer(Protocol):
     """Another way to move a pinned image into containerd, used where it `applies` (containerd's
-    CRI plugin for k8s.io: cri/transfer.py). Same contract as `Puller._pull`."""
+    CRI plugin for k8s.io: cri/transfer.py). Same contract as `Puller._pull`, except that its
+    failures say themselves that pulling `ref` failed (`error pulling image <ref>: ...`)."""
 
     async def applies(self, ns: Namespaced, ref: Reference) -> bool: ...
 
@@ -160,8 +161,8 @@ class Puller:
             recorded_tag = await ImageStore(ns).get(tagged) if tagged else None
             try:
                 # With a recorded image to fall back on, one try per request.
-                with single_attempt() if recorded_tag is not None else contextlib.nullcontext():
-                    root = await self._wrap(ref, self.registry.resolve(ref))
+                attempts = 1 if recorded_tag is not None else None
+                root = await self._wrap(ref, self.registry.resolve(ref, attempts=attempts))
             except errors.Unavailable as e:
                 present = await self._present(ns, ref, labels) if recorded_tag is not None else None
                 if present is None:
@@ -174,11 +175,9 @@ class Puller:
         present = await self._present(ns, pinned, labels)
         if present is not None:
             return present
-        # Failures name what was asked for, or the digest a verification pinned it to.
         if self.transfer is not None and await self.transfer.applies(ns, pinned):
-            return await self._wrap(
-                pinned if pin and pin.digest else ref, self.transfer.pull(ns, pinned, progress, labels, root)
-            )
+            return await self.transfer.pull(ns, pinned, progress, labels, root)
+        # Failures name what was asked for, or the digest a verification pinned it to.
         return await self._wrap(
             pinned if pin and pin.digest else ref, self._pull(ns, pinned, progress, labels, root)
         )
@@ -198,9 +197,7 @@ class Puller:
         try:
             return await work
         except errors.ImagedError as e:
-            if e.message.startswith("error pulling image"):
-                raise
-            raise type(e)(f"error pulling image {ref}: {e.message}") from None
+            raise errors.in_context(e, f"error pulling image {ref}") from e
 
     async def _present(self, ns: Namespaced, ref: Reference, labels: dict[str, str]) -> str | None:
         """The pinned name if the image is recorded and unpacked already; its records are
@@ -223,8 +220,7 @@ class Puller:
             manifest.config.digest, config.diff_ids
         ):
             return None
-        target = Target(image.target.media_type, image.target.digest, image.target.size)
-        await create_records(ns, ref, target, manifest.config.digest, labels)
+        await create_records(ns, ref, image.target, manifest.config.digest, labels)
         return ref.pinned(image.target.digest)
 
     async def _pull(
@@ -263,7 +259,8 @@ class Puller:
     async def _drop_stale_ingests(self, content: ContentStore, blobs: list[Descriptor]) -> None:
         """Ingests of this image's blobs left by an earlier, cut-short pull (a writer opened just
         before the cancel): the blobs are committed now, so those ingests are garbage."""
-        refs = {f"{kind}-{d.digest}" for d in blobs for kind in ("layer", "config")}
+        kinds: tuple[BlobKind, ...] = ("layer", "config")
+        refs = {ingest_ref(kind, d.digest) for d in blobs for kind in kinds}
         try:
             stale = [st.ref for st in await content.statuses() if st.ref in refs]
             for r in stale:
@@ -272,22 +269,12 @@ class Puller:
             log.debug("could not drop stale ingests: %s", e)
 
     async def _write_bytes(
-        self, content: ContentStore, kind: str, desc: Descriptor, data: bytes, labels: dict[str, str]
+        self, content: ContentStore, kind: BlobKind, desc: Descriptor, data: bytes, labels: dict[str, str]
     ) -> None:
-        w = await content.open_writer(f"{kind}-{desc.digest}", total=len(data), expected=desc.digest)
-        if w is None:
-            await content.update_labels(desc.digest, labels)
-            return
-        try:
-            if w.offset:
-                await w.restart()
-            await w.write(data)
-            await w.commit(labels)
-        finally:
-            await w.close()
-        if w.existed:
-            # Committed by another pull meanwhile: held already (_manifest_bytes), not labelled by us.
-            await content.update_labels(desc.digest, labels)
+        # Committed by another pull meanwhile, it is held already (_manifest_bytes).
+        await write_blob(
+            content, ingest_ref(kind, desc.digest), data, size=len(data), digest=desc.digest, labels=labels
+        )
 
     async def _manifest_bytes(self, content: ContentStore, ref: Reference, desc: Descriptor) -> bytes:
         # Held before looking: content nothing references (a cancelled pull's) may otherwise be
@@ -297,8 +284,7 @@ class Puller:
                 return await content.read_all(desc.digest, mt.MAX_MANIFEST_SIZE)
             except errors.NotFound:
                 pass
-        data, _media_type, _digest = await self.registry.get_manifest(ref, desc.digest)
-        return data
+        return (await self.registry.get_manifest(ref, desc.digest)).body
 
     async def _walk(
         self, content: ContentStore, ref: Reference, desc: Descriptor, source: dict[str, str], depth: int = 0
@@ -331,7 +317,7 @@ class Puller:
         lns: Namespaced,
         ref: Reference,
         desc: Descriptor,
-        kind: str,
+        kind: BlobKind,
         labels: dict[str, str],
         on_progress: Callable[[Status, int], None] | None = None,
         turns: tuple[Turns, int] | None = None,
@@ -347,41 +333,24 @@ class Puller:
             nonlocal waited
             waited = True
 
-        content = ContentStore(lns.with_lease(None))
-        w = await content.open_writer(
-            f"{kind}-{desc.digest}", total=desc.size, expected=desc.digest, lock_wait=lock_wait
+        async def fetch(offset: int) -> AsyncIterator[bytes]:
+            async for chunk in self.registry.fetch_blob(ref, desc, offset=offset):
+                if self.on_bytes is not None:
+                    self.on_bytes(len(chunk))
+                yield chunk
+
+        written = await write_blob(
+            ContentStore(lns.with_lease(None)),
+            ingest_ref(kind, desc.digest),
+            fetch,
+            size=desc.size,
+            digest=desc.digest,
+            labels=labels,
+            lock_wait=lock_wait,
+            on_write=(lambda offset: on_progress(Status.DOWNLOADING, offset)) if on_progress else None,
+            turn=(lambda: turns[0].turn(turns[1])) if turns is not None else None,
         )
-        if w is None:
-            await content.update_labels(desc.digest, labels)
-            return waited
-        try:
-            if w.offset > desc.size:
-                await w.restart()
-            if on_progress:
-                on_progress(Status.DOWNLOADING, w.offset)
-            if w.offset < desc.size:
-                async for chunk in self.registry.fetch_blob(ref, desc, offset=w.offset):
-                    if self.on_bytes is not None:
-                        self.on_bytes(len(chunk))
-                    if turns is None:
-                        await w.write(chunk)
-                    else:
-                        async with turns[0].turn(turns[1]):
-                            await w.write(chunk)
-                    if on_progress:
-                        on_progress(Status.DOWNLOADING, w.offset)
-            await w.commit(labels)
-        except errors.ImagedError as e:
-            if not isinstance(e, errors.DataLoss):
-                # Keep every byte received in the ingest, so the next pull resumes right there.
-                with contextlib.suppress(errors.ImagedError):
-                    await w.flush()
-            raise
-        finally:
-            await w.close()
-        if w.existed:  # another pull committed it meanwhile: the labels are ours to set
-            await content.update_labels(desc.digest, labels)
-        return True
+        return written != "present" or waited
 
     async def _layers(
         self,
@@ -432,7 +401,7 @@ class Puller:
                     )
                 )
 
-        def on_event(i: int, event: str, elapsed: float) -> None:
+        def on_event(i: int, event: UnpackEventKind, elapsed: float) -> None:
             desc = layers[i]
             lid = layer_id(desc.digest)
             if event == "extracting":
@@ -451,21 +420,21 @@ class Puller:
             await done[i].wait()
 
         unpacker = Unpacker(lns, self.options.snapshotter)
+        steps: list[Callable[[], Awaitable[object]]] = [
+            functools.partial(download, i, desc) for i, desc in enumerate(layers)
+        ]
+        steps.append(
+            functools.partial(
+                unpacker.unpack,
+                manifest.config.digest,
+                layers,
+                config.diff_ids,
+                ready=wait_ready,
+                on_event=on_event,
+            )
+        )
         try:
-            async with asyncio.TaskGroup() as tg:
-                for i, desc in enumerate(layers):
-                    tg.create_task(download(i, desc))
-                tg.create_task(
-                    unpacker.unpack(
-                        manifest.config.digest,
-                        layers,
-                        config.diff_ids,
-                        ready=wait_ready,
-                        on_event=on_event,
-                    )
-                )
-        except BaseExceptionGroup as eg:
-            raise errors.first_error(eg) from None
+            await gather(steps)
         finally:
             for t in tickers.values():
                 t.cancel()

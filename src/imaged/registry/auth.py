@@ -14,6 +14,7 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 MAX_TOKEN_RESPONSE = 1024 * 1024
 MIN_TOKEN_LIFETIME = 60  # seconds; what the distribution token spec says to assume
@@ -160,6 +161,25 @@ class Credentials:
 
 
 ANONYMOUS = Credentials()
+
+
+class HostAuth(NamedTuple):
+    """Credentials of any kind for one registry host (a CRI pull's `AuthConfig`)."""
+
+    host: str
+    credentials: Credentials
+
+
+class HostLogin(NamedTuple):
+    """A user name and password for one registry host (a Verify request's `credentials`). A
+    tuple, so that `(host, username, password)` is one too."""
+
+    host: str
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"HostLogin(host={self.host!r}, username={self.username!r}, password=<redacted>)"
 
 
 class TokenCache:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -28,27 +27,18 @@ from imaged.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    in_context,
 )
 from imaged.oci import jsondoc
 from imaged.oci import mediatypes as mt
+from imaged.oci.digest import digest_like, hash_digest, is_digest, validate_digest
 from imaged.oci.manifest import Descriptor, Index, media_type_of, parse_index
 from imaged.registry.auth import Credentials, redact_url
 from imaged.registry.config import RegistriesConfig
 from imaged.registry.hosts import Endpoint
-from imaged.registry.reference import Reference, validate_digest
-from imaged.registry.transport import (
-    MAX_ERROR_BODY,
-    RETRYABLE_STATUS,
-    Pool,
-    Response,
-    TooLarge,
-    Transient,
-    Transport,
-    content_type,
-    fallback_left,
-    read_capped,
-    retry_after,
-)
+from imaged.registry.http import MAX_ERROR_BODY, Response, TooLarge, Transient, content_type, read_capped
+from imaged.registry.reference import Reference
+from imaged.registry.transport import Pool, Retries, Route, Transport
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +49,12 @@ MAX_TAGS = 100_000
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
-def _hash(algorithm: str, data: bytes) -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+class FetchedManifest(NamedTuple):
+    """A manifest or index as a registry served it (a tuple: callers may unpack it)."""
 
-
-def _digest_of(data: bytes, like: str) -> str:
-    """Digest of `data` with the algorithm of digest `like`."""
-    return _hash(like.split(":", 1)[0], data)
-
-
-def _is_digest(obj: str) -> bool:
-    try:
-        validate_digest(obj)
-    except InvalidArgument:
-        return False
-    return True
+    body: bytes
+    media_type: str
+    digest: str
 
 
 def _next_link(headers: CIMultiDictProxy[str], base: str) -> str | None:
@@ -147,40 +128,42 @@ class RegistryClient:
 
     # -- manifests --------------------------------------------------------------------------------
 
-    async def resolve(self, ref: Reference) -> Descriptor:
-        """The descriptor (media type, digest, size) of the manifest or index `ref` names."""
+    async def resolve(self, ref: Reference, *, attempts: int | None = None) -> Descriptor:
+        """The descriptor (media type, digest, size) of the manifest or index `ref` names.
+        `attempts`: tries per request (a caller with something to fall back on asks once)."""
         what = f"resolving {ref}"
         capability = "pull" if ref.digest else "resolve"
         accept = mt.ACCEPT_MANIFESTS
         max_size = self.config.max_manifest_size
 
-        async def op(e: Endpoint) -> Descriptor:
+        async def op(route: Route) -> Descriptor:
+            e = route.endpoint
             url = e.url(f"/{ref.path}/manifests/{ref.object}")
-            r = await self._http.roundtrip(e, "HEAD", url, ref=ref, what=what, accept=accept, max_size=0)
+            r = await self._http.roundtrip(route, "HEAD", url, accept=accept, max_size=0)
             if r.status == 200:
                 media_type = content_type(r.headers)
                 if media_type in mt.SCHEMA1:
-                    raise _schema1(what, e)
+                    raise _schema1(e)
                 digest = r.headers.get("Docker-Content-Digest", "")
                 size = r.headers.get("Content-Length", "")
                 if (
-                    _is_digest(digest)
+                    is_digest(digest)
                     and (not ref.digest or digest == ref.digest)
                     and size.isdigit()
                     and media_type in (mt.INDEXES | mt.MANIFESTS)
                 ):
                     if int(size) > max_size:
                         raise ResourceExhausted(
-                            f"{what}: manifest on {e.host} is {size} bytes, over the limit of {max_size}"
+                            f"manifest on {e.host} is {size} bytes, over the limit of {max_size}"
                         )
                     return Descriptor(media_type, digest, int(size))
             elif r.status not in (405, 400, 501):
-                raise self._http.status_error(r, e, ref, what, f"image {ref}")
+                raise self._http.status_error(r, route, f"image {ref}")
             # No usable answer to HEAD: GET the manifest and hash it.
-            body, media_type, digest = await self._get_manifest_on(e, ref, ref.object, accept, max_size, what)
-            return Descriptor(media_type, digest, len(body))
+            m = await self._get_manifest_on(route, ref.object, accept, max_size)
+            return Descriptor(m.media_type, m.digest, len(m.body))
 
-        return await self._http.on_endpoints(ref, capability, what, op)
+        return await self._http.on_endpoints(ref, capability, what, op, attempts=attempts)
 
     async def get_manifest(
         self,
@@ -190,8 +173,8 @@ class RegistryClient:
         accept: str = mt.ACCEPT_MANIFESTS,
         max_size: int | None = None,
         fallback_tag: str | None = None,
-    ) -> tuple[bytes, str, str]:
-        """(body, media type, digest) of manifest `obj` (a digest or a tag) in `ref`'s repository.
+    ) -> FetchedManifest:
+        """Manifest `obj` (a digest or a tag) of `ref`'s repository.
 
         A digest `obj` is verified (DataLoss on mismatch). With `fallback_tag`, a digest that is not
         found is fetched by that tag instead, and must still hash to `obj` (some registries serve
@@ -199,49 +182,46 @@ class RegistryClient:
         """
         cap = max_size if max_size is not None else self.config.max_manifest_size
         what = f"fetching manifest {obj} of {ref.repository}"
-        is_digest = _is_digest(obj)
-        if not is_digest and not re.fullmatch(r"[\w][\w.-]{0,127}", obj, re.ASCII):
+        by_digest = is_digest(obj)
+        if not by_digest and not re.fullmatch(r"[\w][\w.-]{0,127}", obj, re.ASCII):
             raise InvalidArgument(f"{what}: {obj!r} is neither a digest nor a tag")
-        capability = "pull" if is_digest else "resolve"
+        capability = "pull" if by_digest else "resolve"
         try:
             return await self._http.on_endpoints(
-                ref, capability, what, lambda e: self._get_manifest_on(e, ref, obj, accept, cap, what)
+                ref, capability, what, lambda route: self._get_manifest_on(route, obj, accept, cap)
             )
         except NotFound:
-            if not (is_digest and fallback_tag):
+            if not (by_digest and fallback_tag):
                 raise
-        body, media_type, _ = await self.get_manifest(ref, fallback_tag, accept=accept, max_size=cap)
-        actual = _digest_of(body, obj)
+        tagged = await self.get_manifest(ref, fallback_tag, accept=accept, max_size=cap)
+        actual = digest_like(tagged.body, obj)
         if actual != obj:
             raise DataLoss(
                 f"{what}: {ref.domain} has no manifest {obj}, and tag {fallback_tag} serves {actual} instead"
             )
-        return body, media_type, obj
+        return tagged._replace(digest=obj)
 
-    async def _get_manifest_on(
-        self, e: Endpoint, ref: Reference, obj: str, accept: str, max_size: int, what: str
-    ) -> tuple[bytes, str, str]:
+    async def _get_manifest_on(self, route: Route, obj: str, accept: str, max_size: int) -> FetchedManifest:
+        e, ref = route.endpoint, route.ref
         url = e.url(f"/{ref.path}/manifests/{obj}")
-        r = await self._http.roundtrip(e, "GET", url, ref=ref, what=what, accept=accept, max_size=max_size)
+        r = await self._http.roundtrip(route, "GET", url, accept=accept, max_size=max_size)
         if r.status != 200:
-            shown = f"{ref.repository}@{obj}" if _is_digest(obj) else f"{ref.repository}:{obj}"
-            raise self._http.status_error(r, e, ref, what, f"manifest {shown}")
-        if _is_digest(obj):
-            actual = _digest_of(r.body, obj)
+            shown = f"{ref.repository}@{obj}" if is_digest(obj) else f"{ref.repository}:{obj}"
+            raise self._http.status_error(r, route, f"manifest {shown}")
+        if is_digest(obj):
+            actual = digest_like(r.body, obj)
             if actual != obj:
-                raise DataLoss(f"{what}: {e.host} served a manifest with digest {actual} instead of {obj}")
+                raise DataLoss(f"{e.host} served a manifest with digest {actual} instead of {obj}")
             digest = obj
         else:
-            digest = _hash("sha256", r.body)
+            digest = hash_digest("sha256", r.body)
         try:
             media_type = media_type_of(r.body, content_type(r.headers))
         except InvalidArgument as err:
-            raise InvalidArgument(
-                f"{what}: {e.host} served something that is not a manifest: {err.message}"
-            ) from None
+            raise InvalidArgument(f"{e.host} served something that is not a manifest: {err.message}") from err
         if media_type in mt.SCHEMA1:
-            raise _schema1(what, e)
-        return r.body, media_type, digest
+            raise _schema1(e)
+        return FetchedManifest(r.body, media_type, digest)
 
     # -- blobs ------------------------------------------------------------------------------------
 
@@ -263,136 +243,126 @@ class RegistryClient:
             )
         if offset == desc.size:
             return
-        eps = self._http.endpoints(ref, "pull", what)
         pos = offset
-        for i, e in enumerate(eps):
-            last = i == len(eps) - 1
-            attempts = 1 if e.mirror and not last else self.config.retries.attempts
-            failures = 0
+        routes = self._http.routes(ref, "pull", what)
+        for i, route in enumerate(routes):
+            e = route.endpoint
+            retries = Retries(self._http, route)
             while True:
                 try:
-                    async with contextlib.aclosing(self._blob_stream(e, ref, desc, pos, what)) as stream:
-                        async for chunk in stream:
-                            pos += len(chunk)
-                            failures = 0  # progress: the next failure starts a new count
-                            yield chunk
-                    if pos != desc.size:  # pragma: no cover - _blob_stream guarantees it
-                        raise DataLoss(f"{what}: {e.host} ended the blob at byte {pos} of {desc.size}")
-                    return
+                    self._http.ready(e)
+                    try:
+                        async with contextlib.aclosing(self._blob_stream(route, desc, pos)) as stream:
+                            async for chunk in stream:
+                                pos += len(chunk)
+                                retries.progressed()
+                                yield chunk
+                        if pos != desc.size:  # pragma: no cover - _blob_stream guarantees it
+                            raise DataLoss(f"{e.host} ended the blob at byte {pos} of {desc.size}")
+                        return
+                    except ImagedError as err:
+                        raise in_context(err, what) from err  # the one place it is added
                 except Transient as err:
-                    failures += 1
-                    if failures >= attempts:
-                        if last:
-                            raise Unavailable(
-                                f"{what}: {err.message} (after {failures} attempt(s), "
-                                f"at byte {pos} of {desc.size})"
-                            ) from None
-                        log.info("%s: mirror %s failed (%s); trying %s", what, e, err.message, eps[i + 1])
-                        break
-                    delay = self._http.backoff(failures, err.retry_after)
-                    log.info("%s: %s at byte %d; resuming in %.1fs", what, err.message, pos, delay)
-                    await asyncio.sleep(delay)
+                    if await retries.again(err, f"{what} at byte {pos}"):
+                        continue
+                    if not route.fallback_left:
+                        raise Unavailable(
+                            f"{what}: {err.message} (after {retries.failures} attempt(s), "
+                            f"at byte {pos} of {desc.size})"
+                        ) from err
+                    log.info(
+                        "%s: mirror %s failed (%s); trying %s", what, e, err.message, routes[i + 1].endpoint
+                    )
+                    break
                 except ImagedError as err:
-                    if last:
+                    if not route.fallback_left:
                         raise
-                    log.info("%s: mirror %s failed (%s); trying %s", what, e, err.message, eps[i + 1])
+                    log.info(
+                        "%s: mirror %s failed (%s); trying %s", what, e, err.message, routes[i + 1].endpoint
+                    )
                     break
 
-    async def _blob_stream(
-        self, e: Endpoint, ref: Reference, desc: Descriptor, pos: int, what: str
-    ) -> AsyncGenerator[bytes, None]:
+    async def _blob_stream(self, route: Route, desc: Descriptor, pos: int) -> AsyncGenerator[bytes, None]:
         """One GET of the blob from `pos`; yields at most `desc.size - pos` bytes, exactly that or raises."""
+        e, ref = route.endpoint, route.ref
         url = e.url(f"/{ref.path}/blobs/{desc.digest}")
         headers = {"Accept": "*/*"}
         if pos:
             headers["Range"] = f"bytes={pos}-"
         want = desc.size - pos
-        async with self._http.pool.semaphore(e):
-            async with self._http.whole_request(e):  # until the headers: the body is bounded by `read`
-                resp = await self._http.send(e, "GET", url, headers, ref=ref, what=what)
-            try:
-                status = resp.status
-                if status in RETRYABLE_STATUS:
-                    raise Transient(f"{e.host} answered HTTP {status}", retry_after(resp.headers))
-                if status == 416:
-                    raise DataLoss(
-                        f"{what}: {e.host} cannot serve bytes from {pos}: the blob is shorter than the "
-                        f"{desc.size} bytes its descriptor says"
-                    )
-                if status not in (200, 206):
-                    body = b""
-                    try:
-                        async with asyncio.timeout(self.config.timeouts.request):
-                            body = await read_capped(resp, MAX_ERROR_BODY)
-                    except (TooLarge, aiohttp.ClientError, TimeoutError):
-                        pass
-                    r = Response(status, resp.headers, body, str(resp.url))
-                    raise self._http.status_error(r, e, ref, what, f"blob {desc.digest} of {ref.repository}")
-                skip = 0
-                if status == 206:
-                    m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
-                    if m is None:
-                        raise DataLoss(
-                            f"{what}: {e.host} sent a partial answer without a valid Content-Range"
-                        )
-                    start, end, total = int(m.group(1)), int(m.group(2)), m.group(3)
-                    if start > pos or (total != "*" and int(total) != desc.size):
-                        raise DataLoss(
-                            f"{what}: {e.host} sent bytes {start}-{end}/{total}, "
-                            f"expected {pos}- of {desc.size}"
-                        )
-                    skip = pos - start
-                    expected_length = end - start + 1
-                else:
-                    skip = pos  # Range ignored: the whole blob comes again
-                    expected_length = desc.size
-                if resp.content_length is not None and resp.content_length != expected_length:
-                    raise DataLoss(
-                        f"{what}: {e.host} announced {resp.content_length} bytes, expected {expected_length} "
-                        f"(descriptor size {desc.size})"
-                    )
-                sent = 0
+        async with self._http.open(route, "GET", url, headers) as resp:
+            status = resp.status
+            if status == 416:
+                raise DataLoss(
+                    f"{e.host} cannot serve bytes from {pos}: the blob is shorter than the "
+                    f"{desc.size} bytes its descriptor says"
+                )
+            if status not in (200, 206):
+                body = b""
                 try:
-                    # Each piece as the socket delivered it: no re-slicing copy, and nothing
-                    # received is held back (when a connection breaks, aiohttp raises before it
-                    # hands out what it still buffered, and the resume starts after the last piece).
-                    async for chunk in resp.content.iter_any():
-                        if skip:
-                            if len(chunk) <= skip:
-                                skip -= len(chunk)
-                                continue
-                            chunk, skip = chunk[skip:], 0
-                        if sent + len(chunk) > want:
-                            raise DataLoss(
-                                f"{what}: {e.host} sent more than the {desc.size} bytes the descriptor says"
-                            )
-                        sent += len(chunk)
-                        yield chunk
-                except (aiohttp.ClientError, TimeoutError) as err:
-                    raise Transient(f"download from {e.host} broke: {type(err).__name__}: {err}") from None
-                if sent != want:
-                    if resp.content_length is None:
-                        # No length announced: a closed connection looks like a normal end; retry.
-                        raise Transient(
-                            f"{e.host} ended the download early ({pos + sent} of {desc.size} bytes)"
-                        )
-                    raise DataLoss(f"{what}: {e.host} sent {pos + sent} of {desc.size} bytes")
-            finally:
-                resp.release()
+                    async with asyncio.timeout(self.config.timeouts.request):
+                        body = await read_capped(resp, MAX_ERROR_BODY)
+                except (TooLarge, aiohttp.ClientError, TimeoutError):
+                    pass
+                r = Response(status, resp.headers, body, str(resp.url))
+                raise self._http.status_error(r, route, f"blob {desc.digest} of {ref.repository}")
+            skip = 0
+            if status == 206:
+                m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
+                if m is None:
+                    raise DataLoss(f"{e.host} sent a partial answer without a valid Content-Range")
+                start, end, total = int(m.group(1)), int(m.group(2)), m.group(3)
+                if start > pos or (total != "*" and int(total) != desc.size):
+                    raise DataLoss(
+                        f"{e.host} sent bytes {start}-{end}/{total}, expected {pos}- of {desc.size}"
+                    )
+                skip = pos - start
+                expected_length = end - start + 1
+            else:
+                skip = pos  # Range ignored: the whole blob comes again
+                expected_length = desc.size
+            if resp.content_length is not None and resp.content_length != expected_length:
+                raise DataLoss(
+                    f"{e.host} announced {resp.content_length} bytes, expected {expected_length} "
+                    f"(descriptor size {desc.size})"
+                )
+            sent = 0
+            try:
+                # Each piece as the socket delivered it: no re-slicing copy, and nothing
+                # received is held back (when a connection breaks, aiohttp raises before it
+                # hands out what it still buffered, and the resume starts after the last piece).
+                async for chunk in resp.content.iter_any():
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    if sent + len(chunk) > want:
+                        raise DataLoss(f"{e.host} sent more than the {desc.size} bytes the descriptor says")
+                    sent += len(chunk)
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as err:
+                raise Transient(f"download from {e.host} broke: {type(err).__name__}: {err}") from None
+            if sent != want:
+                if resp.content_length is None:
+                    # No length announced: a closed connection looks like a normal end; retry.
+                    raise Transient(f"{e.host} ended the download early ({pos + sent} of {desc.size} bytes)")
+                raise DataLoss(f"{e.host} sent {pos + sent} of {desc.size} bytes")
 
     async def get_blob(self, ref: Reference, digest: str, *, max_size: int) -> bytes:
         """A small blob (a config, a signature payload), verified against `digest`."""
         validate_digest(digest)
         what = f"fetching blob {digest} of {ref.repository}"
 
-        async def op(e: Endpoint) -> bytes:
+        async def op(route: Route) -> bytes:
+            e = route.endpoint
             url = e.url(f"/{ref.path}/blobs/{digest}")
-            r = await self._http.roundtrip(e, "GET", url, ref=ref, what=what, accept="*/*", max_size=max_size)
+            r = await self._http.roundtrip(route, "GET", url, accept="*/*", max_size=max_size)
             if r.status != 200:
-                raise self._http.status_error(r, e, ref, what, f"blob {digest} of {ref.repository}")
-            actual = _digest_of(r.body, digest)
+                raise self._http.status_error(r, route, f"blob {digest} of {ref.repository}")
+            actual = digest_like(r.body, digest)
             if actual != digest:
-                raise DataLoss(f"{what}: {e.host} served content with digest {actual} instead of {digest}")
+                raise DataLoss(f"{e.host} served content with digest {actual} instead of {digest}")
             return r.body
 
         return await self._http.on_endpoints(ref, "pull", what, op)
@@ -412,13 +382,15 @@ class RegistryClient:
 
         mirror_without_api = False
 
-        async def op(e: Endpoint) -> Index | None:
+        async def op(route: Route) -> Index | None:
+            e = route.endpoint
+
             def no_api(why: str) -> Index | None:
                 # A mirror without the API (a pull-through cache) says nothing of the upstream's.
                 nonlocal mirror_without_api
-                if fallback_left():
+                if route.fallback_left:
                     mirror_without_api = True
-                    raise NotFound(f"{what}: {e.host} has no referrers API ({why})")
+                    raise NotFound(f"{e.host} has no referrers API ({why})")
                 return None
 
             url = e.url(f"/{ref.path}/referrers/{digest}")
@@ -427,15 +399,13 @@ class RegistryClient:
             manifests: list[Descriptor] = []
             first: Index | None = None
             for _ in range(MAX_PAGES):
-                r = await self._http.roundtrip(
-                    e, "GET", url, ref=ref, what=what, accept=mt.OCI_INDEX, max_size=max_size
-                )
+                r = await self._http.roundtrip(route, "GET", url, accept=mt.OCI_INDEX, max_size=max_size)
                 if r.status in (404, 400, 405, 406, 501):
                     if first is None:
                         return no_api(f"HTTP {r.status}")
                     break
                 if r.status != 200:
-                    raise self._http.status_error(r, e, ref, what, f"referrers of {digest}")
+                    raise self._http.status_error(r, route, f"referrers of {digest}")
                 if content_type(r.headers) not in (mt.OCI_INDEX, "application/json", ""):
                     return no_api(f"answered {content_type(r.headers)}")
                 try:
@@ -471,25 +441,26 @@ class RegistryClient:
         what = f"listing tags of {ref.repository}"
         limit = min(limit, MAX_TAGS)
 
-        async def op(e: Endpoint) -> list[str]:
+        async def op(route: Route) -> list[str]:
+            e = route.endpoint
             url = e.url(f"/{ref.path}/tags/list")
             url += ("&" if "?" in url else "?") + f"n={min(limit, 1000)}"
             tags: list[str] = []
             for _ in range(MAX_PAGES * 50):
                 r = await self._http.roundtrip(
-                    e, "GET", url, ref=ref, what=what, accept="application/json", max_size=8 * 1024 * 1024
+                    route, "GET", url, accept="application/json", max_size=8 * 1024 * 1024
                 )
                 if r.status != 200:
-                    raise self._http.status_error(r, e, ref, what, f"repository {ref.repository}")
+                    raise self._http.status_error(r, route, f"repository {ref.repository}")
                 try:
                     doc = jsondoc.loads(r.body)
                 except (ValueError, UnicodeDecodeError):
-                    raise InvalidArgument(f"{what}: {e.host} sent a tag list that is not JSON") from None
+                    raise InvalidArgument(f"{e.host} sent a tag list that is not JSON") from None
                 page = doc.get("tags") if isinstance(doc, dict) else None
                 if page is None:
                     page = []
                 if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
-                    raise InvalidArgument(f"{what}: {e.host} sent a malformed tag list")
+                    raise InvalidArgument(f"{e.host} sent a malformed tag list")
                 tags.extend(page)
                 if len(tags) >= limit:
                     return tags[:limit]
@@ -502,8 +473,8 @@ class RegistryClient:
         return await self._http.on_endpoints(ref, "resolve", what, op)
 
 
-def _schema1(what: str, e: Endpoint) -> InvalidArgument:
+def _schema1(e: Endpoint) -> InvalidArgument:
     return InvalidArgument(
-        f"{what}: {e.host} serves a Docker schema 1 manifest, which is deprecated and not supported; "
+        f"{e.host} serves a Docker schema 1 manifest, which is deprecated and not supported; "
         "push the image again with a current tool"
     )

@@ -10,9 +10,9 @@ from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from imaged.config.base import Section
 from imaged.oci.mediatypes import MAX_MANIFEST_SIZE
 from imaged.registry.reference import normalize_host
+from imaged.section import Section
 
 _HOST_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imaged.errors import InvalidArgument
+from imaged.oci.digest import SHA256_RE, validate_digest
 
 DOCKER_HUB = "docker.io"
 HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
@@ -27,21 +28,6 @@ _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN_RE = re.compile(rf"^(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)  # \w as in Go: [A-Za-z0-9_]
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_SHA256_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
-_SHA512_RE = re.compile(r"^sha512:[a-f0-9]{128}$")
-
-
-def validate_digest(digest: str) -> str:
-    """Return `digest` if it is a well-formed sha256/sha512 digest, else raise InvalidArgument."""
-    if _SHA256_RE.fullmatch(digest) or _SHA512_RE.fullmatch(digest):
-        return digest
-    algorithm = digest.partition(":")[0]
-    if algorithm == "sha256" or not _DIGEST_RE.fullmatch(digest):
-        raise InvalidArgument(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex characters>")
-    if algorithm == "sha512":
-        raise InvalidArgument(f"invalid digest {digest!r}: expected sha512:<128 lowercase hex characters>")
-    raise InvalidArgument(f"unsupported digest {digest!r}: only sha256 and sha512 are supported")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +187,7 @@ def _parse(ref: str, *, default_tag: bool = True) -> Reference:
         raise InvalidArgument(f"invalid image reference: longer than {MAX_REFERENCE} characters")
     if ref != ref.strip() or any(c.isspace() for c in ref):
         raise InvalidArgument(f"invalid image reference {ref!r}: contains white space")
-    if _SHA256_RE.fullmatch(ref) or re.fullmatch(r"[a-f0-9]{64}", ref):
+    if SHA256_RE.fullmatch(ref) or re.fullmatch(r"[a-f0-9]{64}", ref):
         raise InvalidArgument(f"invalid image reference {ref!r}: an image id is not a repository name")
     remainder, _, digest = ref.partition("@")
     digest_value: str | None = None
@@ -209,7 +195,7 @@ def _parse(ref: str, *, default_tag: bool = True) -> Reference:
         try:
             digest_value = validate_digest(digest)
         except InvalidArgument as e:
-            raise InvalidArgument(f"invalid image reference {ref!r}: {e.message}") from None
+            raise InvalidArgument(f"invalid image reference {ref!r}: {e.message}") from e
     elif ref.endswith("@"):
         raise InvalidArgument(f"invalid image reference {ref!r}: empty digest after '@'")
     name, tag = remainder, None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from imaged.daemon.runtime import Runtime
 from imaged.pb.runtime.v1 import api_pb2, api_pb2_grpc
+from imaged.service.runtime import Runtime
 from imaged.service.status import unary
 
 

@@ -14,12 +14,13 @@ from google.protobuf.message import DecodeError
 
 from imaged import errors
 from imaged.archive.importer import import_archive
-from imaged.daemon.runtime import Runtime
 from imaged.images.listing import list_images
 from imaged.images.remove import remove_image
 from imaged.pb.machine import image_pb2, image_pb2_grpc
 from imaged.pull.progress import LayerState, Progress
+from imaged.registry.auth import HostLogin
 from imaged.registry.reference import MAX_REFERENCE
+from imaged.service.runtime import Runtime
 from imaged.service.status import streaming, unary
 
 MAX_CREDENTIAL = 64 * 1024  # a password may be a long token, not megabytes
@@ -157,7 +158,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
             resp = image_pb2.ImageServiceListResponse(
                 name=img.name, digest=img.target.digest, size=item.size, labels=dict(img.labels)
             )
-            resp.created_at.CopyFrom(img.created_at)
+            resp.created_at.FromNanoseconds(img.created_at)
             yield resp
 
     @unary
@@ -235,7 +236,7 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         # An empty user name and password is no credential: it must not replace configured auth
         # for the host with an empty Basic header (a CRI pull without a pull secret may send it).
         if request.HasField("credentials") and c.host and (c.username or c.password):
-            creds = (c.host, c.username, c.password)
+            creds = HostLogin(c.host, c.username, c.password)
         try:
             verdict = await self.rt.verifier.verify(
                 ref, creds, configured_credentials=self.configured_credentials

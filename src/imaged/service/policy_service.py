@@ -19,8 +19,8 @@ import grpc
 from imaged import errors
 from imaged.config import ConfigError
 from imaged.config.loader import parse_text, validate
-from imaged.daemon.runtime import Runtime
 from imaged.pb.policy.v1 import policy_pb2, policy_pb2_grpc
+from imaged.service.runtime import Runtime
 from imaged.service.status import unary
 from imaged.verify.config import CacheConfig, VerificationConfig
 from imaged.verify.service import ImageVerifier, Verdict

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from imaged.config.base import Section
+from imaged.section import Section
 from imaged.verify.claims import CLAIMS, split_claim_key
 from imaged.verify.files import read_regular_file
 from imaged.verify.keys import UnusableKey, load_public_key, spki_der

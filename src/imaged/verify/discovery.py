@@ -17,16 +17,17 @@ registry that fails (unavailable, unauthenticated, digest mismatch) is an error,
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from imaged.errors import InvalidArgument, NotFound, ResourceExhausted
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, Index, Manifest, media_type_of, parse_index, parse_manifest
+from imaged.registry.client import FetchedManifest
 from imaged.registry.reference import Reference
+from imaged.tasks import gather
 from imaged.verify.material import (
     ANN_PREDICATE_TYPE,
     BUNDLE_MEDIA_TYPE,
@@ -50,8 +51,6 @@ SIGNATURE_ARTIFACT_TYPES = BUNDLE_ARTIFACT_TYPES | {COSIGN_SIG_ARTIFACT_TYPE}
 # What the fallback tag's index entries say when the pusher copied the config's media type.
 _UNTYPED = frozenset({"", mt.OCI_EMPTY})
 
-T = TypeVar("T")
-
 
 class RegistryAPI(Protocol):
     """What verification needs from a registry client (`imaged.registry.client.RegistryClient`)."""
@@ -60,7 +59,7 @@ class RegistryAPI(Protocol):
 
     async def get_manifest(
         self, ref: Reference, obj: str, *, accept: str = ..., max_size: int | None = None
-    ) -> tuple[bytes, str, str]: ...
+    ) -> FetchedManifest: ...
 
     async def get_blob(self, ref: Reference, digest: str, *, max_size: int) -> bytes: ...
 
@@ -81,25 +80,6 @@ class Found:
 def tag_for(digest: str, suffix: str = "") -> str:
     algorithm, _, hex_ = digest.partition(":")
     return f"{algorithm}-{hex_}{suffix}"
-
-
-async def _gather(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run all, at most FETCH_CONCURRENCY at once; the first error cancels the rest and is raised."""
-    sem = asyncio.Semaphore(FETCH_CONCURRENCY)
-
-    async def one(call: Callable[[], Awaitable[T]]) -> T:
-        async with sem:
-            return await call()
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(one(c)) for c in calls]
-    except BaseExceptionGroup as group:
-        first: BaseException = group
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None
-    return [t.result() for t in tasks]
 
 
 def _artifact_type(m: Manifest) -> str:
@@ -132,7 +112,13 @@ async def _fetch_layers(
         return None
 
     digests = list(dict.fromkeys(layer.digest for _, layer in wanted))
-    blobs = dict(zip(digests, await _gather([functools.partial(fetch, d) for d in digests]), strict=True))
+    blobs = dict(
+        zip(
+            digests,
+            await gather([functools.partial(fetch, d) for d in digests], limit=FETCH_CONCURRENCY),
+            strict=True,
+        )
+    )
     return [make(i, layer, data) for i, layer in wanted if (data := blobs[layer.digest]) is not None]
 
 
@@ -231,8 +217,9 @@ async def discover_referrers(registry: RegistryAPI, ref: Reference, digest: str)
             f"{len(candidates)} signature referrers listed; only the first {MAX_REFERRERS} are considered"
         )
         candidates = candidates[:MAX_REFERRERS]
-    results = await _gather(
-        [functools.partial(_referrer, registry, ref, digest, d, found) for d in candidates]
+    results = await gather(
+        [functools.partial(_referrer, registry, ref, digest, d, found) for d in candidates],
+        limit=FETCH_CONCURRENCY,
     )
     found.signatures = [s for r in results for s in r][:MAX_SIGNATURES]
     if not candidates:

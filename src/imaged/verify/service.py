@@ -36,7 +36,7 @@ from typing import Literal, Protocol
 from sigstore.errors import VerificationError
 
 from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
-from imaged.registry.auth import Credentials
+from imaged.registry.auth import Credentials, HostAuth, HostLogin
 from imaged.registry.reference import Reference, canonical_repository, parse
 from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
@@ -153,16 +153,16 @@ def _compile(config: VerificationConfig, trust: TrustState | None, plain_http: P
 
 
 def _credentials_id(
-    credentials: tuple[str, str, str] | None,
+    credentials: HostLogin | None,
     configured: bool = True,
-    auth: tuple[str, Credentials] | None = None,
+    auth: HostAuth | None = None,
 ) -> str:
     """A digest standing for the request's credentials in cache keys (never the password itself),
     and whether the configured ones were lent too: a verdict reached with the node's credentials
     must not answer a caller who may not use them."""
     mode = "" if configured else "request-only:"
-    if auth is not None and auth[0]:
-        return mode + hashlib.sha256(f"{auth[0]}\0{auth[1].fingerprint}".encode()).hexdigest()
+    if auth is not None and auth.host:
+        return mode + hashlib.sha256(f"{auth.host}\0{auth.credentials.fingerprint}".encode()).hexdigest()
     if credentials is None or not credentials[0]:
         return mode
     return mode + hashlib.sha256("\0".join(credentials).encode()).hexdigest()
@@ -341,14 +341,14 @@ class ImageVerifier:
     async def verify(
         self,
         image_ref: str,
-        credentials: tuple[str, str, str] | None = None,
+        credentials: HostLogin | None = None,
         *,
         recorded: tuple[str, str] | None = None,
         configured_credentials: bool = True,
-        auth: tuple[str, Credentials] | None = None,
+        auth: HostAuth | None = None,
     ) -> Verdict:
-        """Verify `image_ref` under the rules. `credentials` = (host, username, password); `auth` =
-        (host, credentials of any kind: a CRI pull's identity or registry token); with
+        """Verify `image_ref` under the rules. `credentials`: a user name and password; `auth`:
+        credentials of any kind (a CRI pull's identity or registry token); with
         `configured_credentials=False` the registry sees only those, never the configured ones.
 
         `recorded` = (message, rule fingerprint) of a verdict recorded with a pinned image: it
@@ -363,7 +363,7 @@ class ImageVerifier:
         matched = decided
         base = self._registry if configured_credentials else self._registry.request_credentials_only()
         registry: RegistryAPI = base
-        if auth is not None and auth[0]:
+        if auth is not None and auth.host:
             registry = base.with_auth(*auth)
         elif credentials is not None and credentials[0]:
             registry = base.with_credentials(*credentials)

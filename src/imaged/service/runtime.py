@@ -16,16 +16,16 @@ from imaged.containerd import Containerd, Namespaced, leases
 from imaged.containerd import labels as L
 from imaged.cri.images import CriImages
 from imaged.cri.transfer import CriTransfer
-from imaged.daemon.observe import Metrics
 from imaged.images.listing import SizeCache
 from imaged.images.records import CRI_NAMESPACE
 from imaged.pb.common import common_pb2
 from imaged.pull.puller import Puller, PullOptions, VerifiedPin
-from imaged.registry.auth import Credentials
+from imaged.registry.auth import HostAuth
 from imaged.registry.client import RegistryClient
 from imaged.registry.hosts import plain_http
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
+from imaged.service.metrics import Metrics
 from imaged.verify.service import WARN_NOTE, ImageVerifier, Verdict
 from imaged.verify.trust import TrustRootError
 from imaged.verify.trustroots import Settings, TrustRoots
@@ -163,11 +163,11 @@ class Runtime:
         self,
         ref: Reference,
         recorded: VerifiedPin | None = None,
-        auth: tuple[str, Credentials] | None = None,
+        auth: HostAuth | None = None,
     ) -> VerifiedPin | None:
         """Pull applies the verification policy first: deny/failure raise, success pins the digest.
         `recorded`: the verdict on the record of a pinned digest, which counts only under the
-        same rule; `auth`: (host, credentials) a CRI pull brings for the registry.
+        same rule; `auth`: the credentials a CRI pull brings for the registry.
 
         A verdict allowed in warn mode pins the digest that was evaluated when one was resolved
         (what runs is what was looked at), and its label says it was allowed, not verified."""
