@@ -19,6 +19,7 @@ import yaml
 from imaged import errors
 from imaged.containerd.client import Containerd, Namespaced
 from imaged.containerd.images import Image, ImageStore, Target
+from imaged.cri import progress as cri_progress
 from imaged.cri import upstream
 from imaged.cri.transfer import CriTransfer
 from imaged.oci.platform import host_platform
@@ -361,6 +362,69 @@ def test_progress_looks_never_walk_the_store(
     assert {la.digest[7:19] for la in img.layers} <= set(reported), reported
     walks = [r for r in streamed if r in ("ListContentRequest", "ListSnapshotsRequest")]
     assert not walks, streamed
+
+
+def test_progress_looks_ask_about_a_window_of_layers(
+    env: Env, containerd: PrivateContainerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each look asks containerd about at most `WINDOW` layers per kind (the lowest not done yet),
+    and the last look about all of them, so every layer still ends in a final state: with one
+    `Content.Info` and one `Snapshots.Stat` per layer at every look, 40 small layers cost 80 calls
+    ten times a second, CPU the pull itself waited for on a small machine."""
+    layers = [archives.busybox_layer()] + [
+        archives.layer({f"w{i}": os.urandom(2048)}, compress=True) for i in range(3 * cri_progress.WINDOW)
+    ]
+    img = archives.Image(layers, cmd=["/bin/true"])
+    digest = archives.push(env.reg, "open/window", "v1", img)
+    layer_digests = {la.digest for la in img.layers}
+    looks: list[list[str]] = []
+    real_call = Namespaced.call
+    real_look = cri_progress.IngestWatcher.look
+
+    async def call(self: Namespaced, method: object, request: object, **kw: object) -> object:
+        kind = type(request).__name__
+        if looks and (kind == "StatSnapshotRequest" or getattr(request, "digest", None) in layer_digests):
+            looks[-1].append(kind)  # (Info of the manifest and config are not per layer)
+        return await real_call(self, method, request, **kw)  # type: ignore[arg-type]
+
+    async def look(self: cri_progress.IngestWatcher, window: int | None = cri_progress.WINDOW) -> None:
+        looks.append([f"window={window}"])
+        await real_look(self, window)
+
+    async def scenario() -> list[tuple[str, object]]:
+        cd = Containerd(containerd.socket)
+        transfer = CriTransfer(
+            owner="test",
+            snapshotter="overlayfs",
+            lease_expire=dt.timedelta(hours=1),
+            registries=RegistriesConfig.model_validate({}),
+            progress_interval=0.005,
+        )
+        prog = Progress()
+        try:
+            ref = parse(f"{env.reg.host}/open/window:v1@{digest}")
+            assert await transfer.pull(cd.ns("k8s.io"), ref, prog, {}, None) == ref.pinned()
+            prog.close()
+            states: list[tuple[str, object]] = []
+            while (state := await prog.next()) is not None:
+                states.append((state.layer_id, state.status))
+        finally:
+            await cd.close()
+        return states
+
+    monkeypatch.setattr(Namespaced, "call", call)
+    monkeypatch.setattr(cri_progress.IngestWatcher, "look", look)
+    states = asyncio.run(scenario())
+    monkeypatch.undo()
+    final = {lid: st for lid, st in states}
+    assert set(final) == {la.digest[7:19] for la in img.layers}, final
+    assert set(final.values()) <= {Status.EXTRACT_COMPLETE, Status.ALREADY_EXISTS}, final
+    windowed, last = looks[:-1], looks[-1]
+    assert last[0] == "window=None" and all(w[0] == f"window={cri_progress.WINDOW}" for w in windowed)
+    assert windowed, "the pull ended before a single look: nothing was measured"
+    for asked in windowed:
+        assert asked.count("InfoRequest") <= cri_progress.WINDOW, asked
+        assert asked.count("StatSnapshotRequest") <= cri_progress.WINDOW, asked
 
 
 @pytest.mark.parametrize("how", ["fails", "cancelled"])

@@ -309,7 +309,9 @@ class CriTransfer:
         expiry, and then outlives the lease. containerd may still hold one for a moment after
         the call ends (its pull stops on its own time): that one is waited for, briefly. An
         ingest holding all its bytes failed its digest check: it is aborted, or every later
-        pull would resume it and fail the same way."""
+        pull would resume it and fail the same way; one holding no bytes has nothing to resume
+        and is aborted too (kept, it lingered for 24 h when the next pull found the blob present
+        and never reopened it)."""
         try:
             resources = await ns.call(ns.leases.ListResources, leases_pb2.ListResourcesRequest(id=lease_id))
             refs = {r.id for r in resources.resources if r.type == "ingests"}
@@ -319,7 +321,7 @@ class CriTransfer:
             statuses = [st for st in await content.statuses() if st.ref in refs]
             async with asyncio.timeout(RELEASE_WAIT):
                 for st in statuses:
-                    if st.total and st.offset >= st.total:
+                    if st.offset == 0 or (st.total and st.offset >= st.total):
                         await content.abort(st.ref)
                         continue
                     w = await content.open_writer(st.ref, total=st.total, expected=st.expected)
