@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Real peers for the test suite, built from their Go modules: containerd 2.x, cri-tools, cosign.
+"""Real peers for the test suite, built from their Go modules: containerd 2.x, cri-tools, cosign, and
+two registries: olareg (the OCI referrers API) and distribution v3 (its pull-through cache).
 
     python3 tools/peers.py build [NAME...]   build what is missing (all peers by default)
     python3 tools/peers.py bin NAME          print the bin directory of a built peer
@@ -53,6 +54,10 @@ class Peer:
     programs: tuple[Program, ...]
     tags: tuple[str, ...] = ()
     ldflags: str = ""  # `{version}` is replaced by the pinned version
+    # Build in the module's source directory instead of `go install MODULE/cmd/x@VERSION`, which also
+    # asks the proxy for the module's version list (for deprecation notices) and fails when the proxy
+    # serves the pinned version but no list.
+    in_source: bool = False
 
     @property
     def key(self) -> str:
@@ -60,7 +65,11 @@ class Peer:
 
 
 # The pins. containerd 2.x: the newest 2.x the Go module proxy serves that builds with the Go here;
-# cri-tools v1.37.0 (v1.35.0 is not served); cosign v3, the newest v3.
+# cri-tools v1.37.0 (v1.35.0 is not served); cosign v3, the newest v3. Registries: olareg serves the
+# OCI referrers API (enabled by default; neither Debian's docker-registry 2.8, distribution v3.1.2 nor
+# `crane registry serve` v0.22.1 serve it); the proxy lists no olareg versions, v0.2.2 is the one
+# regclient v0.11.7 (the newest served) requires. distribution v3.1.2, the newest v3: its proxy
+# fetches a missing blob from the origin once (2.8's fetches it twice).
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
@@ -93,6 +102,21 @@ PEERS: dict[str, Peer] = {
             version="v3.1.3",
             programs=(Program("cosign", "cmd/cosign"),),
             ldflags="-X sigs.k8s.io/release-utils/version.gitVersion={version}",
+        ),
+        Peer(
+            name="olareg",
+            module="github.com/olareg/olareg",
+            version="v0.2.2",
+            programs=(Program("olareg", "cmd/olareg"),),
+            in_source=True,  # the proxy serves v0.2.2 but lists no versions: `go install @v0.2.2` fails
+            ldflags="-X github.com/olareg/olareg/internal/version.vcsTag={version}",
+        ),
+        Peer(
+            name="distribution",
+            module="github.com/distribution/distribution/v3",
+            version="v3.1.2",
+            programs=(Program("registry", "cmd/registry"),),
+            ldflags="-X github.com/distribution/distribution/v3/version.version={version}",
         ),
     )
 }
@@ -176,10 +200,11 @@ def _build(peer: Peer, dest: pathlib.Path, log: list[str]) -> None:
     source, has_replace = _module_source(peer)
     if has_replace:
         log.append(f"{peer.module}@{peer.version} has replace directives: built in its source directory")
+    in_source = has_replace or peer.in_source
     for cgo in (False, True):
         env = _go_env(cgo)
         progs = [p for p in peer.programs if p.cgo == cgo]
-        installs = [p for p in progs if not p.test_binary and not has_replace]
+        installs = [p for p in progs if not p.test_binary and not in_source]
         if installs:
             targets = [f"{peer.module}/{p.package}@{peer.version}" for p in installs]
             _run_go(peer, ["install", *flags, *targets], cwd=None, env={**env, "GOBIN": str(dest)})

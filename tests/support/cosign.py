@@ -79,8 +79,10 @@ class Cosign:
         return r
 
     def sign(self, ref: str, *, legacy: bool = False) -> None:
-        """Sign `ref` (host/repo@digest) with the key pair; `legacy`: the `.sig` tag, else a bundle."""
-        fmt = ("--new-bundle-format=false",) if legacy else ()
+        """Sign `ref` (host/repo@digest) with the key pair; `legacy`: the `.sig` tag, else a bundle
+        (`--new-bundle-format`: a referrer, through the referrers API where the registry has one,
+        else under the `sha256-<hex>` tag)."""
+        fmt = ("--new-bundle-format=false",) if legacy else ("--new-bundle-format=true",)
         self.run("sign", "--key", str(self.key), *OFFLINE_SIGN_FLAGS, *fmt, *REGISTRY_FLAGS, ref)
 
     def attest(self, ref: str, predicate: dict[str, Any] | None = None) -> None:

@@ -12,10 +12,16 @@ Usage::
     Registry(token_auth=True, htpasswd={...})     # Bearer tokens from tests.support.tokenserver
     Registry(tls=True)                            # HTTPS with a private CA: reg.ca_pem_path
     Registry(proxy_of=origin.url)                 # a pull-through cache of `origin` (proxy mode)
+    Registry(program=DISTRIBUTION_V3, ...)        # distribution v3 (tools/peers.py) instead of 2.8
 
 Counting requests: the registry's own access log (one combined-log line per request, on its stdout) is
 parsed; `requests()` gives every (method, path, status) seen so far, `blob_get_count()` counts GETs of
 one blob in any repository. Nothing sits between the client and the registry.
+
+`program`: Debian's `docker-registry` (distribution 2.8, the default) or `DISTRIBUTION_V3`, the
+`registry` of distribution v3 built from its Go module; both read the same configuration file here and
+write the same access log. As a pull-through cache they differ: 2.8 fetches a blob it lacks from the
+origin twice (once to keep, once to stream to the client), v3 once (README "Scaling past one node").
 
 `stop()` stops the registry (and the token server); `start()` starts it again on the same port with the
 same data, so a test can simulate an outage. `close()` (or leaving the `with`) also removes the data.
@@ -43,6 +49,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+DEBIAN_REGISTRY = "docker-registry"
+DISTRIBUTION_V3 = "distribution-v3"
 _ACCESS_RE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[0-9.]+" (\d{3}) ')
 
 
@@ -171,6 +179,7 @@ class Registry:
         token_auth: bool = False,
         token_tls: bool | None = None,
         proxy_of: str | None = None,
+        program: str = DEBIAN_REGISTRY,
         start: bool = True,
     ) -> None:
         """`token_tls`: whether the token server is HTTPS (default: as the registry).
@@ -180,6 +189,15 @@ class Registry:
         """
         from tests.support.tokenserver import TokenServer
 
+        if program == DEBIAN_REGISTRY:
+            self.argv = ["docker-registry", "serve"]
+        elif program == DISTRIBUTION_V3:
+            from tests.support import peers  # (bench/ imports this module without pytest's peers)
+
+            self.argv = [peers.program("distribution", "registry"), "serve"]
+        else:
+            raise ValueError(f"unknown registry program {program!r}")
+        self.program = program
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="ireg-", dir="/tmp"))
         self.users = dict(htpasswd or {})
         self.tls = tls
@@ -264,7 +282,9 @@ class Registry:
             config = self._write_config()
             with open(self.log_path, "ab") as logf:
                 self.proc = subprocess.Popen(
-                    ["docker-registry", "serve", str(config)],
+                    [*self.argv, str(config)],
+                    # v3 exports traces through OpenTelemetry's OTLP exporter unless told not to.
+                    env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -281,7 +301,7 @@ class Registry:
             if "address already in use" in log and attempt < 2:
                 self.port = free_port()  # lost the race for the port: pick another
                 continue
-            raise RuntimeError(f"docker-registry did not start on {self.host}:\n{log}")
+            raise RuntimeError(f"{self.program} did not start on {self.host}:\n{log}")
 
     def _kill(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -14,9 +14,18 @@ from tests.support import peers
 
 def test_every_peer_is_pinned_once_and_built() -> None:
     b = peers.builder()
-    assert set(b.PEERS) == {"containerd", "cri-tools", "cosign"}
+    assert set(b.PEERS) == {"containerd", "cri-tools", "cosign", "olareg", "distribution"}
     programs = {p.name for peer in b.PEERS.values() for p in peer.programs}
-    assert programs == {"containerd", "ctr", "containerd-shim-runc-v2", "crictl", "critest", "cosign"}
+    assert programs == {
+        "containerd",
+        "ctr",
+        "containerd-shim-runc-v2",
+        "crictl",
+        "critest",
+        "cosign",
+        "olareg",
+        "registry",
+    }
     if peers.opted_out():
         pytest.skip("IMAGED_PEERS=none")
     for name, peer in b.PEERS.items():
@@ -38,6 +47,12 @@ def test_built_peers_report_the_pinned_versions() -> None:
     cosign = peers.program("cosign", "cosign")
     out = subprocess.run([cosign, "version"], capture_output=True, text=True, timeout=30).stdout
     assert f"GitVersion:    {peers.version('cosign')}" in out
+    olareg = peers.program("olareg", "olareg")
+    out = subprocess.run([olareg, "version"], capture_output=True, text=True, timeout=30).stdout
+    assert f"VCSTag:     {peers.version('olareg')}" in out
+    registry = peers.program("distribution", "registry")
+    out = subprocess.run([registry, "--version"], capture_output=True, text=True, timeout=30).stdout
+    assert out.split()[-1] == peers.version("distribution"), out
 
 
 def test_a_present_peer_is_reused_without_go(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
