@@ -111,8 +111,13 @@ class Settings:
 
     def names_same_root(self, other: Settings) -> bool:
         """Whether `other` names the same root: the trustedRoot file, the TUF repository and its
-        initial root, and where its state is kept; not how often or how long it is refreshed."""
-        return (self.file, self.tuf, self.state_dir) == (other.file, other.tuf, other.state_dir)
+        initial root, and where its state is kept; not how often, how long or over which TLS
+        settings it is refreshed."""
+
+        def anchor(s: Settings) -> tuple[str, bytes] | None:
+            return s.tuf.anchor if s.tuf is not None else None
+
+        return (self.file, anchor(self), self.state_dir) == (other.file, anchor(other), other.state_dir)
 
     @classmethod
     def from_config(cls, config: VerificationConfig, state_dir: str | pathlib.Path | None) -> Settings:
@@ -130,7 +135,12 @@ class Settings:
                     raise TrustRootError(f"tuf.root: {t.root} is larger than {MAX_TUF_ROOT_SIZE} bytes")
             else:
                 bootstrap = embedded_public_good_tuf_root()
-            tuf = TufSource(url, bootstrap)
+            tuf = TufSource(
+                url,
+                bootstrap,
+                ca_file=t.ca_file,
+                client_cert=(t.cert_file, t.key_file) if t.cert_file and t.key_file else None,
+            )
         return cls(
             file=config.trusted_root,
             tuf=tuf,
