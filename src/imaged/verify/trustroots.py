@@ -5,7 +5,8 @@ Two modes, from the `verification` section:
 - **file**: `trustedRoot` without `tuf.url`. That file is the root (a private Sigstore without
   TUF), as configured, never refreshed.
 - **TUF** (everything else): the repository `tuf.url` (default: the Sigstore public-good
-  instance) with its initial root. At start the root is the last good one saved under the state
+  instance; https with `tuf.caFile` and a client certificate if given, http, or a `file://`
+  copy on the node, see `tufclient`) with its initial root. At start the root is the last good one saved under the state
   directory for that repository, else the root embedded in sigstore-python (public-good only),
   else `trustedRoot` (a bootstrap copy for a private repository). With `tufRefresh` (the
   default), python-tuf refreshes it at start, every `tuf.refreshInterval` (jittered) and on
