@@ -6,9 +6,10 @@ Two modes, from the `verification` section:
   TUF), as configured, never refreshed.
 - **TUF** (everything else): the repository `tuf.url` (default: the Sigstore public-good
   instance; https with `tuf.caFile` and a client certificate if given, http, or a `file://`
-  copy on the node, see `tufclient`) with its initial root. At start the root is the last good one saved under the state
-  directory for that repository, else the root embedded in sigstore-python (public-good only),
-  else `trustedRoot` (a bootstrap copy for a private repository). With `tufRefresh` (the
+  copy on the node, see `tufclient`) with its initial root. At start the root is the last
+  good one saved under the state directory for that repository, else the root embedded in
+  sigstore-python (public-good only), else `trustedRoot` (a bootstrap copy for a private
+  repository). With `tufRefresh` (the
   default), python-tuf refreshes it at start, every `tuf.refreshInterval` (jittered) and on
   SIGHUP; each verified root is saved atomically (`save_root`) before it is used.
 
