@@ -648,7 +648,7 @@ async def test_tls_files_are_read_at_each_refresh_and_named_when_unusable(
         ({"url": "file:relative/tuf"}, "a file URL is file:///absolute/path"),
         ({"url": "file:///srv/tuf/../etc"}, "without . or .. segments"),
         ({"url": "file:///srv/tuf?x=1"}, "no query, fragment or whitespace"),
-        ({"url": "ftp://mirror.example/tuf"}, "url must be an https://, http:// or file:/// URL"),
+        ({"url": "ftp://mirror.example/tuf"}, "url must be an http(s) URL or file:///path"),
         ({"url": "http://mirror.example/tuf", "caFile": "/ca.pem"}, "caFile is for an https:// url"),
         ({"url": "file:///srv/tuf", "caFile": "/ca.pem"}, "caFile is for an https:// url; url is file://"),
         ({"url": "https://mirror.example", "certFile": "/c.pem"}, "certFile and keyFile must be given"),

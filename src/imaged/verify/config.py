@@ -205,7 +205,7 @@ class TufConfig(Section):
             if u.startswith("file:"):
                 _check_file_url(u)
             elif not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", u):
-                raise ValueError(f"url must be an https://, http:// or file:/// URL, got {self.url!r}")
+                raise ValueError(f"url must be an http(s) URL or file:///path, got {self.url!r}")
             if u != PUBLIC_GOOD_TUF_URL and self.root is None:
                 raise ValueError(
                     f"root (the repository's initial root.json) is required for {u}: "
