@@ -1,6 +1,7 @@
 """The trust root on a node: the real daemon refreshing from a TUF repository on loopback, a CA
 rotation trusted after SIGHUP, a restart offline on the saved root, kill -9 in mid-refresh,
-and what metrics, health and `Verify` messages show of it."""
+what metrics, health and `Verify` messages show of it, and private mirrors: over https with a
+company CA (`tuf.caFile`), and an air-gapped copy on disk (`tuf.url: file:///...`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from imaged.daemon.server import TRUST_HEALTH_SERVICE
 from imaged.pb.machine import image_pb2
 from tests.support.containerd import PrivateContainerd
 from tests.support.daemon import DaemonProcess
-from tests.support.registry import Registry, free_port
+from tests.support.registry import Registry, TestCA, free_port
 from tests.support.sigstore import OciPusher
 from tests.support.tufrepo import TufRepository
 from tests.verify.test_trustroots import EMAIL, ISSUER, NEW, OLD, merged_root
@@ -226,3 +227,94 @@ async def test_reload_keeps_the_manager_unless_its_settings_change(tmp_path: pat
             assert root is not None and root.fingerprint == f"sha256:{_sha256(instance.trusted_root_json())}"
     finally:
         await rt.close()
+
+
+def test_https_mirror_with_a_private_ca_on_a_node(
+    containerd: PrivateContainerd, registry: Registry, signed_by_new_ca: str, tmp_path: pathlib.Path
+) -> None:
+    """A private mirror behind a company CA: trusted with tuf.caFile; without it every refresh
+    fails, the metric counts it, the log and the health detail name the setting, and the last
+    good root stays in use."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = TestCA(pki, "company CA")
+    repo = TufRepository(tls=ca.issue("tuf-mirror"))
+    try:
+        repo.publish(OLD.trusted_root_json())
+        config = node_config(registry, repo, tmp_path, caFile=str(ca.cert_path))
+        d = DaemonProcess(containerd.socket, config)
+        d.start()
+        try:
+            assert "no signature satisfies" in denied(d, signed_by_new_ca)  # OLD, over https
+            assert refreshes(d, "updated") == 1
+        finally:
+            assert d.stop() == 0
+        repo.publish(merged_root(OLD, NEW))
+
+        del config["verification"]["tuf"]["caFile"]
+        config["verification"]["tuf"]["maxAge"] = "3s"
+        d = DaemonProcess(containerd.socket, config)
+        d.start()
+        try:
+            sighup(d)
+            wait_for("a failed refresh", lambda: refreshes(d, "failed") == 1)
+            assert refreshes(d, "updated") == 0
+            warning = [line for line in d.logs().splitlines() if "trust root refresh from" in line]
+            assert len(warning) == 1 and "CERTIFICATE_VERIFY_FAILED" in warning[0], warning
+            assert "set verification.tuf.caFile" in warning[0] and "keeping the disk" in warning[0]
+            assert "no signature satisfies" in denied(d, signed_by_new_ca)  # the last good root
+            wait_for("staleness", lambda: d.health(TRUST_HEALTH_SERVICE) == "NOT_SERVING")
+            assert d.health() == "SERVING"
+
+            def health_detail() -> list[str]:
+                return [line for line in d.logs().splitlines() if "more than tuf.maxAge" in line]
+
+            wait_for("the health detail in the log", lambda: bool(health_detail()))
+            detail = health_detail()[0]
+            assert "last refresh error: DownloadError" in detail and "set verification.tuf.caFile" in detail
+        finally:
+            assert d.stop() == 0
+
+        config["verification"]["tuf"]["caFile"] = str(ca.cert_path)
+        del config["verification"]["tuf"]["maxAge"]
+        d = DaemonProcess(containerd.socket, config)
+        d.start()
+        try:
+            sighup(d)
+            wait_for("the refresh with caFile", lambda: refreshes(d, "updated") == 1)
+            assert verify(d, signed_by_new_ca).verified
+            wait_for("a fresh root", lambda: d.health(TRUST_HEALTH_SERVICE) == "SERVING")
+        finally:
+            assert d.stop() == 0
+    finally:
+        repo.close()
+
+
+def test_an_air_gapped_node_refreshes_from_a_copy_on_disk(
+    containerd: PrivateContainerd, registry: Registry, signed_by_new_ca: str, tmp_path: pathlib.Path
+) -> None:
+    """tuf.url file:///dir: the operator copies the repository onto the node, then SIGHUP."""
+    repo = TufRepository()
+    try:
+        repo.publish(OLD.trusted_root_json())
+        copy = tmp_path / "tuf-copy"
+        config = node_config(registry, repo, tmp_path, url=repo.export(copy))
+        d = DaemonProcess(containerd.socket, config)
+        d.start()
+        try:
+            assert "no signature satisfies" in denied(d, signed_by_new_ca)
+            assert refreshes(d, "updated") == 1
+            repo.rotate_root("snapshot")
+            repo.publish(merged_root(OLD, NEW))
+            repo.export(copy)  # the next copy, brought to the node
+            sighup(d)
+            wait_for("the refresh SIGHUP asks for", lambda: refreshes(d, "updated") == 2)
+            ok = verify(d, signed_by_new_ca)
+            assert ok.verified and re.search(r"; trust root: refreshed \d{4}-", ok.message), ok.message
+            saved = next((tmp_path / "state" / "trust").glob("file-*/trusted_root.json"))
+            assert saved.read_bytes() == merged_root(OLD, NEW)
+            assert repo.requests == []  # nothing went over the network
+        finally:
+            assert d.stop() == 0
+    finally:
+        repo.close()

@@ -12,6 +12,10 @@ mid-refresh). Typical use::
     repo.write_initial_root(tmp / "root.json")     # the client's tuf.root
     ... repo.url ...
     repo.close()
+
+`TufRepository(tls=(cert, key))` serves HTTPS instead (`client_ca=` also asks for a client
+certificate issued by that CA); `export(dir)` writes what it serves into a directory, in the
+same layout, for a `file://` URL (an air-gapped copy).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import copy
 import hashlib
 import http.server
 import pathlib
+import ssl
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -37,8 +43,17 @@ def _expires(days: float = 30) -> datetime:
     return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client refusing our certificate (what some tests want) is no error of the server's.
+        if not isinstance(sys.exc_info()[1], ssl.SSLError | ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class TufRepository:
-    def __init__(self) -> None:
+    def __init__(
+        self, *, tls: tuple[pathlib.Path, pathlib.Path] | None = None, client_ca: pathlib.Path | None = None
+    ) -> None:
         self.signers: dict[str, Signer] = {role: CryptoSigner.generate_ecdsa() for role in ROLES}
         self.root: Metadata[Root] = Metadata(Root(expires=_expires(365), consistent_snapshot=True))
         for role, signer in self.signers.items():
@@ -53,8 +68,20 @@ class TufRepository:
         self.stall_targets = threading.Event()
         self.stalled = threading.Event()
         self.release = threading.Event()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*tls)
+            if client_ca is not None:
+                ctx.load_verify_locations(cafile=client_ca)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            # The handshake happens in the request's thread: a client that fails it stops nobody.
+            self._server.socket = ctx.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -63,7 +90,7 @@ class TufRepository:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         repo = self
@@ -114,6 +141,15 @@ class TufRepository:
         data = self._bytes(self.root)
         self.files[f"{self.root.signed.version}.root.json"] = data
         return data
+
+    def export(self, directory: pathlib.Path) -> str:
+        """Write every file served (metadata at the top, `targets/`) into `directory`, as an
+        operator copies a repository onto an air-gapped node; returns its `file://` URL."""
+        for name, body in self.files.items():
+            path = directory / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(body)
+        return directory.resolve().as_uri()
 
     def write_initial_root(self, path: pathlib.Path) -> pathlib.Path:
         """Version 1 of root.json: what a client is configured with (`tuf.root`)."""

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -34,9 +35,9 @@ from imaged.verify.trustroots import (
     TrustState,
     save_root,
 )
-from imaged.verify.tufclient import BoundedFetcher, RefreshError, TufSource
+from imaged.verify.tufclient import BoundedFetcher, FileFetcher, RefreshError, TufSource
 from tests.conftest import REPO
-from tests.support.registry import Registry
+from tests.support.registry import Registry, TestCA
 from tests.support.sigstore import OciPusher, PrivateSigstore
 from tests.support.tufrepo import TufRepository
 from tests.verify.test_e2e_registry import registries_config
@@ -541,6 +542,265 @@ async def test_a_refresh_still_running_does_not_make_the_next_wait(tmp_path: pat
     finally:
         _FETCH_LOCK.release()
     assert await m.refresh() == "updated"
+
+
+# -- private mirrors: HTTPS with a private CA, and a repository copied onto the node (file://) ------
+
+
+@pytest.fixture
+def ca(tmp_path: pathlib.Path) -> TestCA:
+    d = tmp_path / "pki"
+    d.mkdir()
+    return TestCA(d, "private TUF mirror CA")
+
+
+async def test_https_mirror_with_a_private_ca(ca: TestCA, tmp_path: pathlib.Path) -> None:
+    """tuf.caFile is trusted besides the system CAs; without it the refresh fails, says which
+    setting to set, counts as failed, and the last good root stays in use."""
+    r = TufRepository(tls=ca.issue("tuf-mirror"))
+    try:
+        assert r.url.startswith("https://127.0.0.1:")
+        r.publish(OLD.trusted_root_json())
+        clock = Clock(time.time())
+        with_ca = private(r, tmp_path, caFile=str(ca.cert_path), maxAge="1h")
+        assert await manager(with_ca, tmp_path / "state", clock).refresh() == "updated"
+        r.publish(merged_root(OLD, NEW))
+
+        outcomes: list[str] = []
+        m = manager(private(r, tmp_path, maxAge="1h"), tmp_path / "state", clock, on_refresh=outcomes.append)
+        assert m.directory == manager(with_ca, tmp_path / "state").directory  # same repository state
+        before = m.current()
+        assert before is not None and before.source is Source.DISK
+        assert await m.refresh() == "failed" and outcomes == ["failed"]  # the metric's counter
+        assert m.last_error is not None and "CERTIFICATE_VERIFY_FAILED" in m.last_error
+        assert "set verification.tuf.caFile to the PEM file of the CA" in m.last_error
+        assert m.current() is before and m.saved_path is not None
+        assert m.saved_path.read_bytes() == OLD.trusted_root_json()  # the last good root, kept
+        clock.now += 7200
+        detail = m.stale()  # the health detail of imaged.TrustRoot once the root is too old
+        assert detail is not None and "more than tuf.maxAge" in detail and "verification.tuf.caFile" in detail
+
+        again = manager(with_ca, tmp_path / "state", clock)
+        assert await again.refresh() == "updated"
+        assert m.saved_path.read_bytes() == merged_root(OLD, NEW)
+        # Another CA than the one that issued the server's certificate is named as such.
+        other = TestCA(tmp_path, "another CA")
+        wrong = manager(private(r, tmp_path, caFile=str(other.cert_path)), tmp_path / "state", clock)
+        assert await wrong.refresh() == "failed" and wrong.last_error is not None
+        assert f"issued neither by verification.tuf.caFile {other.cert_path}" in wrong.last_error
+    finally:
+        r.close()
+
+
+async def test_https_mirror_wanting_a_client_certificate(ca: TestCA, tmp_path: pathlib.Path) -> None:
+    r = TufRepository(tls=ca.issue("tuf-mirror"), client_ca=ca.cert_path)
+    try:
+        r.publish(OLD.trusted_root_json())
+        m = manager(private(r, tmp_path, caFile=str(ca.cert_path)), tmp_path / "state")
+        assert await m.refresh() == "failed" and m.last_error is not None
+        assert "wants a client certificate: verification.tuf.certFile and keyFile" in m.last_error
+        assert r.requests == []  # refused in the handshake
+        cert, key = ca.issue("node", server=False)
+        tls = {"caFile": str(ca.cert_path), "certFile": str(cert), "keyFile": str(key)}
+        m = manager(private(r, tmp_path, **tls), tmp_path / "state")
+        assert await m.refresh() == "updated"
+        assert m.saved_path is not None and m.saved_path.read_bytes() == OLD.trusted_root_json()
+    finally:
+        r.close()
+
+
+async def test_tls_files_are_read_at_each_refresh_and_named_when_unusable(
+    ca: TestCA, tmp_path: pathlib.Path
+) -> None:
+    """Not opened at load (a PolicyService.Test candidate names files the daemon must not open),
+    so a missing, blocking or malformed file fails the refresh, naming the setting."""
+    r = TufRepository(tls=ca.issue("tuf-mirror"))
+    try:
+        r.publish(OLD.trusted_root_json())
+        ca_file = tmp_path / "mirror-ca.pem"
+        config = private(r, tmp_path, caFile=str(ca_file))  # validated without the file
+        m = manager(config, tmp_path / "state")
+        assert await m.refresh() == "failed"
+        assert m.last_error == f"verification.tuf.caFile {ca_file}: No such file or directory"
+        os.mkfifo(ca_file)  # a FIFO would block OpenSSL's read forever
+        start = time.monotonic()
+        assert await m.refresh() == "failed" and time.monotonic() - start < 5
+        assert m.last_error == f"verification.tuf.caFile {ca_file}: not a regular file"
+        ca_file.unlink()
+        ca_file.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        assert await m.refresh() == "failed"
+        assert m.last_error is not None and m.last_error.startswith(f"verification.tuf.caFile {ca_file}: ")
+        ca_file.write_bytes(ca.cert_path.read_bytes())  # fixed in place: the next refresh works
+        assert await m.refresh() == "updated"
+        cert, _ = ca.issue("node", server=False)
+        keyless = private(r, tmp_path, certFile=str(cert), keyFile=str(tmp_path / "gone.pem"))
+        m = manager(keyless, tmp_path / "state")
+        assert await m.refresh() == "failed"
+        assert m.last_error == f"verification.tuf.keyFile {tmp_path / 'gone.pem'}: No such file or directory"
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize(
+    ("tuf", "message"),
+    [
+        ({"url": "file://mirror.example/srv/tuf"}, "a file URL is file:///absolute/path"),
+        ({"url": "file:relative/tuf"}, "a file URL is file:///absolute/path"),
+        ({"url": "file:///srv/tuf/../etc"}, "without . or .. segments"),
+        ({"url": "file:///srv/tuf?x=1"}, "no query, fragment or whitespace"),
+        ({"url": "ftp://mirror.example/tuf"}, "url must be an http(s) URL or file:///path"),
+        ({"url": "http://mirror.example/tuf", "caFile": "/ca.pem"}, "caFile is for an https:// url"),
+        ({"url": "file:///srv/tuf", "caFile": "/ca.pem"}, "caFile is for an https:// url; url is file://"),
+        ({"url": "https://mirror.example", "certFile": "/c.pem"}, "certFile and keyFile must be given"),
+        ({"url": "https://mirror.example", "caFile": " "}, "caFile is empty"),
+    ],
+)
+def test_tuf_settings_refused_at_load(
+    tuf: dict[str, Any], message: str, repo: TufRepository, tmp_path: pathlib.Path
+) -> None:
+    root = str(repo.write_initial_root(tmp_path / "root.json"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        verification(tuf={"root": root, **tuf})
+
+
+def test_tuf_settings_accepted_at_load(repo: TufRepository, tmp_path: pathlib.Path) -> None:
+    root = str(repo.write_initial_root(tmp_path / "root.json"))
+    c = verification(tuf={"url": f"file://{tmp_path}/copy/", "root": root})
+    assert c.tuf.source_url == f"file://{tmp_path}/copy"
+    # The public-good instance through a TLS-inspecting proxy: its CA, added to the system's.
+    assert verification(tuf={"caFile": "/etc/corp-ca.pem"}).tuf.ca_file == "/etc/corp-ca.pem"
+    https = verification(
+        tuf={
+            "url": "https://tuf.corp.example",
+            "root": root,
+            "ca_file": "/ca.pem",
+            "certFile": "/c",
+            "keyFile": "/k",
+        }
+    )
+    s = Settings.from_config(https, tmp_path)
+    assert s.tuf is not None and s.tuf.ca_file == "/ca.pem" and s.tuf.client_cert == ("/c", "/k")
+    # Other TLS files: the same repository and state (a candidate policy shares the running root),
+    # but other settings (a reload makes a new manager, which refreshes with them).
+    plain = Settings.from_config(
+        verification(tuf={"url": "https://tuf.corp.example", "root": root}), tmp_path
+    )
+    assert s.names_same_root(plain) and s != plain
+    assert (
+        manager(https, tmp_path).directory
+        == manager(verification(tuf={"url": "https://tuf.corp.example", "root": root}), tmp_path).directory
+    )
+
+
+async def test_refresh_from_a_repository_copied_onto_the_node(tmp_path: pathlib.Path) -> None:
+    """An air-gapped node: the operator copies the repository (as served) into a directory."""
+    r = TufRepository()
+    try:
+        r.publish(OLD.trusted_root_json())
+        copy = tmp_path / "mirror"
+        url = r.export(copy)
+        assert url == f"file://{copy}"
+        m = manager(private(r, tmp_path, url=url), tmp_path / "state")
+        assert m.directory is not None and m.directory.name.startswith("file-")
+        assert await m.refresh() == "updated"
+        assert m.saved_path is not None and m.saved_path.read_bytes() == OLD.trusted_root_json()
+        assert await m.refresh() == "unchanged"
+        r.rotate_root("timestamp")  # a key rotation of the repository, then a new Sigstore root
+        r.publish(merged_root(OLD, NEW))
+        r.export(copy)  # the next copy
+        assert await m.refresh() == "updated"
+        assert m.saved_path.read_bytes() == merged_root(OLD, NEW)
+        assert r.requests == []  # nothing over the network
+    finally:
+        r.close()
+
+
+@pytest.fixture
+async def honest_copy(
+    tmp_path: pathlib.Path,
+) -> AsyncIterator[tuple[TufRepository, TrustRoots, pathlib.Path]]:
+    r = TufRepository()
+    copy = tmp_path / "mirror"
+    r.publish(OLD.trusted_root_json())
+    m = manager(private(r, tmp_path, url=r.export(copy)), tmp_path / "state")
+    assert await m.refresh() == "updated"
+    r.publish(merged_root(OLD, NEW))
+    r.export(copy)
+    assert await m.refresh() == "updated"
+    yield r, m, copy
+    r.close()
+
+
+async def test_a_rolled_back_copy_is_refused(
+    honest_copy: tuple[TufRepository, TrustRoots, pathlib.Path],
+) -> None:
+    r, m, copy = honest_copy
+    seen = r.timestamp_json()
+    r.publish(NEW.trusted_root_json())
+    r.export(copy)
+    assert await m.refresh() == "updated"
+    r.serve_timestamp(seen)
+    r.export(copy)  # an older copy put back on the node
+    await _refused(r, m, "BadVersionNumberError")
+
+
+async def test_an_expired_copy_is_refused(
+    honest_copy: tuple[TufRepository, TrustRoots, pathlib.Path],
+) -> None:
+    r, m, copy = honest_copy
+    r.publish_expired(NEW.trusted_root_json())
+    r.export(copy)
+    await _refused(r, m, "ExpiredMetadataError")
+
+
+async def test_a_copy_with_a_root_signed_by_the_wrong_keys_is_refused(
+    honest_copy: tuple[TufRepository, TrustRoots, pathlib.Path],
+) -> None:
+    r, m, copy = honest_copy
+    r.serve_root_signed_by_wrong_keys()
+    r.export(copy)
+    await _refused(r, m, "UnsignedMetadataError: root was signed by 0/1 keys")
+
+
+async def test_a_copy_that_is_missing_or_not_regular_files_fails_clearly(
+    honest_copy: tuple[TufRepository, TrustRoots, pathlib.Path],
+) -> None:
+    r, m, copy = honest_copy
+    (copy / "timestamp.json").unlink()
+    os.mkfifo(copy / "timestamp.json")  # never waited on
+    start = time.monotonic()
+    await _refused(r, m, f"{copy / 'timestamp.json'}: not a regular file")
+    assert time.monotonic() - start < 5
+    copy.rename(copy.with_name("elsewhere"))
+    await _refused(r, m, f"verification.tuf.url: {copy} is not a directory")
+
+
+def test_the_file_fetcher_reads_within_the_repository_and_within_bounds(tmp_path: pathlib.Path) -> None:
+    from tuf.api.exceptions import DownloadError, DownloadHTTPError, DownloadLengthMismatchError
+
+    repo_dir = tmp_path / "mirror"
+    (repo_dir / "targets").mkdir(parents=True)
+    (tmp_path / "secret").write_bytes(b"outside")
+    (repo_dir / "1.root.json").write_bytes(b"{}")
+    huge = repo_dir / "timestamp.json"
+    with huge.open("wb") as f:
+        f.truncate(16 * 1024**3)  # 16 GiB, sparse: read to the end, it would take minutes
+    base = repo_dir.as_uri()
+    fetcher = FileFetcher(base, time.monotonic() + 30)
+    assert fetcher.download_bytes(f"{base}/1.root.json", 100) == b"{}"
+    start = time.monotonic()
+    with pytest.raises(DownloadLengthMismatchError):
+        fetcher.download_bytes(f"{base}/timestamp.json", 16384)  # python-tuf's bound for it
+    assert time.monotonic() - start < 2
+    with pytest.raises(DownloadHTTPError) as missing:
+        fetcher.download_bytes(f"{base}/2.root.json", 100)  # how python-tuf learns there is no newer root
+    assert missing.value.status_code == 404
+    for escape in (f"{base}/../secret", f"{base}/targets/%2e%2e/%2e%2e/secret", f"file://{tmp_path}/secret"):
+        with pytest.raises(DownloadError, match=r"(inside|outside) the repository"):
+            fetcher.download_bytes(escape, 100)
+    late = FileFetcher(base, time.monotonic() - 1)
+    with pytest.raises(SlowRetrievalError):
+        late.download_bytes(f"{base}/1.root.json", 100)
 
 
 # -- the saved root survives kill -9 at any moment --------------------------------------------------

@@ -21,6 +21,7 @@ load). `mode: warn` (globally or per rule) evaluates as `enforce` and then allow
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -171,10 +172,21 @@ class TufConfig(Section):
 
     `url` unset means the Sigstore public-good instance, whose initial TUF root ships with
     sigstore-python. Any other URL (a private Sigstore, an air-gapped mirror) needs its own
-    initial `root`: TUF trusts nothing the repository says until it chains to that file."""
+    initial `root`: TUF trusts nothing the repository says until it chains to that file.
+
+    `url` is https, http (written out, as a registry mirror's `http://`: TUF's signatures, not
+    the transport, protect the root) or `file:///path` (a repository copied onto the node).
+    `caFile`, `certFile` and `keyFile` are for https only. They are not opened here, only at a
+    refresh: a PolicyService.Test candidate is validated by this model too, and the daemon opens
+    no file a client names."""
 
     url: str | None = None
     root: str | None = None
+    # PEM CA certificates trusted for the repository's https server, besides the system's.
+    ca_file: str | None = Field(default=None, alias="caFile")
+    # A client certificate and its key (PEM) for a server that wants one (mutual TLS).
+    cert_file: str | None = Field(default=None, alias="certFile")
+    key_file: str | None = Field(default=None, alias="keyFile")
     refresh_interval: Duration = Field(default=86400.0, alias="refreshInterval")
     # A root older than this is reported (health, metric, log); 0 turns the report off.
     max_age: Duration = Field(default=7 * 86400.0, alias="maxAge")
@@ -190,12 +202,30 @@ class TufConfig(Section):
                     "url must not hold credentials (user:password@): a TUF repository is read "
                     "anonymously, and the URL is part of directory names, the log and messages"
                 )
-            if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", u):
-                raise ValueError(f"url must be an http(s) URL, got {self.url!r}")
+            if u.startswith("file:"):
+                _check_file_url(u)
+            elif not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", u):
+                raise ValueError(f"url must be an http(s) URL or file:///path, got {self.url!r}")
             if u != PUBLIC_GOOD_TUF_URL and self.root is None:
                 raise ValueError(
                     f"root (the repository's initial root.json) is required for {u}: "
                     "only the public-good instance's ships with sigstore-python"
+                )
+        for name, value in (
+            ("caFile", self.ca_file),
+            ("certFile", self.cert_file),
+            ("keyFile", self.key_file),
+        ):
+            if value is not None and not value.strip():
+                raise ValueError(f"{name} is empty")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile must be given together")
+        if self.ca_file is not None or self.cert_file is not None:
+            scheme = self.source_url.split(":", 1)[0]
+            if scheme != "https":
+                given = "caFile" if self.ca_file is not None else "certFile"
+                raise ValueError(
+                    f"{given} is for an https:// url; url is {scheme}:// (TLS settings have no use there)"
                 )
         if self.refresh_interval < 1:
             raise ValueError("refreshInterval must be at least 1s")
@@ -210,6 +240,20 @@ class TufConfig(Section):
     @property
     def source_url(self) -> str:
         return (self.url or PUBLIC_GOOD_TUF_URL).rstrip("/")
+
+
+def _check_file_url(url: str) -> None:
+    """`file:///absolute/directory`, as an operator writes it: no host, no query, no `..`."""
+    if not url.startswith("file:///"):
+        raise ValueError(
+            f"url {url!r}: a file URL is file:///absolute/path (three slashes, no host): the "
+            "directory holding the repository's timestamp.json"
+        )
+    if re.search(r"[?#\s]", url):
+        raise ValueError(f"url {url!r}: a file URL names a directory (no query, fragment or whitespace)")
+    parts = urllib.parse.unquote(url[len("file://") :]).split("/")
+    if any(p in (".", "..") or "\0" in p for p in parts):
+        raise ValueError(f"url {url!r}: write the directory without . or .. segments")
 
 
 def tuf_root_problem(path: str) -> str | None:

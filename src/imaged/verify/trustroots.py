@@ -5,9 +5,11 @@ Two modes, from the `verification` section:
 - **file**: `trustedRoot` without `tuf.url`. That file is the root (a private Sigstore without
   TUF), as configured, never refreshed.
 - **TUF** (everything else): the repository `tuf.url` (default: the Sigstore public-good
-  instance) with its initial root. At start the root is the last good one saved under the state
-  directory for that repository, else the root embedded in sigstore-python (public-good only),
-  else `trustedRoot` (a bootstrap copy for a private repository). With `tufRefresh` (the
+  instance; https with `tuf.caFile` and a client certificate if given, http, or a `file://`
+  copy on the node, see `tufclient`) with its initial root. At start the root is the last
+  good one saved under the state directory for that repository, else the root embedded in
+  sigstore-python (public-good only), else `trustedRoot` (a bootstrap copy for a private
+  repository). With `tufRefresh` (the
   default), python-tuf refreshes it at start, every `tuf.refreshInterval` (jittered) and on
   SIGHUP; each verified root is saved atomically (`save_root`) before it is used.
 
@@ -111,8 +113,13 @@ class Settings:
 
     def names_same_root(self, other: Settings) -> bool:
         """Whether `other` names the same root: the trustedRoot file, the TUF repository and its
-        initial root, and where its state is kept; not how often or how long it is refreshed."""
-        return (self.file, self.tuf, self.state_dir) == (other.file, other.tuf, other.state_dir)
+        initial root, and where its state is kept; not how often, how long or over which TLS
+        settings it is refreshed."""
+
+        def anchor(s: Settings) -> tuple[str, bytes] | None:
+            return s.tuf.anchor if s.tuf is not None else None
+
+        return (self.file, anchor(self), self.state_dir) == (other.file, anchor(other), other.state_dir)
 
     @classmethod
     def from_config(cls, config: VerificationConfig, state_dir: str | pathlib.Path | None) -> Settings:
@@ -130,7 +137,12 @@ class Settings:
                     raise TrustRootError(f"tuf.root: {t.root} is larger than {MAX_TUF_ROOT_SIZE} bytes")
             else:
                 bootstrap = embedded_public_good_tuf_root()
-            tuf = TufSource(url, bootstrap)
+            tuf = TufSource(
+                url,
+                bootstrap,
+                ca_file=t.ca_file,
+                client_cert=(t.cert_file, t.key_file) if t.cert_file and t.key_file else None,
+            )
         return cls(
             file=config.trusted_root,
             tuf=tuf,
