@@ -376,6 +376,7 @@ def test_policy_explain_reads_the_file(tmp_path: pathlib.Path) -> None:
     assert "sourceRepositoryURI = 'https://github.com/org/app'" in out
     assert "key-2026 (publicKey[0]): ECDSA secp256r1 key sha256:" in out
     assert "https://slsa.dev/provenance/v1 where predicate.runDetails.builder.id != ''" in out
+    assert "a satisfied one also counts as its signer's signature" in out
     assert "allowed with a warning (warn mode)" in out
     assert "repository: docker.io/library/busybox" in out and "action:     skip" in out
     r = run_imagectl("policy", "explain", "--config", str(tmp_path / "nope.yaml"), "busybox")
