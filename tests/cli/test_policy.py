@@ -1,11 +1,18 @@
 """Warn mode through the daemon (pull, run, label, metric) and the policy tools: imagectl policy
-test (a candidate configuration through imaged.v1.PolicyService, checked against expectations)
+test (a candidate configuration through imaged.v1.PolicyService, checked against expectations;
+and offline, against `cosign save` layouts of images signed and attested by the real cosign)
 and imagectl policy explain (offline), against a real daemon, registry and containerd."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import json
 import pathlib
 import re
+import shutil
+import tarfile
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +23,11 @@ import yaml
 
 from imaged.pb.machine import image_pb2
 from tests.cli.conftest import Ctl, run_imagectl
+from tests.policy.layouts import signed_layout
 from tests.pull.test_pull import pull, run
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
+from tests.support.cosign import SLSA_PROVENANCE, Cosign
 from tests.support.daemon import SYSTEM, DaemonProcess
 from tests.support.registry import Registry, free_port
 from tests.support.sigstore import OciPusher, PrivateSigstore
@@ -162,6 +171,174 @@ def test_policy_test_is_not_on_the_readonly_socket(
         d.stop()
 
 
+# -- imagectl policy test --offline: cosign save layouts, no daemon, no network ---------------------
+
+SLSA_V02 = "https://slsa.dev/provenance/v0.2"  # what `cosign attest --type slsaprovenance` states
+EMAIL, ISSUER = "release@example.com", "https://issuer.example"
+
+
+class Saved:
+    """Images signed and attested by the real cosign (and one keyless image by the private
+    Sigstore), saved as OCI layouts under `root/<image>`; the registry is gone by then."""
+
+    def __init__(self, tmp: pathlib.Path) -> None:
+        self.root = tmp / "layouts"
+        self.cosign = Cosign(tmp / "cosign")
+        self.ps = PrivateSigstore(seed=b"cli-policy-offline")
+        self.trusted_root = self.ps.write_trusted_root(tmp / "trusted_root.json")
+        with Registry() as reg:
+            self.host = reg.host
+            for repo, how in (
+                ("signed", "sign"),
+                ("legacy", "legacy"),
+                ("attested", "attest"),
+                ("unsigned", ""),
+                ("denied", "sign"),
+            ):
+                digest = archives.push(reg, f"off/{repo}", "v1", archives.simple_image(f"off-{repo}"))
+                pinned = f"{reg.host}/off/{repo}@{digest}"
+                if how == "attest":
+                    self.cosign.attest(pinned)
+                elif how:
+                    self.cosign.sign(pinned, legacy=how == "legacy")
+                self.cosign.save(self.image(repo), self.root / self.image(repo))
+        # A keyless bundle of the private Sigstore, in a layout that lists its referrer.
+        image = archives.simple_image("off-keyless")
+        bundle = self.ps.sign_bundle(image.digest, self.ps.issue_leaf(EMAIL, ISSUER))
+        data = signed_layout(self.image("keyless"), image, bundles=[bundle])
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            tf.extractall(self.root / self.image("keyless"), filter="data")
+
+    def image(self, repo: str) -> str:
+        return f"{self.host}/off/{repo}:v1"
+
+    def config(self, tmp: pathlib.Path) -> pathlib.Path:
+        pem = self.cosign.pub.read_text()
+        rules: list[dict[str, Any]] = [
+            {
+                "image": f"{self.host}/off/attested",
+                "publicKey": {"certificate": pem},
+                "attestations": [
+                    {
+                        "predicateType": SLSA_V02,
+                        "policy": f'predicate.builder.id == "{SLSA_PROVENANCE["builder"]["id"]}"',
+                    }
+                ],
+            },
+            {"image": f"{self.host}/off/denied", "deny": True},
+            {"image": f"{self.host}/off/keyless", "keyless": {"issuer": ISSUER, "subject": EMAIL}},
+            {"image": f"{self.host}/off/*", "publicKey": {"certificate": pem}},
+        ]
+        verification = {"rules": rules, "noMatch": "deny", "trustedRoot": str(self.trusted_root)}
+        path = tmp / "candidate.yaml"
+        path.write_text(yaml.safe_dump({"verification": verification}))
+        return path
+
+    def right(self) -> dict[str, str]:
+        return {
+            self.image("signed"): "verified",
+            self.image("legacy"): "verified",
+            self.image("attested"): "verified",
+            self.image("keyless"): "verified",
+            self.image("unsigned"): "denied",
+            self.image("denied"): "denied",
+            f"{self.host}/elsewhere/app:v1": "denied",  # noMatch: deny, no layout needed
+            self.image("absent"): "error",  # no layout saved
+        }
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Saved:
+    return Saved(tmp_path_factory.mktemp("offline"))
+
+
+def offline(config: pathlib.Path, root: pathlib.Path, *args: str) -> Any:
+    """`imagectl policy test --offline`, with a socket that does not exist: no daemon is asked."""
+    no_daemon = {"IMAGED_SOCKET": "/nonexistent/imaged.sock", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    return run_imagectl(
+        "policy", "test", "--config", str(config), "--offline", str(root), *args, env=no_daemon
+    )
+
+
+def test_offline_policy_test_compares_with_expectations(saved: Saved, tmp_path: pathlib.Path) -> None:
+    config = saved.config(tmp_path)
+    expect = tmp_path / "expect.yaml"
+    expect.write_text(yaml.safe_dump(saved.right()))
+    ok = offline(config, saved.root, "--expect", str(expect))
+    assert ok.rc == 0, ok.out + ok.err
+    assert ok.out.rstrip().endswith("8 as expected, 0 different"), ok.out
+    assert f"{saved.image('signed')}: verified (as expected)" in ok.out
+    assert "verified via bundle referrer with digest" in ok.out  # found among the layout's blobs
+    assert "verified via legacy signature (signed by ECDSA" in ok.out
+    assert f"attestation {SLSA_V02} by ECDSA" in ok.out  # an attestation alone, under its rule
+    assert f"{EMAIL} (issuer {ISSUER})" in ok.out  # keyless, against the configured trustedRoot
+    assert f"no OCI layout for {saved.image('absent')}" in ok.out
+    # One wrong expectation: exit 1, and the line says what was expected.
+    expect.write_text(yaml.safe_dump({**saved.right(), saved.image("unsigned"): "verified"}))
+    bad = offline(config, saved.root, "--expect", str(expect))
+    assert bad.rc == 1, bad.out + bad.err
+    assert f"{saved.image('unsigned')}: denied (EXPECTED verified)" in bad.out
+    assert bad.out.rstrip().endswith("7 as expected, 1 different")
+    # Without expectations: exit 1 when an image is denied; one layout given as DIR itself.
+    layout = saved.root / saved.image("signed")
+    assert offline(config, layout, saved.image("signed")).rc == 0
+    assert offline(config, saved.root, saved.image("unsigned")).rc == 1
+    several = offline(config, layout, saved.image("signed"), saved.image("legacy"))
+    assert several.rc == 2 and "stands for one image" in several.err
+    # A digest reference must be the layout's image.
+    other = f"{saved.host}/off/signed@sha256:{'ab' * 32}"
+    r = offline(config, layout, other)
+    assert r.rc == 1 and f"{other}: error" in r.out and "holds the image sha256:" in r.out
+
+
+def _copy(saved: Saved, repo: str, root: pathlib.Path) -> pathlib.Path:
+    dest = root / saved.image(repo)
+    shutil.copytree(saved.root / saved.image(repo), dest)
+    return dest
+
+
+def _blob(layout: pathlib.Path, digest: str) -> pathlib.Path:
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def test_offline_an_altered_signature_in_the_layout_is_refused(saved: Saved, tmp_path: pathlib.Path) -> None:
+    config = saved.config(tmp_path)
+    root = tmp_path / "altered"
+    # The legacy .sig manifest with one signature byte changed, written back as a consistent
+    # layout (new blob, index.json pointing at it): the signature does not verify.
+    legacy = _copy(saved, "legacy", root)
+    index = json.loads((legacy / "index.json").read_text())
+    (entry,) = [m for m in index["manifests"] if m["annotations"]["kind"] == "dev.cosignproject.cosign/sigs"]
+    manifest = json.loads(_blob(legacy, entry["digest"]).read_bytes())
+    annotations = manifest["layers"][0]["annotations"]
+    sig = bytearray(base64.b64decode(annotations["dev.cosignproject.cosign/signature"]))
+    sig[-1] ^= 0x01
+    annotations["dev.cosignproject.cosign/signature"] = base64.b64encode(bytes(sig)).decode()
+    body = json.dumps(manifest).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    _blob(legacy, digest).write_bytes(body)
+    entry.update(digest=digest, size=len(body))
+    (legacy / "index.json").write_text(json.dumps(index))
+    # The bundle referrer's bundle changed in place: its blob no longer matches its digest.
+    signed = _copy(saved, "signed", root)
+    bundles = [
+        p
+        for p in (signed / "blobs" / "sha256").iterdir()
+        if p.read_bytes().startswith(b'{"mediaType":"application/vnd.dev.sigstore.bundle')
+    ]
+    assert len(bundles) == 1, "cosign save kept the bundle referrer among the blobs"
+    bundles[0].write_bytes(bundles[0].read_bytes().replace(b'"sig":"M', b'"sig":"N', 1))
+    expect = tmp_path / "expect.yaml"
+    expect.write_text(yaml.safe_dump({saved.image("legacy"): "verified", saved.image("signed"): "verified"}))
+    r = offline(config, root, "--expect", str(expect))
+    assert r.rc == 1, r.out + r.err
+    assert f"{saved.image('legacy')}: denied (EXPECTED verified)" in r.out
+    assert "signature does not verify with the rule's ECDSA" in r.out
+    assert f"{saved.image('signed')}: error (EXPECTED verified)" in r.out
+    assert "does not match its digest (altered)" in r.out
+    assert r.out.rstrip().endswith("0 as expected, 2 different")
+
+
 def test_policy_explain_reads_the_file(tmp_path: pathlib.Path) -> None:
     pem = PrivateSigstore(seed=b"explain").static_key().public_pem.decode()
     config = tmp_path / "config.yaml"
@@ -199,6 +376,7 @@ def test_policy_explain_reads_the_file(tmp_path: pathlib.Path) -> None:
     assert "sourceRepositoryURI = 'https://github.com/org/app'" in out
     assert "key-2026 (publicKey[0]): ECDSA secp256r1 key sha256:" in out
     assert "https://slsa.dev/provenance/v1 where predicate.runDetails.builder.id != ''" in out
+    assert "a satisfied one also counts as its signer's signature" in out
     assert "allowed with a warning (warn mode)" in out
     assert "repository: docker.io/library/busybox" in out and "action:     skip" in out
     r = run_imagectl("policy", "explain", "--config", str(tmp_path / "nope.yaml"), "busybox")

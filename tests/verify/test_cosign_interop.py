@@ -4,7 +4,10 @@ cosign v3.1.3, built from its Go module (tools/peers.py), signs offline with a k
 the legacy `.sig` format, the new bundle format (docker-registry 2.8 has no referrers API, so cosign
 writes the `sha256-<hex>` referrers tag index: the fallback imaged reads), and a SLSA provenance
 attestation. imaged verifies each signature and refuses tampered copies; an attestation alone does
-not satisfy a rule. `cosign save` writes the layout Import reads. And cosign verifies what
+not satisfy a rule that wants signatures, but does one that requires that attestation (as
+policy-controller and Kyverno treat attestation authorities), and only if its envelope verifies,
+its subject is the image and its predicate satisfies the policy. `cosign save` writes the layout
+Import reads. And cosign verifies what
 `make demo`'s signer (tools/demo.py) produces.
 """
 
@@ -28,12 +31,22 @@ from imaged.pb.machine import image_pb2
 from tests.foundation.test_import_rpc import chunked
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
-from tests.support.cosign import IMAGE_KIND, SIGS_KIND, Cosign, layout_archive, layout_index
+from tests.support.cosign import (
+    IMAGE_KIND,
+    SIGS_KIND,
+    SLSA_PROVENANCE,
+    Cosign,
+    layout_archive,
+    layout_index,
+)
 from tests.support.daemon import SYSTEM, DaemonProcess
 from tests.support.registry import Registry
 from tests.support.sigstore import OCI_INDEX, OCI_MANIFEST, OciPusher, legacy_signature_tag, referrers_tag
 
 ANN_SIGNATURE = "dev.cosignproject.cosign/signature"
+SLSA_V02 = "https://slsa.dev/provenance/v0.2"  # what `cosign attest --type slsaprovenance` states
+BUILDER_ID = SLSA_PROVENANCE["builder"]["id"]
+BUILDER_POLICY = f'predicate.builder.id == "{BUILDER_ID}"'
 PREDICATE_TYPE = "dev.sigstore.bundle.predicateType"
 
 
@@ -44,11 +57,11 @@ class Env:
     daemon: DaemonProcess
     oci: OciPusher
 
-    def image(self, repo: str) -> tuple[str, str]:
-        """A fresh runnable image `cosign/<repo>:v1`; returns (tag reference, digest reference)."""
+    def image(self, repo: str, namespace: str = "cosign") -> tuple[str, str]:
+        """A fresh runnable image `<namespace>/<repo>:v1`; returns (tag reference, digest reference)."""
         marker = f"{repo}-{uuid.uuid4().hex[:8]}"
-        digest = archives.push(self.reg, f"cosign/{repo}", "v1", archives.simple_image(marker))
-        return f"{self.reg.host}/cosign/{repo}:v1", f"{self.reg.host}/cosign/{repo}@{digest}"
+        digest = archives.push(self.reg, f"{namespace}/{repo}", "v1", archives.simple_image(marker))
+        return f"{self.reg.host}/{namespace}/{repo}:v1", f"{self.reg.host}/{namespace}/{repo}@{digest}"
 
     def verify(self, ref: str) -> image_pb2.ImageServiceVerifyResponse:
         return self.daemon.images.Verify(image_pb2.ImageServiceVerifyRequest(image_ref=ref), timeout=60)
@@ -70,7 +83,14 @@ class Env:
 def env(containerd: PrivateContainerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     reg = Registry()
     cs = Cosign(tmp_path_factory.mktemp("cosign"))
-    rules = [{"image": f"{reg.host}/cosign/*", "publicKey": {"certificate": cs.pub.read_text()}}]
+    rules = [
+        {"image": f"{reg.host}/cosign/*", "publicKey": {"certificate": cs.pub.read_text()}},
+        {
+            "image": f"{reg.host}/attested/*",
+            "publicKey": {"certificate": cs.pub.read_text()},
+            "attestations": [{"predicateType": SLSA_V02, "policy": BUILDER_POLICY}],
+        },
+    ]
     d = DaemonProcess(containerd.socket, {"verification": {"rules": rules}})
     d.start()
     yield Env(reg, cs, d, OciPusher(reg))
@@ -232,6 +252,66 @@ def test_a_bundle_with_a_changed_signature_byte_is_refused(env: Env) -> None:
     _push_bundle_referrer(env, ref, manifest, bundle)
     details = env.refused(tag)
     assert "DSSE signature does not verify with the rule's" in details, details
+
+
+# -- attestation-only images under a rule that requires attestations --------------------------------
+
+
+def test_an_attestation_alone_satisfies_a_rule_that_requires_it(env: Env) -> None:
+    tag, ref = env.image("only", namespace="attested")
+    env.cosign.attest(ref)
+    (entry,) = referrers(env, ref)  # no signature: the attestation is all the image carries
+    resp = env.verify(tag)
+    assert resp.verified, resp.message
+    assert resp.digested_image_ref == ref
+    assert f"attested via bundle referrer {entry['digest']}" in resp.message, resp.message
+    assert f"attestation {SLSA_V02} by ECDSA" in resp.message, resp.message
+
+
+def test_an_unsigned_unattested_image_is_refused_under_an_attestation_rule(env: Env) -> None:
+    tag, _ = env.image("bare", namespace="attested")
+    details = env.refused(tag)
+    assert "no signatures found" in details and f"no attestation of type {SLSA_V02} found" in details, details
+
+
+def test_an_attestation_alone_whose_predicate_fails_the_policy_is_refused(env: Env) -> None:
+    tag, ref = env.image("other-builder", namespace="attested")
+    env.cosign.attest(ref, {**SLSA_PROVENANCE, "builder": {"id": "https://evil.example/builder"}})
+    details = env.refused(tag)
+    assert "predicate does not satisfy the policy" in details, details
+    assert "nor do attestations stand for them" in details, details
+
+
+def test_an_attestation_alone_by_another_key_is_refused(env: Env, tmp_path: pathlib.Path) -> None:
+    tag, ref = env.image("other-key", namespace="attested")
+    Cosign(tmp_path / "mallory").attest(ref)
+    details = env.refused(tag)
+    assert "DSSE signature does not verify with the rule's ECDSA" in details, details
+
+
+def test_an_attestation_copied_from_another_image_is_refused(env: Env) -> None:
+    _, attested = env.image("copy-src", namespace="attested")
+    env.cosign.attest(attested)
+    manifest, bundle = _bundle_parts(env, attested)
+    tag, other = env.image("copy-dst", namespace="attested")
+    _push_bundle_referrer(env, other, manifest, bundle)
+    details = env.refused(tag)
+    assert f"subjects ['{digest_of(attested)}'] do not include the image digest" in details, details
+
+
+def test_an_altered_attestation_envelope_is_refused(env: Env) -> None:
+    tag, ref = env.image("altered", namespace="attested")
+    env.cosign.attest(ref, {**SLSA_PROVENANCE, "builder": {"id": "https://evil.example/builder"}})
+    manifest, bundle = _bundle_parts(env, ref)
+    # The statement is made to say what the policy wants after it was signed: the signature no
+    # longer holds, so it is refused although the statement would now pass.
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    statement["predicate"]["builder"]["id"] = BUILDER_ID
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    _push_bundle_referrer(env, ref, manifest, bundle)
+    details = env.refused(tag)
+    assert "DSSE signature does not verify with the rule's" in details, details
+    assert "predicate does not satisfy" not in details, details
 
 
 # -- cosign save -> Import ----------------------------------------------------------------------

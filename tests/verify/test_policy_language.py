@@ -596,6 +596,59 @@ async def test_an_attestation_may_be_reserved_to_named_authorities(
         assert verdict.verified and f"attestation {SLSA_PROVENANCE_V1} by ECDSA" in verdict.message
 
 
+async def test_attestations_stand_for_their_signers_signatures(
+    registry: Registry, ps: PrivateSigstore, trusted_root: pathlib.Path, client: RegistryClient
+) -> None:
+    """An image that carries attestations only (GitHub's artifact attestations, `cosign attest`
+    alone): in a rule requiring them, a satisfied requirement counts for the authority that signed
+    it. Under threshold 2 that is one party; and never under checkDockerReference."""
+    builder = ps.static_key("att-only-builder")
+    leaf = ps.issue_leaf(EMAIL, ISSUER)
+    push = OciPusher(registry)
+
+    def statement_for(digest: str) -> bytes:
+        return attestation_statement(digest, SLSA_PROVENANCE_V1, slsa_provenance(BUILDER))
+
+    # Attested by the release identity, nothing else.
+    only = push.push_minimal_image("att/only", "v1", label="att-only")
+    bundle = ps.sign_bundle(only.digest, leaf, statement=statement_for(only.digest))
+    push.push_bundle_referrer("att/only", only, bundle, predicate_type=SLSA_PROVENANCE_V1)
+    # Signed by the release identity and attested by the builder: two parties.
+    two = push.push_minimal_image("att/two-parties", "v1", label="att-two")
+    push.push_bundle_referrer("att/two-parties", two, ps.sign_bundle(two.digest, leaf))
+    by_builder = ps.sign_bundle(two.digest, builder, statement=statement_for(two.digest), tlog=False)
+    push.push_bundle_referrer("att/two-parties", two, by_builder, predicate_type=SLSA_PROVENANCE_V1)
+
+    verdict = await verifier(registry, trusted_root, client, keyless_with(PROVENANCE_RULE)).verify(
+        f"{registry.host}/att/only:v1"
+    )
+    assert verdict.verified and "attested via bundle referrer" in verdict.message, verdict.message
+
+    def two_party(**extra: Any) -> dict[str, Any]:
+        return {
+            "keyless": [{"name": "release", "issuer": ISSUER, "subject": EMAIL}],
+            "publicKey": [{"name": "builder", "certificate": builder.public_pem.decode()}],
+            "threshold": 2,
+            "attestations": [PROVENANCE_RULE],
+            **extra,
+        }
+
+    verdict = await verifier(registry, trusted_root, client, two_party()).verify(
+        f"{registry.host}/att/two-parties:v1"
+    )
+    assert verdict.verified, verdict.message
+    assert "2 of 2 authorities verified (threshold 2): release, builder" in verdict.message
+    # One party's attestation is one party, whatever the threshold.
+    with pytest.raises(PermissionDenied) as info:
+        await verifier(registry, trusted_root, client, two_party()).verify(f"{registry.host}/att/only:v1")
+    assert "1 of 2 authorities verified (threshold 2): release; not verified: builder" in info.value.message
+    # checkDockerReference wants the repository named: a statement names none, so no credit.
+    rule = {**keyless_with(PROVENANCE_RULE), "checkDockerReference": True}
+    with pytest.raises(PermissionDenied) as info:
+        await verifier(registry, trusted_root, client, rule).verify(f"{registry.host}/att/only:v1")
+    assert "no signatures found" in info.value.message, info.value.message
+
+
 def test_attestation_authorities_are_checked_at_load() -> None:
     pem = PrivateSigstore(seed=b"att-load").static_key().public_pem.decode()
 

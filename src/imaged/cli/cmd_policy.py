@@ -1,17 +1,44 @@
 """imagectl policy: `explain` how a configuration treats an image (offline), `test` a candidate
-configuration against real images through the running daemon (imaged.v1.PolicyService)."""
+configuration against real images through the running daemon (imaged.v1.PolicyService) or, with
+`--offline DIR`, against OCI layouts on disk (verify/policytest.py: the same evaluation, the same
+verdicts and output)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import pathlib
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 
 DEFAULT_CONFIG = "/etc/imaged/config.yaml"
+# imaged.verify.policytest.VERDICTS (not imported online: a second of sigstore and pydantic)
 VERDICTS = ("verified", "warned", "unverified", "denied", "error")
+
+
+class Verdict(Protocol):
+    """One image's verdict as printed: the daemon's answer, or verify.policytest.ImageVerdict."""
+
+    @property
+    def image_ref(self) -> str: ...
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def digested_ref(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+
+
+class _Answer(NamedTuple):
+    image_ref: str
+    verdict: str
+    message: str
+    digested_ref: str
+    rule: str
 
 
 def _config_path(flag: str | None) -> str:
@@ -60,20 +87,13 @@ def _expectations(path: str) -> dict[str, str]:
     return doc
 
 
-def test(args: argparse.Namespace) -> int:
+def _online(args: argparse.Namespace, text: str, images: list[str]) -> list[_Answer]:
+    """The verdicts of the running daemon (imaged.v1.PolicyService/Test)."""
     import grpc
 
     from imaged.cli.client import Client, resolve_socket
     from imaged.pb.policy.v1 import policy_pb2
 
-    try:
-        text = pathlib.Path(args.config).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"cannot read {args.config}: {e}", EXIT_USAGE) from None
-    expected = _expectations(args.expect) if args.expect else {}
-    images = list(args.images) or list(expected)
-    if not images:
-        raise CliError("name images to test, or an --expect file listing them", EXIT_USAGE)
     req = policy_pb2.PolicyTestRequest(config_yaml=text, image_refs=images)
     with Client(resolve_socket(args.socket), args.timeout) as client:
         try:
@@ -88,27 +108,85 @@ def test(args: argparse.Namespace) -> int:
             err = client.error(e, f"testing {args.config}")
             err.code = EXIT_USAGE
             raise err from None
+    return [
+        _Answer(
+            r.image_ref,
+            policy_pb2.PolicyVerdict.Name(r.verdict).removeprefix("POLICY_VERDICT_").lower(),
+            r.message,
+            r.digested_image_ref,
+            r.rule,
+        )
+        for r in resp.results
+    ]
+
+
+def _offline(args: argparse.Namespace, images: list[str]) -> Sequence[Verdict]:
+    """The verdicts reached here, against the OCI layouts under --offline."""
+    import asyncio
+
+    from imaged.config import ConfigError, load
+    from imaged.errors import ImagedError
+    from imaged.verify.cel import close_evaluator
+    from imaged.verify.layout import is_layout
+    from imaged.verify.policytest import evaluate_offline
+
+    root = pathlib.Path(args.offline)
+    if not root.is_dir():
+        raise CliError(f"--offline {root}: not a directory", EXIT_USAGE)
+    if is_layout(root) and len(images) > 1:
+        raise CliError(
+            f"--offline {root} is one OCI layout, so it stands for one image; for several, give a "
+            "directory holding one layout per image at DIR/IMAGE",
+            EXIT_USAGE,
+        )
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        raise CliError(str(e).replace("\n", " "), EXIT_USAGE) from None
+    try:
+        return asyncio.run(evaluate_offline(config.verification, root, images))
+    except ImagedError as e:
+        raise CliError(f"testing {args.config}: {e.message}", EXIT_USAGE) from None
+    finally:
+        close_evaluator()
+
+
+def test(args: argparse.Namespace) -> int:
+    try:
+        text = pathlib.Path(args.config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"cannot read {args.config}: {e}", EXIT_USAGE) from None
+    expected = _expectations(args.expect) if args.expect else {}
+    images = list(args.images) or list(expected)
+    if not images:
+        raise CliError("name images to test, or an --expect file listing them", EXIT_USAGE)
+    results = _offline(args, images) if args.offline else _online(args, text, images)
+    return report(results, expected, images)
+
+
+def report(results: Sequence[Verdict], expected: dict[str, str], images: list[str]) -> int:
+    """Print each verdict (against its expectation) and return the exit status: with
+    expectations, 1 on any difference; without, 1 when an image is denied or errors."""
     differences = refusals = 0
-    for r in resp.results:
-        verdict = policy_pb2.PolicyVerdict.Name(r.verdict).removeprefix("POLICY_VERDICT_").lower()
-        line = f"{r.image_ref}: {verdict}"
+    for r in results:
+        line = f"{r.image_ref}: {r.verdict}"
         want = expected.get(r.image_ref)
-        if want is not None and want != verdict:
+        if want is not None and want != r.verdict:
             differences += 1
             line += f" (EXPECTED {want})"
         elif want is not None:
             line += " (as expected)"
-        if verdict in ("denied", "error"):
+        if r.verdict in ("denied", "error"):
             refusals += 1
         print(line)
         if r.rule:
             print(f"  rule:    {r.rule}")
         print(f"  message: {r.message or '-'}")
-        if r.digested_image_ref:
-            print(f"  digest:  {r.digested_image_ref}")
+        if r.digested_ref:
+            print(f"  digest:  {r.digested_ref}")
     missing = [k for k in expected if k not in images]
     if expected:
-        print(f"{len(resp.results) - differences} as expected, {differences} different", flush=True)
+        print(f"{len(results) - differences} as expected, {differences} different", flush=True)
         if missing:
             print(f"(not tested: {', '.join(missing)})", flush=True)
         return EXIT_FAILED if differences else 0

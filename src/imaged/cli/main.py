@@ -159,12 +159,19 @@ def _configure_policy(p: argparse.ArgumentParser) -> None:
     ex.add_argument("images", metavar="IMAGE", nargs="+", help="image reference")
     te = sub.add_parser(
         "test",
-        help="a candidate configuration's verdicts on real images, through the running daemon",
+        help="a candidate configuration's verdicts on real images, through the running daemon or offline",
         description="Evaluate FILE's verification policy against real images with the daemon's registry "
-        "access, without changing the daemon's policy. Exit 1 when a verdict differs from --expect "
+        "access, without changing the daemon's policy; or, with --offline, against OCI layouts written "
+        "by `cosign save` (no daemon, no network). Exit 1 when a verdict differs from --expect "
         "(without it: when an image is denied or errors).",
     )
     te.add_argument("--config", metavar="FILE", required=True, help="candidate imaged configuration")
+    te.add_argument(
+        "--offline",
+        metavar="DIR",
+        help="no daemon, no network: each IMAGE is read from the OCI layout DIR/IMAGE (`cosign save "
+        "--dir DIR/IMAGE IMAGE`), or DIR itself when it is a layout and one image is tested",
+    )
     te.add_argument(
         "--expect",
         metavar="FILE",

@@ -22,8 +22,9 @@ from imaged.config.loader import parse_text, validate
 from imaged.pb.policy.v1 import policy_pb2, policy_pb2_grpc
 from imaged.service.runtime import Runtime
 from imaged.service.status import unary
-from imaged.verify.config import CacheConfig, VerificationConfig
-from imaged.verify.service import ImageVerifier, Verdict
+from imaged.verify.config import VerificationConfig
+from imaged.verify.policytest import evaluate, uncached
+from imaged.verify.service import ImageVerifier
 from imaged.verify.trustroots import in_daemon_thread
 
 MAX_CONFIG = 1024 * 1024
@@ -31,12 +32,6 @@ MAX_IMAGES = 64
 SOURCE = "candidate configuration"
 # Longest a candidate may take to load and compile (waiting for the one before it included).
 CANDIDATE_TIMEOUT = 30.0
-
-
-def _verdict(v: Verdict) -> policy_pb2.PolicyVerdict:
-    if v.warned:
-        return policy_pb2.POLICY_VERDICT_WARNED
-    return policy_pb2.POLICY_VERDICT_VERIFIED if v.verified else policy_pb2.POLICY_VERDICT_UNVERIFIED
 
 
 def check_trust_files(doc: dict[str, Any], running: VerificationConfig) -> None:
@@ -78,7 +73,7 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
             config = validate(doc, SOURCE)
         except ConfigError as e:
             raise errors.InvalidArgument(str(e)) from None
-        verification = config.verification.model_copy(update={"cache": CacheConfig(maxEntries=0)})
+        verification = uncached(config.verification)
         return ImageVerifier(verification, self.rt.registry, quiet=True, trust=self.rt.trust_for(config))
 
     async def _candidate(self, text: str) -> ImageVerifier:
@@ -122,20 +117,13 @@ class PolicyService(policy_pb2_grpc.PolicyServiceServicer):
         verifier = await self._candidate(request.config_yaml)
         out = policy_pb2.PolicyTestResponse()
         for ref in request.image_refs:
-            result = out.results.add(image_ref=ref)
-            try:
-                matched = verifier.match(ref)
-                result.rule = matched.describe() if matched is not None else ""
-                v = await verifier.verify(ref)
-            except errors.PermissionDenied as e:
-                result.verdict = policy_pb2.POLICY_VERDICT_DENIED
-                result.message = e.message
-            except errors.ImagedError as e:
-                result.verdict = policy_pb2.POLICY_VERDICT_ERROR
-                result.message = e.message
-                result.error_code = e.code.name
-            else:
-                result.verdict = _verdict(v)
-                result.message = v.message
-                result.digested_image_ref = v.digested_ref
+            v = await evaluate(verifier, ref)
+            out.results.add(
+                image_ref=v.image_ref,
+                verdict=policy_pb2.PolicyVerdict.Value(f"POLICY_VERDICT_{v.verdict.upper()}"),
+                message=v.message,
+                digested_image_ref=v.digested_ref,
+                rule=v.rule,
+                error_code=v.error_code,
+            )
         return out

@@ -5,6 +5,8 @@ Candidates are the bundle referrers (their manifest's `dev.sigstore.bundle.predi
 which to try first; the verified statement decides) and the legacy `.att` tag's envelopes. A
 requirement holds when one candidate passes every check; otherwise every candidate's reason is
 reported: the signature (with each authority), the statement (type, subject digest), the policy.
+A satisfied requirement says which authority signed it and with what (`signer`, `signed`): in a
+rule with attestations, that stands for the authority's signature (see service.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sigstore.errors import VerificationError
 
 from imaged.verify.cel import CelError, CelEvaluator
 from imaged.verify.config import AttestationRule
-from imaged.verify.material import AttestationMaterial, Authority
+from imaged.verify.material import AttestationMaterial, Authority, Opened, Signed
 from imaged.verify.payload import check_attestation
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,10 @@ class AttestationResult:
     requirement: AttestationRule
     message: str | None  # how it was satisfied, None when it was not
     reasons: tuple[str, ...] = ()
+    # When satisfied: the rule's index of the authority that signed it, what it signed, and where.
+    signer: int | None = None
+    signed: Signed | None = None
+    where: str = ""
 
     @property
     def satisfied(self) -> bool:
@@ -54,14 +60,19 @@ def check_requirement(
     digest: str,
     repository: str,
     cel: CelEvaluator,
+    indices: tuple[int, ...] | None = None,
 ) -> AttestationResult:
+    """`indices`: each authority's index in the rule (default: their positions here)."""
     reasons: list[str] = []
+    positions = indices if indices is not None else tuple(range(len(authorities)))
     for material in _candidates(requirement, materials):
-        opened: tuple[str, str, bytes] | None = None
+        opened: Opened | None = None
+        signer = 0
         tried: list[str] = []
-        for authority in authorities:
+        for authority, position in zip(authorities, positions, strict=True):
             try:
                 opened = authority.open_envelope(material)
+                signer = position
                 break
             except VerificationError as e:
                 tried.append(f"{authority.name}: {e}" if len(authorities) > 1 else str(e))
@@ -71,9 +82,10 @@ def check_requirement(
         if opened is None:
             reasons.append(f"{material.where}: {'; '.join(tried)}")
             continue
-        who, payload_type, payload = opened
         try:
-            statement = check_attestation(payload_type, payload, digest, requirement.predicate_type)
+            statement = check_attestation(
+                opened.payload_type, opened.payload, digest, requirement.predicate_type
+            )
         except VerificationError as e:
             reasons.append(f"{material.where}: {e}")
             continue
@@ -92,7 +104,11 @@ def check_requirement(
             reasons.append(f"{material.where}: predicate does not satisfy the policy {requirement.policy!r}")
             continue
         return AttestationResult(
-            requirement, f"attestation {requirement.predicate_type} by {who} ({material.where})"
+            requirement,
+            f"attestation {requirement.predicate_type} by {opened.signed.who} ({material.where})",
+            signer=signer,
+            signed=opened.signed,
+            where=material.where,
         )
     if not materials or not _candidates(requirement, materials):
         reasons.append(f"no attestation of type {requirement.predicate_type} found")

@@ -19,7 +19,7 @@ from sigstore_models.common.v1 import HashAlgorithm
 
 from imaged.oci import jsondoc
 from imaged.verify import identity as ident
-from imaged.verify.material import BundleSignature, Signed
+from imaged.verify.material import BundleSignature, Opened, Signed
 from imaged.verify.payload import check_statement
 from imaged.verify.signers import bundle_signature, keyless_signer
 from imaged.verify.trust import TrustRoot
@@ -49,11 +49,9 @@ def _load(raw: bytes) -> Bundle:
         raise VerificationError(f"bundle is malformed: {e}") from None
 
 
-def open_keyless_dsse(
-    sig: BundleSignature, trust: TrustRoot, policy: VerificationPolicy
-) -> tuple[str, str, bytes]:
-    """An attestation bundle: (who signed, payloadType, payload) once sigstore-python has checked
-    the envelope, certificate, log entry and `policy`. The statement itself is the caller's."""
+def open_keyless_dsse(sig: BundleSignature, trust: TrustRoot, policy: VerificationPolicy) -> Opened:
+    """An attestation bundle, once sigstore-python has checked the envelope, certificate, log
+    entry and `policy`. The statement itself is the caller's."""
     if bundle_kind(sig.bundle) != "dsse":
         raise VerificationError("bundle signs a message, not an in-toto statement")
     bundle = _load(sig.bundle)
@@ -64,11 +62,9 @@ def open_keyless_dsse(
     except Exception as e:  # anything unexpected on hostile input is a refusal, never a pass
         raise VerificationError(f"bundle verification failed: {type(e).__name__}: {e}") from None
     entry = bundle.log_entry._inner
-    return (
-        f"{ident.describe(bundle.signing_certificate)}, Rekor log index {entry.log_index}",
-        payload_type,
-        payload,
-    )
+    cert = bundle.signing_certificate
+    who = f"{ident.describe(cert)}, Rekor log index {entry.log_index}"
+    return Opened(Signed(who, keyless_signer(cert), bundle_signature(sig.bundle)), payload_type, payload)
 
 
 def verify_keyless_bundle(

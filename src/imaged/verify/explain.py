@@ -92,6 +92,10 @@ def explain(config: VerificationConfig, image: str) -> list[str]:
             + (f" (signed by {', '.join(a.authorities)} only)" if a.authorities else "")
             for a in rule.attestations
         ]
+        if not rule.check_docker_reference:
+            lines.append(
+                "  (a satisfied one also counts as its signer's signature: attestations alone may verify)"
+            )
     lines.append(
         "verdict:    verified when all of this holds; otherwise "
         + ("allowed with a warning (warn mode)" if mode == "warn" else "refused, PERMISSION_DENIED")

@@ -21,6 +21,7 @@ from imaged.verify.material import (
     ANN_CERTIFICATE,
     ANN_SIGNATURE,
     Envelope,
+    Opened,
     Signed,
     SimpleSigning,
 )
@@ -72,9 +73,7 @@ def verify_legacy_keyless(
     return Signed(who, keyless_signer(cert), signature)
 
 
-def open_legacy_keyless_envelope(
-    env: Envelope, trust: TrustRoot, policy: VerificationPolicy
-) -> tuple[str, str, bytes]:
+def open_legacy_keyless_envelope(env: Envelope, trust: TrustRoot, policy: VerificationPolicy) -> Opened:
     """A legacy keyless attestation (`.att` layer): the envelope's signature with the certificate,
     the SET, the log entry recording this payload and certificate, the chain at the logged time,
     and the identity. Returns (who, payloadType, payload)."""
@@ -120,4 +119,5 @@ def open_legacy_keyless_envelope(
         raise VerificationError("DSSE signature does not verify with the certificate's key")
     verify_fulcio_certificate(cert, trust, evidence.integrated_time)
     policy.verify(cert)
-    return f"{ident.describe(cert)}, Rekor log index {evidence.log_index}", doc["payloadType"], payload
+    who = f"{ident.describe(cert)}, Rekor log index {evidence.log_index}"
+    return Opened(Signed(who, keyless_signer(cert), signature), doc["payloadType"], payload)

@@ -79,6 +79,16 @@ class Signed:
 AttestationMaterial = BundleSignature | Envelope
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An attestation envelope whose signature verified: who signed it (`signed`, what a threshold
+    counts when the attestation stands for its signer's signature) and its statement, unchecked."""
+
+    signed: Signed
+    payload_type: str
+    payload: bytes
+
+
 class SignatureVerifier(Protocol):
     """A rule's verifier: accepts one signature for one digest or says why not."""
 
@@ -100,8 +110,8 @@ class Authority(SignatureVerifier, Protocol):
         """`verify`, saying who signed and with which signature bytes (for thresholds)."""
         ...
 
-    def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
-        """Verify the envelope's signature; return (who signed, payloadType, payload), unchecked
+    def open_envelope(self, material: AttestationMaterial) -> Opened:
+        """Verify the envelope's signature; return who signed and the statement, unchecked
         otherwise (the statement's subject and predicate are the caller's). Raises
         sigstore's VerificationError."""
         ...

@@ -16,7 +16,12 @@ and CRI pulls the original reference when `verified` is false anyway.
 
 A rule's authorities are counted against its threshold (threshold.py) over every discovery stage
 until it holds; its attestation requirements (attest.py) are then checked against the bundle
-referrers found and, if needed, the legacy `.att` tag. In warn mode (the rule's `mode`, else
+referrers found and, if needed, the legacy `.att` tag. In a rule with attestations, a satisfied
+requirement also counts for the authority that signed it, as its signature would (as
+policy-controller's authorities with an `attestations` block and Kyverno's `attestations` check
+attestations instead of signatures): an image that carries only attestations verifies when they
+satisfy the requirements and their signers meet the threshold. Not under checkDockerReference,
+whose repository an in-toto statement does not name. In warn mode (the rule's `mode`, else
 `verification.mode`), what would be PERMISSION_DENIED (a failed check, a deny rule, noMatch deny)
 is `verified: true` with `warned` set and a message that starts with the failure; registry
 errors stay errors.
@@ -478,23 +483,38 @@ class ImageVerifier:
                 await asyncio.to_thread(tally.add, signatures, digest)
             if tally.satisfied():
                 break
-        if not tally.satisfied():
+        attested = bool(rule.attestations) and not rule.check_docker_reference
+        if not tally.satisfied() and not attested:
             return Outcome(False, self._signature_failure(target, matched, tally, notes))
-        messages = tally.successes()
-        several = len(matched.authorities) > 1
-        summary = f"{matched.describe()}: {tally.summary()}" if several else matched.describe()
+        extra: list[str] = []
         if rule.attestations:
             results = await self._check_attestations(registry, ref, digest, matched, attestations, notes)
             failed = [r for r in results if not r.satisfied]
+            reasons = "; ".join(f"{r.describe()}: " + "; ".join(r.reasons) for r in failed)
+            if not tally.satisfied():
+                # Attestation-only images: a satisfied requirement is its signer's statement about
+                # this digest, so it counts for that authority (policy-controller, Kyverno).
+                for r in results:
+                    if r.signer is not None and r.signed is not None:
+                        tally.credit(r.signer, r.where, r.signed)
+                if not tally.satisfied():
+                    failure = self._signature_failure(target, matched, tally, notes)
+                    if failed:
+                        failure += (
+                            f"; nor do attestations stand for them: {len(failed)} of the {len(results)} "
+                            f"attestations {matched.describe()} requires are not satisfied: {reasons}"
+                        )
+                    return Outcome(False, failure)
             if failed:
-                reasons = "; ".join(f"{r.describe()}: " + "; ".join(r.reasons) for r in failed)
                 return Outcome(
                     False,
-                    f"{target}: signed ({'; '.join(messages)}), but {len(failed)} of the "
+                    f"{target}: signed ({'; '.join(tally.successes())}), but {len(failed)} of the "
                     f"{len(results)} attestations {matched.describe()} requires are not satisfied: {reasons}",
                 )
-            messages += [r.message for r in results if r.message]
-        return Outcome(True, f"{'; '.join(messages)}; {summary}")
+            extra = [r.message for r in results if r.message]
+        several = len(matched.authorities) > 1
+        summary = f"{matched.describe()}: {tally.summary()}" if several else matched.describe()
+        return Outcome(True, f"{'; '.join(tally.successes() + extra)}; {summary}")
 
     async def _check_attestations(
         self,
@@ -507,17 +527,17 @@ class ImageVerifier:
     ) -> list[AttestationResult]:
         cel = self._cel or evaluator()
 
-        def signers(a: AttestationRule) -> tuple[Authority, ...]:
+        def signers(a: AttestationRule) -> tuple[int, ...]:
             allowed = matched.rule.attestation_signers(a)
-            if allowed is None:
-                return matched.authorities
-            return tuple(matched.authorities[i] for i in allowed)
+            return tuple(range(len(matched.authorities))) if allowed is None else allowed
 
         def check(found: list[AttestationMaterial]) -> list[AttestationResult]:
-            return [
-                check_requirement(a, signers(a), found, digest, ref.repository, cel)
-                for a in matched.rule.attestations
-            ]
+            out = []
+            for a in matched.rule.attestations:
+                who = signers(a)
+                authorities = tuple(matched.authorities[i] for i in who)
+                out.append(check_requirement(a, authorities, found, digest, ref.repository, cel, indices=who))
+            return out
 
         results = await asyncio.to_thread(check, materials)
         if all(r.satisfied for r in results):

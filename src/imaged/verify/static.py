@@ -22,7 +22,7 @@ from imaged.verify.keys import (
     verify_signature,
 )
 from imaged.verify.legacy import signature_bytes
-from imaged.verify.material import BundleSignature, Signed, SimpleSigning
+from imaged.verify.material import BundleSignature, Opened, Signed, SimpleSigning
 from imaged.verify.payload import check_simple_signing, check_statement
 from imaged.verify.signers import key_signer
 
@@ -70,9 +70,9 @@ def _open_dsse(env: dict[str, Any], key: PublicKey, note: str = "") -> tuple[str
     raise VerificationError(f"DSSE signature does not verify with the rule's {describe(key)}{note}")
 
 
-def open_static_envelope(raw: bytes, key: PublicKey, *, bundle: bool) -> tuple[str, str, bytes]:
+def open_static_envelope(raw: bytes, key: PublicKey, *, bundle: bool) -> Opened:
     """An attestation signed with `key`: a bundle's DSSE envelope, or a legacy `.att` envelope
-    layer. Returns (who, payloadType, payload); the statement is the caller's to check."""
+    layer. The statement is the caller's to check."""
     try:
         doc = jsondoc.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -83,10 +83,10 @@ def open_static_envelope(raw: bytes, key: PublicKey, *, bundle: bool) -> tuple[s
     if not isinstance(env, dict):
         raise VerificationError("bundle has no dsseEnvelope" if bundle else "not a DSSE envelope")
     try:
-        payload_type, payload, _ = _open_dsse(env, key, _hint_note(doc, key) if bundle else "")
+        payload_type, payload, signature = _open_dsse(env, key, _hint_note(doc, key) if bundle else "")
     except ValueError as e:
         raise VerificationError(str(e)) from None
-    return describe(key), payload_type, payload
+    return Opened(Signed(describe(key), key_signer(key), signature), payload_type, payload)
 
 
 def verify_static_bundle(sig: BundleSignature, digest: str, key: PublicKey) -> Signed:

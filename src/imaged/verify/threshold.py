@@ -10,6 +10,10 @@ authority counts for a group, and a group for one authority. Two keyless identit
 overlap cannot both count one signer, even when it signed twice (documented in the README). The
 count is a maximum bipartite matching (authorities to groups), found by augmenting paths; a rule
 has at most 16 authorities and discovery 32 signatures per stage.
+
+In a rule with attestations, an attestation that satisfied one of them is its signer's statement
+about this digest: `credit` counts it for that authority as a signature would (grouped alike, so
+a party that signed and attested still counts once).
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ from imaged.verify.signers import material_key
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Attested:
+    """An attestation counted as its signer's signature (see `Tally.credit`)."""
+
+    where: str
+
+    @property
+    def how(self) -> str:
+        return f"attested via {self.where}"
+
+
 @dataclass
 class Tally:
     """What each authority verified (signature index -> what verified) and why not."""
@@ -34,7 +49,7 @@ class Tally:
     threshold: int
     # A further requirement on a verified signature (checkDockerReference); raises VerificationError.
     check: Callable[[Signature], None] | None = None
-    signatures: list[Signature] = field(default_factory=list)
+    signatures: list[Signature | Attested] = field(default_factory=list)
     verified: dict[int, dict[int, Signed]] = field(default_factory=dict)
     reasons: dict[int, list[str]] = field(default_factory=dict)
     copies: int = 0  # signatures found again (another layer, referrer or stage): not checked twice
@@ -43,16 +58,16 @@ class Tally:
     def add(self, signatures: list[Signature], digest: str) -> None:
         """Check the new signatures against every authority (stopping once the threshold holds,
         when it is 1: the first verifying signature is enough, as before several authorities)."""
-        start = len(self.signatures)
+        new: list[tuple[int, Signature]] = []
         for sig in signatures:
             key = material_key(sig)
             if key in self._seen:
                 self.copies += 1
                 continue
             self._seen.add(key)
+            new.append((len(self.signatures), sig))
             self.signatures.append(sig)
-        for si in range(start, len(self.signatures)):
-            sig = self.signatures[si]
+        for si, sig in new:
             for ai, authority in enumerate(self.authorities):
                 if self.threshold == 1 and self.satisfied():
                     return
@@ -68,6 +83,12 @@ class Tally:
                     self.reasons.setdefault(ai, []).append(f"{sig.where}: unusable ({type(e).__name__}: {e})")
                     continue
                 self.verified.setdefault(ai, {})[si] = signed
+
+    def credit(self, ai: int, where: str, signed: Signed) -> None:
+        """Count an attestation by authority `ai` (found at `where`, already verified for this
+        digest and satisfying a requirement of the rule) as that authority's signature."""
+        self.verified.setdefault(ai, {})[len(self.signatures)] = signed
+        self.signatures.append(Attested(where))
 
     def _groups(self) -> dict[tuple[int, int], int]:
         """(authority, signature index) -> the group of what it verified: signers and signature

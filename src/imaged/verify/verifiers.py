@@ -18,6 +18,7 @@ from imaged.verify.material import (
     AttestationMaterial,
     Authority,
     BundleSignature,
+    Opened,
     Signature,
     SignatureVerifier,
     Signed,
@@ -56,7 +57,7 @@ class KeylessVerifier:
     def verify(self, signature: Signature, digest: str) -> str:
         return self.check(signature, digest).who
 
-    def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
+    def open_envelope(self, material: AttestationMaterial) -> Opened:
         if self.trust is None:
             raise VerificationError(NO_ROOT_YET)
         if isinstance(material, BundleSignature):
@@ -88,7 +89,7 @@ class StaticKeyVerifier:
     def verify(self, signature: Signature, digest: str) -> str:
         return self.check(signature, digest).who
 
-    def open_envelope(self, material: AttestationMaterial) -> tuple[str, str, bytes]:
+    def open_envelope(self, material: AttestationMaterial) -> Opened:
         if isinstance(material, BundleSignature):
             return open_static_envelope(material.bundle, self.key, bundle=True)
         return open_static_envelope(material.envelope, self.key, bundle=False)
