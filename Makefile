@@ -39,6 +39,7 @@ demo: deps venv
 	$(PY) tools/demo.py
 
 # Real peers built from their Go modules (tools/peers.py): containerd 2.x, crictl + critest, cosign v3,
+# olareg (OCI referrers API) and distribution v3 (pull-through cache),
 # into ~/.cache/imaged-peers (IMAGED_PEERS_CACHE); reused when present. IMAGED_PEERS=none skips them.
 peers: venv
 	$(PY) tools/peers.py build
