@@ -5,6 +5,7 @@ leaves behind, the schedule, staleness, and verification across a key rotation."
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import pathlib
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -798,9 +800,89 @@ def test_the_file_fetcher_reads_within_the_repository_and_within_bounds(tmp_path
     for escape in (f"{base}/../secret", f"{base}/targets/%2e%2e/%2e%2e/secret", f"file://{tmp_path}/secret"):
         with pytest.raises(DownloadError, match=r"(inside|outside) the repository"):
             fetcher.download_bytes(escape, 100)
+    # A link is followed only while it stays inside: checked on the file opened.
+    (repo_dir / "root.json").symlink_to("1.root.json")
+    assert fetcher.download_bytes(f"{base}/root.json", 100) == b"{}"
+    (repo_dir / "3.root.json").symlink_to(tmp_path / "secret")
+    (repo_dir / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    for linked in (f"{base}/3.root.json", f"{base}/elsewhere/secret"):
+        with pytest.raises(DownloadError, match="leads outside the repository"):
+            fetcher.download_bytes(linked, 100)
     late = FileFetcher(base, time.monotonic() - 1)
     with pytest.raises(SlowRetrievalError):
         late.download_bytes(f"{base}/1.root.json", 100)
+
+
+class _Redirecting(http.server.BaseHTTPRequestHandler):
+    to = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.to + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_redirect_from_https_to_http_is_refused(ca: TestCA, tmp_path: pathlib.Path) -> None:
+    """caFile and the client certificate apply to https only: a mirror that sends the client to
+    plain http would silently drop them, so the redirect is refused; https to https is followed."""
+    from tuf.api.exceptions import DownloadError
+
+    r = TufRepository()  # plain http, the redirect's target
+    cert, key = ca.issue("redirector")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    https = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        r.publish(OLD.trusted_root_json())
+        _Redirecting.to = r.url.rstrip("/")
+        fetcher = BoundedFetcher(time.monotonic() + 30, ca_file=str(ca.cert_path))
+        with pytest.raises(DownloadError, match="redirected from https to http: refused"):
+            fetcher.download_bytes(f"{https}/1.root.json", 1 << 20)
+        assert r.requests == []  # nothing was asked of the plain-http server
+        s = TufRepository(tls=ca.issue("tuf-mirror"))
+        try:
+            s.publish(OLD.trusted_root_json())
+            _Redirecting.to = s.url.rstrip("/")
+            assert fetcher.download_bytes(f"{https}/1.root.json", 1 << 20) == s.files["1.root.json"]
+            client = ca.issue("node", server=False)
+            with_cert = BoundedFetcher(
+                time.monotonic() + 30, ca_file=str(ca.cert_path), client_cert=(str(client[0]), str(client[1]))
+            )
+            _Redirecting.to = s.url.rstrip("/").replace("127.0.0.1", "localhost")
+            with pytest.raises(DownloadError, match="redirected to another host"):
+                with_cert.download_bytes(f"{https}/1.root.json", 1 << 20)
+        finally:
+            s.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        r.close()
+
+
+def test_a_password_protected_key_is_refused_without_a_prompt(ca: TestCA, tmp_path: pathlib.Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from imaged.verify.tufclient import tls_context
+
+    cert, key = ca.issue("node", server=False)
+    loaded = serialization.load_pem_private_key(key.read_bytes(), None)
+    locked = tmp_path / "locked-key.pem"
+    locked.write_bytes(
+        loaded.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(RefreshError, match="the key is encrypted"):
+        tls_context(None, (str(cert), str(locked)))
 
 
 # -- the saved root survives kill -9 at any moment --------------------------------------------------

@@ -43,6 +43,7 @@ from imaged.verify.trust import MAX_TRUST_ROOT_SIZE
 TARGET = "trusted_root.json"
 # A download in progress: `<prefix><pid>-<random>/` under the repository's state directory.
 DOWNLOAD_PREFIX = ".download-"
+MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 30.0
@@ -126,7 +127,8 @@ class BoundedFetcher(FetcherInterface):
     urllib3's timeouts are per socket operation: a server sending a byte every few seconds, in the
     headers or the body, never trips them. So a timer shuts every socket of this fetcher down at
     the deadline (a blocked read then returns at once), and a request is never retried (each retry
-    would have its own timeouts); redirects are followed."""
+    would have its own timeouts); redirects are followed, up to 5, never from https to http
+    (see `_redirect`)."""
 
     def __init__(
         self,
@@ -195,22 +197,46 @@ class BoundedFetcher(FetcherInterface):
             self._timer.daemon = True
             self._timer.start()
         timeout = urllib3.Timeout(connect=min(left, CONNECT_TIMEOUT), read=min(left, READ_TIMEOUT))
-        retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
-        _WATCHED.fetcher = self
-        try:
-            response = self._pool(url).request(
-                "GET", url, preload_content=False, timeout=timeout, retries=retries
-            )
-        except urllib3.exceptions.HTTPError as e:
-            if self._expired:
-                raise self._late() from None
-            raise exceptions.DownloadError(f"{url}: {_cause(e)}{self._tls_hint(e)}") from None
-        finally:
-            _WATCHED.fetcher = None
+        retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=False)
+        asked = url
+        for _ in range(MAX_REDIRECTS + 1):
+            _WATCHED.fetcher = self
+            try:
+                response = self._pool(url).request(
+                    "GET", url, preload_content=False, timeout=timeout, retries=retries, redirect=False
+                )
+            except urllib3.exceptions.HTTPError as e:
+                if self._expired:
+                    raise self._late() from None
+                raise exceptions.DownloadError(f"{url}: {_cause(e)}{self._tls_hint(e)}") from None
+            finally:
+                _WATCHED.fetcher = None
+            location = response.get_redirect_location()
+            if not location:
+                break
+            response.release_conn()
+            url = self._redirect(asked, url, location)
+        else:
+            raise exceptions.DownloadError(f"{asked}: more than {MAX_REDIRECTS} redirects")
         if response.status >= 400:
             response.release_conn()
             raise exceptions.DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
         return self._chunks(url, response)
+
+    def _redirect(self, asked: str, url: str, location: str) -> str:
+        """Where a redirect leads, if it keeps what the settings chose: never from https to
+        plain http (the CA and client certificate would silently stop applying), and with a
+        client certificate never to another host (it would be presented there)."""
+        target = urllib.parse.urljoin(url, location)
+        was, now = urllib.parse.urlsplit(url), urllib.parse.urlsplit(target)
+        if now.scheme not in ("http", "https") or (was.scheme == "https" and now.scheme != "https"):
+            raise exceptions.DownloadError(f"{asked}: redirected from {was.scheme} to {now.scheme}: refused")
+        if self._client_cert is not None and (now.hostname, now.port) != (was.hostname, was.port):
+            raise exceptions.DownloadError(
+                f"{asked}: redirected to another host ({now.hostname}) while verification.tuf.certFile "
+                "is set: refused (the client certificate would be presented there)"
+            )
+        return target
 
     def _chunks(self, url: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         try:
@@ -279,7 +305,8 @@ def tls_context(ca_file: str | None, client_cert: tuple[str, str] | None) -> ssl
             if not regular:
                 raise RefreshError(f"verification.tuf.{setting} {path}: not a regular file")
         try:
-            ctx.load_cert_chain(cert, key)
+            # A password-protected key is refused, never prompted for on a terminal.
+            ctx.load_cert_chain(cert, key, password=_no_password)
         except OSError as e:
             raise RefreshError(
                 f"verification.tuf.certFile {cert} with keyFile {key}: {_os_reason(e)}"
@@ -287,9 +314,13 @@ def tls_context(ca_file: str | None, client_cert: tuple[str, str] | None) -> ssl
     return ctx
 
 
+def _no_password() -> bytes:
+    raise ssl.SSLError("the key is encrypted (a password-protected keyFile is not supported)")
+
+
 def _os_reason(e: OSError) -> str:
     if isinstance(e, ssl.SSLError):
-        return f"not usable PEM ({e.reason or e})"
+        return f"not usable PEM ({getattr(e, 'reason', None) or e})"
     return e.strerror or str(e)
 
 
@@ -339,6 +370,11 @@ class FileFetcher(FetcherInterface):
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise exceptions.DownloadError(f"{path}: not a regular file")
+            # What was opened, symlinks resolved, must lie inside the directory (checked on
+            # the open file, so a link swapped after a look cannot lead elsewhere).
+            opened = pathlib.Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if not opened.is_relative_to(self._base.resolve()):
+                raise exceptions.DownloadError(f"{path}: leads outside the repository (to {opened})")
         except BaseException:
             os.close(fd)
             raise
