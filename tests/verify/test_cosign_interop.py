@@ -56,6 +56,7 @@ class Env:
     cosign: Cosign
     daemon: DaemonProcess
     oci: OciPusher
+    second: Cosign  # the other party of the `two-party/*` rule (threshold 2)
 
     def image(self, repo: str, namespace: str = "cosign") -> tuple[str, str]:
         """A fresh runnable image `<namespace>/<repo>:v1`; returns (tag reference, digest reference)."""
@@ -83,6 +84,7 @@ class Env:
 def env(containerd: PrivateContainerd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     reg = Registry()
     cs = Cosign(tmp_path_factory.mktemp("cosign"))
+    second = Cosign(tmp_path_factory.mktemp("cosign-second"))
     rules = [
         {"image": f"{reg.host}/cosign/*", "publicKey": {"certificate": cs.pub.read_text()}},
         {
@@ -90,10 +92,16 @@ def env(containerd: PrivateContainerd, tmp_path_factory: pytest.TempPathFactory)
             "publicKey": {"certificate": cs.pub.read_text()},
             "attestations": [{"predicateType": SLSA_V02, "policy": BUILDER_POLICY}],
         },
+        {
+            "image": f"{reg.host}/two-party/*",
+            "publicKey": [{"certificate": cs.pub.read_text()}, {"certificate": second.pub.read_text()}],
+            "threshold": 2,
+            "attestations": [{"predicateType": SLSA_V02, "policy": BUILDER_POLICY}],
+        },
     ]
     d = DaemonProcess(containerd.socket, {"verification": {"rules": rules}})
     d.start()
-    yield Env(reg, cs, d, OciPusher(reg))
+    yield Env(reg, cs, d, OciPusher(reg), second)
     d.stop()
     reg.close()
 
@@ -266,6 +274,25 @@ def test_an_attestation_alone_satisfies_a_rule_that_requires_it(env: Env) -> Non
     assert resp.digested_image_ref == ref
     assert f"attested via bundle referrer {entry['digest']}" in resp.message, resp.message
     assert f"attestation {SLSA_V02} by ECDSA" in resp.message, resp.message
+
+
+def test_two_parties_attestations_of_one_requirement_meet_a_threshold_of_two(env: Env) -> None:
+    """Each party's attestation of the one requirement counts for its signer: one party alone is
+    refused under threshold 2, and so is one party attesting twice; both parties pass. (Three
+    images: a verdict is cached per digest.)"""
+    tag, ref = env.image("one", namespace="two-party")
+    env.cosign.attest(ref)
+    assert "1 of 2 authorities verified (threshold 2)" in env.refused(tag)
+    tag, ref = env.image("twice", namespace="two-party")
+    env.cosign.attest(ref)
+    env.cosign.attest(ref, {**SLSA_PROVENANCE, "buildType": "https://builder.example.com/again@v1"})
+    assert "1 of 2 authorities verified (threshold 2)" in env.refused(tag)
+    tag, ref = env.image("both", namespace="two-party")
+    env.cosign.attest(ref)
+    env.second.attest(ref)
+    resp = env.verify(tag)
+    assert resp.verified, resp.message
+    assert "2 of 2" in resp.message, resp.message
 
 
 def test_an_unsigned_unattested_image_is_refused_under_an_attestation_rule(env: Env) -> None:

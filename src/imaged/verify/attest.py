@@ -5,8 +5,9 @@ Candidates are the bundle referrers (their manifest's `dev.sigstore.bundle.predi
 which to try first; the verified statement decides) and the legacy `.att` tag's envelopes. A
 requirement holds when one candidate passes every check; otherwise every candidate's reason is
 reported: the signature (with each authority), the statement (type, subject digest), the policy.
-A satisfied requirement says which authority signed it and with what (`signer`, `signed`): in a
-rule with attestations, that stands for the authority's signature (see service.py).
+A satisfied requirement says which authorities signed a passing candidate and with what
+(`credits`; the first one in `signer`, `signed`): in a rule with attestations, each stands for
+that authority's signature (see service.py), so two parties' attestations meet a threshold of 2.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class AttestationResult:
     signer: int | None = None
     signed: Signed | None = None
     where: str = ""
+    # Every (authority index, where, what) that satisfied it: under a threshold, two parties'
+    # attestations of one requirement are two signers.
+    credits: tuple[tuple[int, str, Signed], ...] = ()
 
     @property
     def satisfied(self) -> bool:
@@ -65,23 +69,24 @@ def check_requirement(
     """`indices`: each authority's index in the rule (default: their positions here)."""
     reasons: list[str] = []
     positions = indices if indices is not None else tuple(range(len(authorities)))
+    first: tuple[Opened, int, AttestationMaterial] | None = None
+    credits: list[tuple[int, str, Signed]] = []
     for material in _candidates(requirement, materials):
-        opened: Opened | None = None
-        signer = 0
+        # Every authority that opens it is credited (the tally counts one signer once).
+        opened_by: list[tuple[int, Opened]] = []
         tried: list[str] = []
         for authority, position in zip(authorities, positions, strict=True):
             try:
-                opened = authority.open_envelope(material)
-                signer = position
-                break
+                opened_by.append((position, authority.open_envelope(material)))
             except VerificationError as e:
                 tried.append(f"{authority.name}: {e}" if len(authorities) > 1 else str(e))
             except Exception as e:  # hostile input is a refusal, never a crash or a pass
                 log.warning("unexpected error opening %s: %s", material.where, e, exc_info=True)
                 tried.append(f"unusable ({type(e).__name__}: {e})")
-        if opened is None:
+        if not opened_by:
             reasons.append(f"{material.where}: {'; '.join(tried)}")
             continue
+        signer, opened = opened_by[0]
         try:
             statement = check_attestation(
                 opened.payload_type, opened.payload, digest, requirement.predicate_type
@@ -103,12 +108,18 @@ def check_requirement(
         if not ok:
             reasons.append(f"{material.where}: predicate does not satisfy the policy {requirement.policy!r}")
             continue
+        credits.extend((position, material.where, o.signed) for position, o in opened_by)
+        if first is None:
+            first = (opened, signer, material)
+    if first is not None:
+        opened, signer, material = first
         return AttestationResult(
             requirement,
             f"attestation {requirement.predicate_type} by {opened.signed.who} ({material.where})",
             signer=signer,
             signed=opened.signed,
             where=material.where,
+            credits=tuple(credits),
         )
     if not materials or not _candidates(requirement, materials):
         reasons.append(f"no attestation of type {requirement.predicate_type} found")

@@ -495,8 +495,8 @@ class ImageVerifier:
                 # Attestation-only images: a satisfied requirement is its signer's statement about
                 # this digest, so it counts for that authority (policy-controller, Kyverno).
                 for r in results:
-                    if r.signer is not None and r.signed is not None:
-                        tally.credit(r.signer, r.where, r.signed)
+                    for signer, where, signed in r.credits:
+                        tally.credit(signer, where, signed)
                 if not tally.satisfied():
                     failure = self._signature_failure(target, matched, tally, notes)
                     if failed:
