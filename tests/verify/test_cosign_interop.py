@@ -7,7 +7,8 @@ attestation. imaged verifies each signature and refuses tampered copies; an atte
 not satisfy a rule that wants signatures, but does one that requires that attestation (as
 policy-controller and Kyverno treat attestation authorities), and only if its envelope verifies,
 its subject is the image and its predicate satisfies the policy. `cosign save` writes the layout
-Import reads. And cosign verifies what
+Import reads, and Import verifies from it alone, registry stopped: the bundles and attestations it
+keeps among its blobs (not in index.json) and its `.att` manifest. And cosign verifies what
 `make demo`'s signer (tools/demo.py) produces.
 """
 
