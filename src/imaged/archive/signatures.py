@@ -205,8 +205,7 @@ class ArchiveSignatures:
                 break
             looked += 1
             if mt.is_manifest(d.media_type):
-                self._read.add(d.digest)
-                out += await _manifest_signatures(r, d)
+                out += await self._listed_manifest(d)
             elif mt.is_index(d.media_type):  # a referrers tag (`sha256-<hex>`) saved as it is
                 data = await r.read(d, r.limits.max_metadata)
                 try:
@@ -215,9 +214,14 @@ class ArchiveSignatures:
                     continue
                 for child in listed[:MAX_ENTRIES]:
                     if mt.is_manifest(child.media_type) and child.digest not in self._images:
-                        self._read.add(child.digest)
-                        out += await _manifest_signatures(r, child)
+                        out += await self._listed_manifest(child)
         return out[:MAX_SIGNATURES]
+
+    async def _listed_manifest(self, d: Descriptor) -> list[ArchiveSignature]:
+        blob = self._r.c.by_digest.get(d.digest)
+        if blob is not None and blob.size == d.size:  # read here, so not again as a referrer
+            self._read.add(d.digest)
+        return await _manifest_signatures(self._r, d)
 
     async def _scan(self) -> dict[str, list[Descriptor]]:
         """The referrers of the images among the archive's blobs (`scan_referrers`, bounded)."""
