@@ -39,8 +39,12 @@ def signed_layout(
     legacy: Sequence[LegacySignature] = (),
     bundles: Sequence[BundleSignature] = (),
     bundle_subject: str | None = None,
+    listed: bool = True,
+    filler: int = 0,
 ) -> bytes:
-    """An OCI layout tar naming `image` `name`, with its signatures beside it."""
+    """An OCI layout tar naming `image` `name`, with its signatures beside it. `listed=False`
+    keeps the bundle referrers out of index.json, in blobs/ only (as `cosign save` does);
+    `filler` adds that many small blobs nothing refers to."""
     blobs: dict[str, bytes] = dict(image.blobs())
     entries: list[dict[str, Any]] = [image.descriptor(**{NAME: name, KIND: KIND_IMAGE})]
     if legacy:
@@ -62,6 +66,8 @@ def signed_layout(
         blobs[archives.sha(b"{}")] = b"{}"
         blobs[archives.sha(bundle.json_bytes)] = bundle.json_bytes
         blobs[archives.sha(body)] = body
+        if not listed:
+            continue
         entries.append(
             {
                 "mediaType": OCI_MANIFEST,
@@ -71,6 +77,9 @@ def signed_layout(
                 "annotations": {"org.opencontainers.image.ref.name": referrers_tag(image.digest)},
             }
         )
+    for i in range(filler):
+        data = f"filler {i}".encode()
+        blobs[archives.sha(data)] = data
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         _add(tf, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grpc
 
+from imaged.verify.layout import MAX_SCANNED
 from tests.policy.conftest import (
     import_bytes,
     key_rule,
@@ -78,6 +79,34 @@ def test_signatures_saved_beside_the_image_verify_it(reg, ps, key, start, contai
     label = records(d)[name].labels[VERIFIED]
     assert label.startswith("verified via bundle referrer") and "in the archive" in label, label
     assert len(reg.requests()) == before, "the archive's signatures were enough: the registry was not asked"
+
+
+def test_unlisted_bundle_referrers_verify_within_the_scan_bounds(reg, ps, key, start, containerd) -> None:  # type: ignore[no-untyped-def]
+    """`cosign save` keeps cosign 3's bundles in blobs/ without listing them in index.json: Import
+    finds them with the offline layout reader's scan, and its bounds. Past them the archive's
+    referrers are not used, never trusted unread: the registry, which has none, is asked."""
+    d = start(policy(reg, key))
+    before = len(reg.requests())
+    img = archives.simple_image("import-unlisted-bundle")
+    name = f"{reg.host}/prot/unlisted:v1"
+    bundle = ps.sign_bundle(img.digest, key, tlog=False)
+    assert import_bytes(d, signed_layout(name, img, bundles=[bundle], listed=False)) == name
+    label = records(d)[name].labels[VERIFIED]
+    assert label.startswith("verified via bundle referrer") and "in the archive" in label, label
+    assert len(reg.requests()) == before, "the archive's referrer was enough: the registry was not asked"
+
+    crowded = archives.simple_image("import-unlisted-crowded")
+    name = f"{reg.host}/prot/crowded:v1"
+    bundle = ps.sign_bundle(crowded.digest, key, tlog=False)
+    data = signed_layout(name, crowded, bundles=[bundle], listed=False, filler=MAX_SCANNED)
+    e = refused(lambda: import_bytes(d, data))
+    assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e.details()
+    details = e.details() or ""
+    assert "the archive's referrers were not used" in details, details
+    assert f"more than {MAX_SCANNED} blobs of at most 65536 bytes" in details, details
+    assert "nor in the registry" in details, details
+    assert name not in records(d)
+    no_leftovers(containerd)
 
 
 def test_archive_signatures_must_sign_this_digest_with_the_rule_key(reg, ps, key, start, containerd) -> None:  # type: ignore[no-untyped-def]

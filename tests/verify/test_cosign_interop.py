@@ -7,7 +7,8 @@ attestation. imaged verifies each signature and refuses tampered copies; an atte
 not satisfy a rule that wants signatures, but does one that requires that attestation (as
 policy-controller and Kyverno treat attestation authorities), and only if its envelope verifies,
 its subject is the image and its predicate satisfies the policy. `cosign save` writes the layout
-Import reads. And cosign verifies what
+Import reads, and Import verifies from it alone, registry stopped: the bundles and attestations it
+keeps among its blobs (not in index.json) and its `.att` manifest. And cosign verifies what
 `make demo`'s signer (tools/demo.py) produces.
 """
 
@@ -21,6 +22,7 @@ import pathlib
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -29,10 +31,13 @@ import pytest
 
 from imaged.pb.machine import image_pb2
 from tests.foundation.test_import_rpc import chunked
+from tests.policy.conftest import no_leftovers
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
 from tests.support.cosign import (
     IMAGE_KIND,
+    OFFLINE_SIGN_FLAGS,
+    REGISTRY_FLAGS,
     SIGS_KIND,
     SLSA_PROVENANCE,
     Cosign,
@@ -48,6 +53,8 @@ SLSA_V02 = "https://slsa.dev/provenance/v0.2"  # what `cosign attest --type slsa
 BUILDER_ID = SLSA_PROVENANCE["builder"]["id"]
 BUILDER_POLICY = f'predicate.builder.id == "{BUILDER_ID}"'
 PREDICATE_TYPE = "dev.sigstore.bundle.predicateType"
+VERIFIED = "imaged.dev/verified"
+ATTS_KIND = "dev.cosignproject.cosign/atts"
 
 
 @dataclass
@@ -370,6 +377,170 @@ def test_a_cosign_save_layout_imports(
     env.daemon.images.Remove(
         image_pb2.ImageServiceRemoveRequest(containerd=SYSTEM, image_ref=name), timeout=60
     )
+
+
+@contextmanager
+def registry_stopped(env: Env) -> Iterator[None]:
+    """The registry stopped (a connection to it is refused), then started again on its port."""
+    host = env.reg.host
+    env.reg.stop()
+    try:
+        yield
+    finally:
+        env.reg.start()
+        assert env.reg.host == host, "the registry came back on another port: later tests would miss it"
+
+
+def import_archive(env: Env, data: bytes) -> str:
+    return str(env.daemon.images.Import(chunked(SYSTEM, data), timeout=180).name)
+
+
+def import_refused(env: Env, data: bytes, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.RpcError) as e:
+        import_archive(env, data)
+    assert e.value.code() == code, e.value.details()
+    return str(e.value.details())
+
+
+def recorded(env: Env) -> dict[str, image_pb2.ImageServiceListResponse]:
+    return {r.name: r for r in env.daemon.images.List(image_pb2.ImageServiceListRequest(containerd=SYSTEM))}
+
+
+def remove(env: Env, name: str) -> None:
+    env.daemon.images.Remove(
+        image_pb2.ImageServiceRemoveRequest(containerd=SYSTEM, image_ref=name), timeout=60
+    )
+
+
+def unlisted_referrer(env: Env, ref: str, layout: pathlib.Path) -> dict:  # type: ignore[type-arg]
+    """The one referrer cosign wrote for `ref`: in the layout's blobs, not in its index.json."""
+    (entry,) = referrers(env, ref)
+    assert (layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).is_file()
+    listed = [m["digest"] for m in layout_index(layout)["manifests"]]
+    assert entry["digest"] not in listed, "cosign save listed the referrer: nothing left to find"
+    return entry
+
+
+def test_a_cosign_save_archive_of_a_bundle_signed_image_verifies_with_the_registry_stopped(
+    env: Env, tmp_path: pathlib.Path
+) -> None:
+    """cosign 3's bundle (new format only, no `.sig`) is in the archive's blobs, not its
+    index.json: Import finds it there as `policy test --offline` does, with no registry."""
+    tag, ref = env.image("saved-bundle")
+    env.cosign.sign(ref)
+    layout = env.cosign.save(tag, tmp_path / "layout")
+    entry = unlisted_referrer(env, ref, layout)
+    name = tag  # the rule's repository: a verify rule decides the import
+    with registry_stopped(env):
+        assert import_archive(env, layout_archive(layout, name)) == name
+    record = recorded(env)[name]
+    assert record.digest == digest_of(ref)
+    label = record.labels[VERIFIED]
+    want = f"verified via bundle referrer with digest {entry['digest']} in the archive"
+    assert label.startswith(want), label
+    remove(env, name)
+
+
+def _altered_bundle_layout(layout: pathlib.Path, referrer: str) -> None:
+    """One signature byte of `referrer`'s bundle flipped, and the layout made consistent again:
+    the bundle and the referrer manifest under their new digests (so the archive is well formed
+    and only the signature is wrong)."""
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / referrer.split(":")[1]).read_bytes())
+    layer = manifest["layers"][0]
+    bundle = json.loads((blobs / layer["digest"].split(":")[1]).read_bytes())
+    sig = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
+    sig[-1] ^= 0x01
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    for old in (layer["digest"], referrer):
+        (blobs / old.split(":")[1]).unlink()
+    data = json.dumps(bundle).encode()
+    (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    layer.update(digest="sha256:" + hashlib.sha256(data).hexdigest(), size=len(data))
+    body = json.dumps(manifest).encode()
+    (blobs / hashlib.sha256(body).hexdigest()).write_bytes(body)
+
+
+def test_an_altered_bundle_in_a_cosign_save_archive_is_refused(
+    env: Env, containerd: PrivateContainerd, tmp_path: pathlib.Path
+) -> None:
+    tag, ref = env.image("saved-altered")
+    env.cosign.sign(ref)
+    layout = env.cosign.save(tag, tmp_path / "layout")
+    entry = unlisted_referrer(env, ref, layout)
+    # Altered in place: its name no longer matches its content.
+    blob = layout / "blobs" / "sha256" / entry["digest"].split(":")[1]
+    original = blob.read_bytes()
+    blob.write_bytes(original.replace(b'"subject"', b'"subject" '))
+    details = import_refused(env, layout_archive(layout, tag), grpc.StatusCode.INVALID_ARGUMENT)
+    assert f"archive member blobs/sha256/{entry['digest'].split(':')[1]} does not match its name" in details
+    blob.write_bytes(original)
+    # Altered and renamed to its new digest: the archive is consistent, the signature is not. The
+    # name's repository is one the registry never saw, so the archive's bundle is all there is.
+    _altered_bundle_layout(layout, entry["digest"])
+    name = f"{env.reg.host}/cosign/never-pushed-{uuid.uuid4().hex[:6]}:v1"
+    details = import_refused(env, layout_archive(layout, name), grpc.StatusCode.PERMISSION_DENIED)
+    assert "no signature in the archive satisfies rule 0" in details, details
+    assert "in the archive: DSSE signature does not verify with the rule's" in details, details
+    assert "nor in the registry" in details, details
+    # And with no registry at all: not a verdict, an error; the archive's refusal is said.
+    with registry_stopped(env):
+        details = import_refused(env, layout_archive(layout, tag), grpc.StatusCode.UNAVAILABLE)
+    assert "DSSE signature does not verify with the rule's" in details, details
+    assert "asking the registry failed" in details, details
+    listed = recorded(env)
+    assert name not in listed and tag not in listed
+    assert not [n for n, r in listed.items() if r.digest == digest_of(ref)]
+    no_leftovers(containerd)
+
+
+def test_an_attestation_in_a_cosign_save_archive_satisfies_the_rule_with_the_registry_stopped(
+    env: Env, containerd: PrivateContainerd, tmp_path: pathlib.Path
+) -> None:
+    """A rule requiring an attestation: `cosign attest`'s bundle, saved by `cosign save` among the
+    blobs, satisfies it from the archive (it used to ask the registry whatever the archive held)."""
+    tag, ref = env.image("saved-attested", namespace="attested")
+    env.cosign.attest(ref)
+    layout = env.cosign.save(tag, tmp_path / "layout")
+    entry = unlisted_referrer(env, ref, layout)
+    with registry_stopped(env):
+        assert import_archive(env, layout_archive(layout, tag)) == tag
+    label = recorded(env)[tag].labels[VERIFIED]
+    assert label.startswith(f"attested via bundle referrer {entry['digest']} in the archive"), label
+    assert f"attestation {SLSA_V02} by ECDSA" in label, label
+    remove(env, tag)
+
+    # Its predicate failing the policy: refused from the archive, nothing recorded.
+    tag, ref = env.image("saved-other-builder", namespace="attested")
+    env.cosign.attest(ref, {**SLSA_PROVENANCE, "builder": {"id": "https://evil.example/builder"}})
+    layout = env.cosign.save(tag, tmp_path / "other")
+    with registry_stopped(env):
+        details = import_refused(env, layout_archive(layout, tag), grpc.StatusCode.UNAVAILABLE)
+    assert "predicate does not satisfy the policy" in details and "in the archive" in details, details
+    assert tag not in recorded(env)
+    no_leftovers(containerd)
+
+
+def test_a_legacy_attestation_in_a_cosign_save_archive_satisfies_the_rule_with_the_registry_stopped(
+    env: Env, tmp_path: pathlib.Path
+) -> None:
+    """`cosign attest --new-bundle-format=false`: the `.att` manifest, which cosign save lists
+    (`kind: .../atts`), its DSSE envelope layer verified as the `.att` tag's would be."""
+    tag, ref = env.image("saved-legacy-att", namespace="attested")
+    predicate = tmp_path / "predicate.json"
+    predicate.write_text(json.dumps(SLSA_PROVENANCE))
+    env.cosign.run(
+        "attest", "--key", str(env.cosign.key), "--type", "slsaprovenance", "--predicate", str(predicate),
+        "--new-bundle-format=false", *OFFLINE_SIGN_FLAGS, *REGISTRY_FLAGS, ref,
+    )  # fmt: skip
+    layout = env.cosign.save(tag, tmp_path / "layout")
+    kinds = [m.get("annotations", {}).get("kind") for m in layout_index(layout)["manifests"]]
+    assert kinds == [IMAGE_KIND, ATTS_KIND], kinds
+    with registry_stopped(env):
+        assert import_archive(env, layout_archive(layout, tag)) == tag
+    label = recorded(env)[tag].labels[VERIFIED]
+    assert label.startswith("attested via legacy attestation sha256:") and "in the archive" in label, label
+    remove(env, tag)
 
 
 # -- the demo's signer, cosign verifies -------------------------------------------------------

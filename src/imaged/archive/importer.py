@@ -20,7 +20,7 @@ from imaged.archive.ingest import ArchiveContents, Ingest
 from imaged.archive.limits import ImportLimits
 from imaged.archive.names import record_name
 from imaged.archive.plan import Plan, Planner, UnpackPlan
-from imaged.archive.signatures import ArchiveSignature, archive_signatures
+from imaged.archive.signatures import ArchiveMaterial, ArchiveSignatures
 from imaged.archive.stream import PIECE, ByteReader, decompressed
 from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
@@ -37,9 +37,9 @@ from imaged.tasks import gather
 log = logging.getLogger(__name__)
 
 # The verification policy for the names an archive would create: given each (name, digest) and a
-# way to read the signatures the archive carries, the labels each name's records get (missing:
-# none); raises to refuse the whole import.
-SignatureSource = Callable[[], Awaitable[list[ArchiveSignature]]]
+# way to read what the archive carries for a digest (signatures, attestations), the labels each
+# name's records get (missing: none); raises to refuse the whole import.
+SignatureSource = Callable[[str], Awaitable[ArchiveMaterial]]
 ImportPolicy = Callable[
     [list[tuple[Reference, str]], SignatureSource], Awaitable[dict[tuple[Reference, str], dict[str, str]]]
 ]
@@ -186,12 +186,9 @@ async def import_archive(
         decided: dict[tuple[Reference, str], dict[str, str]] = {}
         if policy is not None:
             digests = {image.target.digest for image in plan.images}
-
-            async def signatures() -> list[ArchiveSignature]:
-                return await archive_signatures(contents, ingest.store, limits, digests)
-
+            carried = ArchiveSignatures(contents, ingest.store, limits, digests)
             pairs = [(ref, image.target.digest) for image in plan.images for ref in image.names]
-            decided = await policy(pairs, signatures)
+            decided = await policy(pairs, carried.of)
         unpacked = await _write_and_unpack(ingest, contents, plan, Unpacker(leased, snapshotter))
 
         created: list[str] = []

@@ -10,7 +10,6 @@ import logging
 
 from imaged import errors
 from imaged.archive.importer import SignatureSource
-from imaged.archive.signatures import ArchiveSignature
 from imaged.config import Config
 from imaged.containerd import Containerd, Namespaced, leases
 from imaged.containerd import labels as L
@@ -193,14 +192,14 @@ class Runtime:
     ) -> dict[tuple[Reference, str], dict[str, str]]:
         """Import applies the policy to every name the archive would create: deny (and an
         unmatched name under `noMatch: deny`) refuses, before any signature is looked at; a verify
-        rule wants a signature of the imported digest; the labels of verified (or warned) names."""
+        rule wants a signature (or the attestations it requires) of the imported digest, from the
+        archive or else the registry; the labels of verified (or warned) names."""
         verifier = self.verifier
         try:
             admitted = [(ref, digest, verifier.admit(ref, ref.pinned(digest))) for ref, digest in names]
         except errors.PermissionDenied:
             self.metrics.refused.inc()
             raise
-        found: list[ArchiveSignature] | None = None
         out: dict[tuple[Reference, str], dict[str, str]] = {}
         for ref, digest, decided in admitted:
             if isinstance(decided, Verdict):  # no rule, skip, or warned deny: no signature looked at
@@ -208,11 +207,11 @@ class Runtime:
                     self.count_verdict(decided)
                     out[(ref, digest)] = {L.VERIFIED: self._label(decided), L.VERIFIED_RULE: ""}
                 continue
-            if found is None:
-                found = await signatures()
-            sigs = [s.signature for s in found if s.concerns(digest)]
+            carried = await signatures(digest)
             try:
-                verdict = await verifier.verify_archive_image(ref, digest, sigs)
+                verdict = await verifier.verify_archive_image(
+                    ref, digest, carried.signatures, notes=carried.notes
+                )
             except errors.PermissionDenied:
                 self.metrics.refused.inc()
                 raise

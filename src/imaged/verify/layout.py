@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import stat
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 from imaged.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
 from imaged.oci import jsondoc
@@ -212,16 +214,14 @@ class LayoutRegistry:
         """The manifests among the layout's blobs whose subject is the image (the referrers API)."""
         self._require(digest)
         if self._referrers is None:
-            self._referrers = Index(mt.OCI_INDEX, tuple(self._scan(digest)))
+            self._referrers = Index(mt.OCI_INDEX, tuple(await self._scan(digest)))
         listed = self._referrers.manifests
         if artifact_type is not None:
             listed = tuple(d for d in listed if d.artifact_type == artifact_type)
         return Index(mt.OCI_INDEX, listed)
 
-    def _scan(self, digest: str) -> list[Descriptor]:
+    async def _scan(self, digest: str) -> list[Descriptor]:
         directory = self.path / "blobs" / "sha256"
-        found: list[Descriptor] = []
-        budget = MAX_SCAN_BYTES
         try:
             with os.scandir(directory) as it:
                 names: list[str] = []
@@ -234,7 +234,8 @@ class LayoutRegistry:
                     names.append(entry.name)
         except FileNotFoundError:
             return []
-        for name in sorted(names):
+        blobs: list[tuple[str, int]] = []
+        for name in names:
             path = directory / name
             if not SHA256_RE.fullmatch("sha256:" + name):
                 continue
@@ -242,41 +243,77 @@ class LayoutRegistry:
                 st = path.stat()
             except OSError:
                 continue
-            if st.st_size > MAX_REFERRER_SIZE or st.st_size == 0 or not path.is_file():
-                continue
-            if st.st_size > budget:
-                raise ResourceExhausted(
-                    f"looking for the referrers of {digest} in {self.path} read over {MAX_SCAN_BYTES} bytes"
-                )
-            budget -= st.st_size
-            descriptor = self._referrer(f"sha256:{name}", digest)
-            if descriptor is not None:
-                found.append(descriptor)
-        return found
+            if stat.S_ISREG(st.st_mode):
+                blobs.append((f"sha256:{name}", st.st_size))
 
-    def _referrer(self, blob: str, digest: str) -> Descriptor | None:
-        """The descriptor of the manifest `blob` if its subject is `digest`."""
-        try:
-            data = read_regular_file(self.path / "blobs" / "sha256" / blob[7:], MAX_REFERRER_SIZE)
-        except OSError:
-            return None
-        if not data.startswith(b"{") or b'"subject"' not in data:
-            return None
-        try:
-            doc = jsondoc.loads(data)
-            if not isinstance(doc, dict) or not mt.is_manifest(media_type_of(doc, mt.OCI_MANIFEST)):
+        async def read(blob: str, limit: int) -> bytes | None:
+            try:
+                return read_regular_file(directory / blob[7:], limit)
+            except OSError:
                 return None
-            manifest = parse_manifest(doc, f"manifest {blob}")
-        except (ValueError, UnicodeDecodeError, InvalidArgument):
-            return None
-        if manifest.subject is None or manifest.subject.digest != digest:
-            return None
-        if "sha256:" + hashlib.sha256(data).hexdigest() != blob:
-            raise DataLoss(f"blob {blob} in the layout {self.path} does not match its digest (altered)")
-        return Descriptor(
-            manifest.media_type,
-            blob,
-            len(data),
-            dict(manifest.annotations),
-            artifact_type=manifest.artifact_type or manifest.config.media_type,
+
+        found = await scan_referrers(blobs, read, {digest}, f"the layout {self.path}")
+        return found.get(digest, [])
+
+
+ReadBlob = Callable[[str, int], Awaitable[bytes | None]]
+
+
+async def scan_referrers(
+    blobs: Iterable[tuple[str, int]], read: ReadBlob, subjects: Collection[str], where: str
+) -> dict[str, list[Descriptor]]:
+    """The manifests among `blobs` whose `subject` is one of `subjects` (OCI referrers that no
+    index lists, as `cosign save` keeps cosign 3's bundles), as descriptors by subject.
+
+    `blobs` are (digest, size) pairs, looked at in digest order; `read(digest, limit)` gives at
+    most `limit + 1` bytes of a blob, None when it cannot be read. Shared by the offline layout
+    reader and Import, with the same bounds: only sha256 blobs of 1 to MAX_REFERRER_SIZE bytes are
+    read, at most MAX_SCANNED of them and MAX_SCAN_BYTES in all (ResourceExhausted, before any is
+    read, when there are more).
+    A manifest naming a subject must hash to its digest (DataLoss otherwise): nothing here is a
+    verdict, the caller verifies what the manifests carry."""
+    candidates = sorted(
+        (blob, size) for blob, size in blobs if SHA256_RE.fullmatch(blob) and 0 < size <= MAX_REFERRER_SIZE
+    )
+    if len(candidates) > MAX_SCANNED:
+        raise ResourceExhausted(
+            f"looking for referrers in {where}: more than {MAX_SCANNED} blobs of at most "
+            f"{MAX_REFERRER_SIZE} bytes to read"
         )
+    if sum(size for _, size in candidates) > MAX_SCAN_BYTES:
+        raise ResourceExhausted(f"looking for referrers in {where} would read over {MAX_SCAN_BYTES} bytes")
+    found: dict[str, list[Descriptor]] = {}
+    for blob, _ in candidates:
+        data = await read(blob, MAX_REFERRER_SIZE)
+        if data is None or len(data) > MAX_REFERRER_SIZE:
+            continue
+        referrer = _referrer(data, blob, subjects, where)
+        if referrer is not None:
+            found.setdefault(referrer[0], []).append(referrer[1])
+    return found
+
+
+def _referrer(data: bytes, blob: str, subjects: Collection[str], where: str) -> tuple[str, Descriptor] | None:
+    """(subject, descriptor) of the manifest `data` (the blob `blob`) if its subject is one of
+    `subjects`."""
+    if not data.startswith(b"{") or b'"subject"' not in data:
+        return None
+    try:
+        doc = jsondoc.loads(data)
+        if not isinstance(doc, dict) or not mt.is_manifest(media_type_of(doc, mt.OCI_MANIFEST)):
+            return None
+        manifest = parse_manifest(doc, f"manifest {blob}")
+    except (ValueError, UnicodeDecodeError, InvalidArgument):
+        return None
+    if manifest.subject is None or manifest.subject.digest not in subjects:
+        return None
+    if "sha256:" + hashlib.sha256(data).hexdigest() != blob:
+        raise DataLoss(f"blob {blob} in {where} does not match its digest (altered)")
+    descriptor = Descriptor(
+        manifest.media_type,
+        blob,
+        len(data),
+        dict(manifest.annotations),
+        artifact_type=manifest.artifact_type or manifest.config.media_type,
+    )
+    return manifest.subject.digest, descriptor

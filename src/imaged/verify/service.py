@@ -31,29 +31,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from sigstore.errors import VerificationError
 
-from imaged.errors import FailedPrecondition, PermissionDenied, Unavailable
+from imaged.errors import FailedPrecondition, ImagedError, PermissionDenied, Unavailable
 from imaged.registry.auth import Credentials, HostAuth, HostLogin
 from imaged.registry.reference import Reference, canonical_repository, parse
 from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.cel import CelEvaluator, evaluator
 from imaged.verify.config import AttestationRule, Mode, Rule, VerificationConfig, config_warnings
-from imaged.verify.discovery import STAGES, RegistryAPI, discover_legacy_attestations
+from imaged.verify.discovery import STAGES, Found, RegistryAPI, discover_legacy_attestations
 from imaged.verify.matching import Glob, PlainHttp
 from imaged.verify.material import (
     SIGN_PREDICATE,
     AttestationMaterial,
     Authority,
     BundleSignature,
+    Envelope,
     Signature,
     SignatureVerifier,
     SimpleSigning,
@@ -303,10 +305,19 @@ class ImageVerifier:
             return Verdict(False, f"verification skipped by matched {matched.describe()}", pinned)
         return matched
 
-    async def verify_archive_image(self, ref: Reference, digest: str, signatures: list[Signature]) -> Verdict:
+    async def verify_archive_image(
+        self,
+        ref: Reference,
+        digest: str,
+        signatures: Sequence[Signature | Envelope],
+        *,
+        notes: Sequence[str] = (),
+    ) -> Verdict:
         """Import's check of an image the archive names `ref`, whose digest is `digest`: under a
-        verify rule the signatures of that digest must be in the archive (`signatures`, as `cosign
-        save` keeps them) or, failing that, in the registry the name points at."""
+        verify rule, what the archive carries for that digest (`signatures`: signatures and
+        attestations, as `cosign save` keeps them; `notes`: what was not looked at) is evaluated
+        as a registry's would be (the same stages' checks, attestation requirements included) or,
+        failing that, what the registry the name points at has."""
         pinned = ref.with_digest(digest)
         decided = self.admit(ref, pinned.pinned())
         if isinstance(decided, Verdict):
@@ -315,32 +326,39 @@ class ImageVerifier:
         trust: TrustState | None = None
         if matched.rule.keyless_authorities():
             matched, trust, _ = await self._with_current_trust(self._policy, matched)
-        reasons: list[str] = []
-        # An archive carries signatures only; a rule that also wants attestations asks the registry.
-        if signatures and not matched.rule.attestations:
-            tally = Tally(matched.authorities, matched.rule.threshold, check=self._bound(matched, ref))
-            await asyncio.to_thread(tally.add, signatures, digest)
-            if tally.satisfied():
-                several = len(matched.authorities) > 1
-                summary = f"{matched.describe()}: {tally.summary()}" if several else matched.describe()
-                message = f"{'; '.join(tally.successes())}; {summary}"
-                log.info("verified %s@%s from the archive: %s", ref.repository, digest, message)
+        found = "none" + "".join(f"; {n}" for n in notes)
+        if signatures:
+            envelopes = [s for s in signatures if isinstance(s, Envelope)]
+            signed = [s for s in signatures if not isinstance(s, Envelope)]
+            carried = Found("the archive", signed, list(notes))
+
+            async def archive() -> Found:
+                return carried
+
+            async def archive_envelopes() -> tuple[list[Envelope], list[str]]:
+                return envelopes, []
+
+            outcome = await self._evaluate(pinned, digest, matched, (archive,), archive_envelopes)
+            if outcome.verified:
+                log.info("verified %s@%s from the archive: %s", ref.repository, digest, outcome.message)
+                message = outcome.message
                 if trust is not None:
                     message += f"; trust root: {trust.describe()}"
                 return Verdict(True, message, pinned.pinned(), rule=matched.fingerprint)
-            reasons = tally.failures()
+            found = outcome.message.removeprefix(f"{ref.repository}@{digest}: ")
+        context = (
+            f"{ref} ({digest}): no signature in the archive satisfies {matched.describe()} "
+            f"(signatures in the archive: {found})"
+        )
         try:
             verdict = await self.verify(pinned.pinned())
         except PermissionDenied as e:
-            found = "; ".join(reasons) if reasons else "none"
             registry = e.message.removeprefix("image verification failed: ")
             raise PermissionDenied(
-                _truncate(
-                    f"image verification failed: {ref} ({digest}): no signature in the archive "
-                    f"satisfies {matched.describe()} (signatures in the archive: {found}), nor in "
-                    f"the registry: {registry}"
-                )
+                _truncate(f"image verification failed: {context}, nor in the registry: {registry}")
             ) from None
+        except ImagedError as e:  # the registry could not answer: an error, never a verdict
+            raise type(e)(_truncate(f"{context}; asking the registry failed: {e.message}")) from None
         return verdict
 
     async def verify(
@@ -463,13 +481,28 @@ class ImageVerifier:
     async def _verify_digest(
         self, registry: RegistryAPI, ref: Reference, digest: str, matched: MatchedRule
     ) -> Outcome:
+        stages = [functools.partial(stage, registry, ref, digest) for stage in STAGES]
+        legacy = functools.partial(discover_legacy_attestations, registry, ref, digest)
+        return await self._evaluate(ref, digest, matched, stages, legacy)
+
+    async def _evaluate(
+        self,
+        ref: Reference,
+        digest: str,
+        matched: MatchedRule,
+        stages: Sequence[Callable[[], Awaitable[Found]]],
+        legacy_attestations: Callable[[], Awaitable[tuple[list[Envelope], list[str]]]],
+    ) -> Outcome:
+        """`matched`'s verdict on `digest` over what `stages` find, in order until the threshold
+        holds, then (for a rule with attestations) the `legacy_attestations` if needed: a
+        registry's discovery stages, or what an imported archive carries."""
         rule = matched.rule
         tally = Tally(matched.authorities, rule.threshold, check=self._bound(matched, ref))
         target = f"{ref.repository}@{digest}"
         notes: list[str] = []
         attestations: list[AttestationMaterial] = []
-        for stage in STAGES:
-            found = await stage(registry, ref, digest)
+        for stage in stages:
+            found = await stage()
             notes.extend(found.notes)
             signatures: list[Signature] = []
             for sig in found.signatures:
@@ -488,7 +521,9 @@ class ImageVerifier:
             return Outcome(False, self._signature_failure(target, matched, tally, notes))
         extra: list[str] = []
         if rule.attestations:
-            results = await self._check_attestations(registry, ref, digest, matched, attestations, notes)
+            results = await self._check_attestations(
+                ref, digest, matched, attestations, notes, legacy_attestations
+            )
             failed = [r for r in results if not r.satisfied]
             reasons = "; ".join(f"{r.describe()}: " + "; ".join(r.reasons) for r in failed)
             if not tally.satisfied():
@@ -518,12 +553,12 @@ class ImageVerifier:
 
     async def _check_attestations(
         self,
-        registry: RegistryAPI,
         ref: Reference,
         digest: str,
         matched: MatchedRule,
         materials: list[AttestationMaterial],
         notes: list[str],
+        legacy: Callable[[], Awaitable[tuple[list[Envelope], list[str]]]],
     ) -> list[AttestationResult]:
         cel = self._cel or evaluator()
 
@@ -543,7 +578,7 @@ class ImageVerifier:
         if all(r.satisfied for r in results):
             return results
         # Not all among the referrers: cosign's legacy layout, the `.att` tag, before refusing.
-        envelopes, more = await discover_legacy_attestations(registry, ref, digest)
+        envelopes, more = await legacy()
         notes.extend(more)
         if envelopes:
             results = await asyncio.to_thread(check, [*materials, *envelopes])
