@@ -146,3 +146,18 @@ def test_layout_path(tmp_path: pathlib.Path) -> None:
         layout_path(one, "a.example/x:v1", single=False)
     with pytest.raises(InvalidArgument):
         layout_path(tmp_path, "a.example/../../etc:v1", single=False)
+
+
+async def test_the_scan_counts_what_it_read_not_what_was_listed() -> None:
+    """A blob may grow between its listing and its read (a directory being written): the budget
+    is charged with the bytes read, so the scan stops at MAX_SCAN_BYTES whatever the listing said."""
+    listed = [(f"sha256:{i:064x}", 1) for i in range(layout_mod.MAX_SCANNED)]
+    reads: list[str] = []
+
+    async def read(blob: str, limit: int) -> bytes | None:
+        reads.append(blob)
+        return b"x" * limit  # grew to the per-blob limit since it was listed
+
+    with pytest.raises(ResourceExhausted, match="read over"):
+        await layout_mod.scan_referrers(listed, read, {"sha256:" + "0" * 64}, "a growing layout")
+    assert len(reads) == layout_mod.MAX_SCAN_BYTES // layout_mod.MAX_REFERRER_SIZE + 1

@@ -234,6 +234,8 @@ class LayoutRegistry:
                     names.append(entry.name)
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise InvalidArgument(f"cannot list the blobs of the layout {self.path}: {e.strerror}") from None
         blobs: list[tuple[str, int]] = []
         for name in names:
             path = directory / name
@@ -283,8 +285,12 @@ async def scan_referrers(
     if sum(size for _, size in candidates) > MAX_SCAN_BYTES:
         raise ResourceExhausted(f"looking for referrers in {where} would read over {MAX_SCAN_BYTES} bytes")
     found: dict[str, list[Descriptor]] = {}
+    spent = 0  # what was read, not what was listed: a file may grow after it was listed
     for blob, _ in candidates:
         data = await read(blob, MAX_REFERRER_SIZE)
+        spent += len(data or b"")
+        if spent > MAX_SCAN_BYTES:
+            raise ResourceExhausted(f"looking for referrers in {where} read over {MAX_SCAN_BYTES} bytes")
         if data is None or len(data) > MAX_REFERRER_SIZE:
             continue
         referrer = _referrer(data, blob, subjects, where)
