@@ -48,6 +48,9 @@ MAX_ENTRIES = 32
 MAX_SIGNATURES = 32
 MAX_REFERRERS = 32
 MAX_BLOB = 1024 * 1024
+# All the signature material read for one import (manifests and layers, each blob once): an index
+# listing a manifest 32 times that lists one 1 MiB layer 32 times is 1 GiB of reads otherwise.
+MAX_MATERIAL_BYTES = 32 * 1024 * 1024
 BUNDLE_TYPES = frozenset({BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+json;version=0.3"})
 _WANTED_LAYERS = BUNDLE_TYPES | {SIMPLE_SIGNING_MEDIA_TYPE, DSSE_MEDIA_TYPE}
 
@@ -81,12 +84,19 @@ class _Reader:
         self.c = contents
         self.store = store
         self.limits = limits
+        self.budget = MAX_MATERIAL_BYTES
+        self.exhausted = False
 
     async def read(self, d: Descriptor, limit: int) -> bytes | None:
-        """The blob's bytes if the archive holds it at its descriptor's size, within `limit`."""
+        """The blob's bytes if the archive holds it at its descriptor's size, within `limit` and
+        within what is left of the import's budget for signature material."""
         blob = self.c.by_digest.get(d.digest)
         if blob is None or blob.size != d.size or d.size > limit:
             return None
+        if d.size > self.budget:
+            self.exhausted = True
+            return None
+        self.budget -= d.size
         return await self.read_digest(d.digest, limit)
 
     async def read_digest(self, digest: str, limit: int) -> bytes | None:
@@ -123,7 +133,19 @@ def _signatures_of(m: Manifest, digest: str, blobs: list[tuple[Descriptor, bytes
     return out
 
 
-async def _manifest_signatures(r: _Reader, d: Descriptor) -> list[ArchiveSignature]:
+def _wanted(m: Manifest, layer: Descriptor) -> bool:
+    """Whether `_signatures_of` would use the layer (decided before reading it)."""
+    if layer.media_type in BUNDLE_TYPES:
+        return (m.artifact_type or m.config.media_type) in BUNDLE_TYPES and m.subject is not None
+    return layer.media_type in _WANTED_LAYERS
+
+
+async def _manifest_signatures(r: _Reader, d: Descriptor, seen: set[str]) -> list[ArchiveSignature]:
+    """The signatures of the manifest `d`; `seen`: the blobs read already (each is read once: a
+    second copy of a signature is the same signer's)."""
+    if d.digest in seen:
+        return []
+    seen.add(d.digest)
     data = await r.read(d, r.limits.max_metadata)
     if data is None:
         return []
@@ -131,7 +153,13 @@ async def _manifest_signatures(r: _Reader, d: Descriptor) -> list[ArchiveSignatu
         m = parse_manifest(data, f"manifest {d.digest}")
     except InvalidArgument:
         return []
-    wanted = [layer for layer in m.layers if layer.media_type in _WANTED_LAYERS][:MAX_SIGNATURES]
+    wanted: list[Descriptor] = []
+    for layer in m.layers:
+        if len(wanted) >= MAX_SIGNATURES:
+            break
+        if layer.digest not in seen and _wanted(m, layer):
+            seen.add(layer.digest)
+            wanted.append(layer)
     blobs = [(layer, data) for layer in wanted if (data := await r.read(layer, MAX_BLOB)) is not None]
     return _signatures_of(m, d.digest, blobs)
 
@@ -151,6 +179,8 @@ class ArchiveSignatures:
         self._read: set[str] = set()  # manifests read from index.json: not again as referrers
         self._referrers: dict[str, list[Descriptor]] | None = None
         self._notes: list[str] = []
+        self._seen: set[str] = set()  # blobs read for their signatures (each once)
+        self._referred: dict[str, tuple[list[ArchiveSignature], list[str]]] = {}
 
     async def of(self, digest: str) -> ArchiveMaterial:
         """What the archive carries for the image `digest`: listed entries first, then referrers."""
@@ -167,14 +197,22 @@ class ArchiveSignatures:
 
     async def referred(self, digest: str) -> tuple[list[ArchiveSignature], list[str]]:
         """The signatures of `digest`'s referrers among the blobs (those index.json does not list),
-        and notes on what was not looked at."""
+        and notes on what was not looked at. Once per image, however many names it has."""
         await self.listed()
         async with self._lock:
             if self._referrers is None:
                 self._referrers = await self._scan()
+            if digest not in self._referred:
+                self._referred[digest] = await self._referred_of(digest, self._referrers)
+            found, notes = self._referred[digest]
+            return list(found), list(notes)
+
+    async def _referred_of(
+        self, digest: str, referrers: dict[str, list[Descriptor]]
+    ) -> tuple[list[ArchiveSignature], list[str]]:
         notes = list(self._notes)
         kinds = BUNDLE_TYPES | {COSIGN_SIG_ARTIFACT_TYPE}
-        listed = self._referrers.get(digest, [])
+        listed = referrers.get(digest, [])
         candidates = [d for d in listed if d.digest not in self._read and d.artifact_type in kinds]
         if len(candidates) > MAX_REFERRERS:
             notes.append(
@@ -184,10 +222,19 @@ class ArchiveSignatures:
             candidates = candidates[:MAX_REFERRERS]
         out: list[ArchiveSignature] = []
         for d in candidates:
-            out += [s for s in await _manifest_signatures(self._r, d) if s.concerns(digest)]
+            out += [s for s in await _manifest_signatures(self._r, d, self._seen) if s.concerns(digest)]
             if len(out) >= MAX_SIGNATURES:
                 break
+        if self._r.exhausted:
+            notes.append(self._budget_note())
         return out[:MAX_SIGNATURES], notes
+
+    @staticmethod
+    def _budget_note() -> str:
+        return (
+            f"the archive's signatures and attestations are over {MAX_MATERIAL_BYTES} bytes; "
+            "the rest were not read"
+        )
 
     async def _index_signatures(self) -> list[ArchiveSignature]:
         r = self._r
@@ -207,21 +254,33 @@ class ArchiveSignatures:
             if mt.is_manifest(d.media_type):
                 out += await self._listed_manifest(d)
             elif mt.is_index(d.media_type):  # a referrers tag (`sha256-<hex>`) saved as it is
+                if d.digest in self._seen:
+                    continue
+                self._seen.add(d.digest)
                 data = await r.read(d, r.limits.max_metadata)
                 try:
                     listed = parse_index(data, f"index {d.digest}").manifests if data is not None else ()
                 except InvalidArgument:
                     continue
                 for child in listed[:MAX_ENTRIES]:
+                    if len(out) >= MAX_SIGNATURES:
+                        break
                     if mt.is_manifest(child.media_type) and child.digest not in self._images:
                         out += await self._listed_manifest(child)
+        if len(out) > MAX_SIGNATURES or looked < len(entries):
+            self._notes.append(
+                f"the archive's index.json lists more signature material than the {MAX_ENTRIES} "
+                f"entries and {MAX_SIGNATURES} signatures looked at"
+            )
+        if r.exhausted:
+            self._notes.append(self._budget_note())
         return out[:MAX_SIGNATURES]
 
     async def _listed_manifest(self, d: Descriptor) -> list[ArchiveSignature]:
         blob = self._r.c.by_digest.get(d.digest)
         if blob is not None and blob.size == d.size:  # read here, so not again as a referrer
             self._read.add(d.digest)
-        return await _manifest_signatures(self._r, d)
+        return await _manifest_signatures(self._r, d, self._seen)
 
     async def _scan(self) -> dict[str, list[Descriptor]]:
         """The referrers of the images among the archive's blobs (`scan_referrers`, bounded)."""

@@ -216,7 +216,8 @@ class Runtime:
                 self.metrics.refused.inc()
                 raise
             self.count_verdict(verdict)
-            out[(ref, digest)] = {L.VERIFIED: self._label(verdict), L.VERIFIED_RULE: verdict.rule}
+            if verdict.verified or verdict.warned:  # (a reload meanwhile may have left no rule)
+                out[(ref, digest)] = {L.VERIFIED: self._label(verdict), L.VERIFIED_RULE: verdict.rule}
         return out
 
     def containerd_for(self, driver: int) -> Containerd:
