@@ -16,7 +16,7 @@ from sigstore.errors import VerificationError
 
 from imaged.verify.keys import key_hint, load_public_key
 from imaged.verify.material import ANN_SIGNATURE, BundleSignature, SimpleSigning
-from imaged.verify.static import pae
+from imaged.verify.payload import pae
 from imaged.verify.verifiers import StaticKeyVerifier
 
 DIGEST = "sha256:" + hashlib.sha256(b"an image manifest").hexdigest()

@@ -25,7 +25,7 @@ from imaged.verify.material import (
     Signed,
     SimpleSigning,
 )
-from imaged.verify.payload import check_simple_signing
+from imaged.verify.payload import check_simple_signing, pae
 from imaged.verify.rekor import check_entry_binds, check_envelope_entry_binds, verify_set
 from imaged.verify.signers import keyless_signer
 from imaged.verify.trust import TrustRoot
@@ -79,7 +79,6 @@ def open_legacy_keyless_envelope(env: Envelope, trust: TrustRoot, policy: Verifi
     and the identity. Returns (who, payloadType, payload)."""
     from imaged.oci import jsondoc
     from imaged.verify.keys import decode_b64
-    from imaged.verify.static import pae
 
     try:
         doc = jsondoc.loads(env.envelope)

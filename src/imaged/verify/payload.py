@@ -127,3 +127,9 @@ def _check_subject(doc: dict[str, Any], digest: str) -> None:
     raise VerificationError(
         f"statement subjects {named or '(none)'} do not include the image digest {digest}"
     )
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding: what a DSSE signature covers."""
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)

@@ -23,16 +23,10 @@ from imaged.verify.keys import (
 )
 from imaged.verify.legacy import signature_bytes
 from imaged.verify.material import BundleSignature, Opened, Signed, SimpleSigning
-from imaged.verify.payload import check_simple_signing, check_statement
+from imaged.verify.payload import check_simple_signing, check_statement, pae
 from imaged.verify.signers import key_signer
 
 MAX_DSSE_SIGNATURES = 8
-
-
-def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE pre-authentication encoding: what a DSSE signature covers."""
-    t = payload_type.encode()
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
 def verify_static_simple_signing(sig: SimpleSigning, digest: str, key: PublicKey) -> Signed:
