@@ -85,6 +85,40 @@ def test_signed_pull_runs_through_containerds_cri_runtime(
     assert container.image_ref == f"{env.reg.host}/signed/app@{digest}"
 
 
+def test_an_image_the_node_has_is_not_pulled_again(env: Env, containerd: PrivateContainerd) -> None:
+    """A kubelet with `imagePullPolicy: Always` pulls at every pod start. The policy still decides
+    and the tag is still resolved at the registry, but a verified digest that is recorded,
+    unpacked and known to containerd's CRI is not handed to containerd's pull (which would only
+    resolve the digest again and compare its records); its records are made what a pull makes.
+    A tag that moved is pulled."""
+    img = archives.simple_image("warm-v1")
+    digest = env.push_signed(env.reg, "signed/warm", "v1", img)
+    tag = f"{env.reg.host}/signed/warm:v1"
+    pinned = f"{env.reg.host}/signed/warm@{digest}"
+    assert pull_image(env, tag) == img.config_digest
+    containerd.ctr("images", "rm", tag, namespace="k8s.io")  # the tag record gone, the image kept
+    before = len(env.reg.requests())
+    assert pull_image(env, tag) == img.config_digest
+    asked = env.reg.requests()[before:]
+    assert ("HEAD", "/v2/signed/warm/manifests/v1", 200) in asked, asked  # the pin: resolved again
+    assert not [r for r in asked if digest in r[1] or "/blobs/" in r[1]], asked  # nothing else
+    found = records(containerd)
+    for name in (tag, pinned, img.config_digest):
+        assert found[name]["io.cri-containerd.image"] == "managed", found[name]
+        assert found[name]["imaged.dev/verified"].startswith("verified via legacy signature"), found[name]
+    status = cri.image_status(containerd.socket, tag).image
+    assert status.id == img.config_digest and tag in status.repo_tags
+    assert leases(containerd, "k8s.io") == []
+
+    moved = archives.simple_image("warm-v2")
+    digest2 = env.push_signed(env.reg, "signed/warm", "v1", moved)
+    before = len(env.reg.requests())
+    assert pull_image(env, tag) == moved.config_digest
+    asked = env.reg.requests()[before:]
+    assert [r for r in asked if r[1].endswith(f"/manifests/{digest2}")], asked  # containerd pulled
+    assert cri.image_status(containerd.socket, tag).image.id == moved.config_digest
+
+
 def test_unsigned_or_denied_is_refused_before_any_layer(env: Env, containerd: PrivateContainerd) -> None:
     unsigned = archives.simple_image("cri-unsigned")
     archives.push(env.reg, "signed/unsigned", "v1", unsigned)

@@ -15,6 +15,10 @@ runtime side (CreateContainer) is containerd's CRI anyway. PullImage is where im
    ignores registry tokens);
 4. it returns once containerd's CRI knows every name of the image (bounded wait): the kubelet's
    next call, CreateContainer with the returned id, goes to containerd's CRI directly.
+
+A verified digest that is recorded, unpacked and known to containerd's CRI already is not pulled
+again (`_here`): the policy still decides and the tag is still resolved at the registry, but
+containerd is not asked to resolve it once more and compare what it has.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.images import ImageStore
+from imaged.containerd.unpack import Unpacker
 from imaged.cri import upstream
 from imaged.cri.auth import configured_auth, containerd_ignores, request_credentials
 from imaged.cri.transfer import CriTransfer
 from imaged.images.walk import host_manifest
+from imaged.oci.manifest import parse_config
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.pull.progress import Progress
-from imaged.pull.puller import Puller, PullOptions, VerifiedPin
+from imaged.pull.puller import MAX_CONFIG_SIZE, Puller, PullOptions, VerifiedPin
 from imaged.registry.auth import Credentials, HostAuth
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
@@ -110,10 +116,40 @@ class CriImages:
                 record_ref = record_ref.with_digest(pin.digest)
                 forward.image.image = record_ref.pinned()
                 ours = [n for n in [record_ref.tagged()] if n]  # the only name not CRI's own
+                here = await self._here(record_ref, labels)
+                if here is not None:
+                    await self._known(ours, here)
+                    return here
             pulled = await self.transfer.run(self.ns, record_ref, forward, labels)
             await self._known(ours, pulled.image_id)
             return pulled.image_id
         return await self._pull_here(record_ref, creds, pin)
+
+    async def _here(self, ref: Reference, labels: dict[str, str]) -> str | None:
+        """The image id, without asking containerd's CRI to pull, when the verified digest is
+        recorded, unpacked and known to containerd's CRI: its pull would fetch nothing then, only
+        resolve the digest again and compare its records. That is every pull of a kubelet with
+        `imagePullPolicy: Always` of an image the node has. The records and labels are then made
+        what a pull makes. Anything missing or unreadable: None, and containerd pulls."""
+        assert ref.digest is not None
+        record = await ImageStore(self.ns).get(ref.pinned())
+        if record is None or record.target.digest != ref.digest:
+            return None
+        content = ContentStore(self.ns)
+        try:
+            t = record.target
+            manifest = (await host_manifest(content, t.media_type, t.digest, t.size)).manifest
+            config = parse_config(await content.read_all(manifest.config.digest, MAX_CONFIG_SIZE))
+            image_id = manifest.config.digest
+            unpacker = Unpacker(self.ns, self.pull_options.snapshotter)
+            if not await unpacker.is_unpacked(image_id, config.diff_ids):
+                return None
+            if not await upstream.knows(self.ns, ref.pinned(), image_id):
+                return None
+        except (errors.ImagedError, upstream.CriError):
+            return None
+        await self.transfer.record(self.ns, ref, image_id, labels)
+        return image_id
 
     async def _pull_here(self, ref: Reference, creds: Credentials | None, pin: VerifiedPin | None) -> str:
         """imaged's own pipeline, with the request's credentials."""

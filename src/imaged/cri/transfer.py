@@ -226,6 +226,17 @@ class CriTransfer:
                 raise
         return pulled
 
+    async def record(self, ns: Namespaced, ref: Reference, image_id: str, labels: dict[str, str]) -> Pulled:
+        """The records and labels of an image containerd's CRI holds already, as `run` leaves
+        them after a pull (only what differs is written; what this call made goes if it fails)."""
+        created: list[str] = []
+        updated: dict[str, int] = {}
+        try:
+            return await self._records(ns, ref, image_id, labels, time.time(), created, updated)
+        except BaseException:
+            await undo_records(ns, created, updated)
+            raise
+
     async def _records(
         self,
         ns: Namespaced,
