@@ -43,17 +43,14 @@ def imagectl_path() -> str | None:
 
 async def _records(socket: str, names: list[str], target: archives.Image | None) -> None:
     from imaged.containerd import Containerd
-    from imaged.containerd.images import ImageStore
-    from imaged.pb.containerd.types import descriptor_pb2
+    from imaged.containerd.images import ImageStore, Target
 
     cd = Containerd(socket)
     store = ImageStore(cd.ns(CRI_NS))
     sem = asyncio.Semaphore(64)
     desc = None
     if target is not None:
-        desc = descriptor_pb2.Descriptor(
-            media_type=archives.OCI_MANIFEST, digest=target.digest, size=len(target.manifest)
-        )
+        desc = Target(archives.OCI_MANIFEST, target.digest, len(target.manifest))
 
     async def one(name: str) -> None:
         async with sem:
