@@ -36,15 +36,13 @@ from imaged.containerd import labels as L
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.containerd.images import ImageStore
-from imaged.containerd.unpack import Unpacker
 from imaged.cri import upstream
 from imaged.cri.auth import configured_auth, containerd_ignores, request_credentials
 from imaged.cri.transfer import CriTransfer
-from imaged.images.walk import host_manifest
-from imaged.oci.manifest import parse_config
+from imaged.images.walk import host_manifest, unpacked_record
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.pull.progress import Progress
-from imaged.pull.puller import MAX_CONFIG_SIZE, Puller, PullOptions, VerifiedPin
+from imaged.pull.puller import Puller, PullOptions, VerifiedPin
 from imaged.registry.auth import Credentials, HostAuth
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import Reference, parse
@@ -132,18 +130,11 @@ class CriImages:
         `imagePullPolicy: Always` of an image the node has. The records and labels are then made
         what a pull makes. Anything missing or unreadable: None, and containerd pulls."""
         assert ref.digest is not None
-        record = await ImageStore(self.ns).get(ref.pinned())
-        if record is None or record.target.digest != ref.digest:
-            return None
-        content = ContentStore(self.ns)
         try:
-            t = record.target
-            manifest = (await host_manifest(content, t.media_type, t.digest, t.size)).manifest
-            config = parse_config(await content.read_all(manifest.config.digest, MAX_CONFIG_SIZE))
-            image_id = manifest.config.digest
-            unpacker = Unpacker(self.ns, self.pull_options.snapshotter)
-            if not await unpacker.is_unpacked(image_id, config.diff_ids):
+            found = await unpacked_record(self.ns, ref.pinned(), ref.digest, self.pull_options.snapshotter)
+            if found is None:
                 return None
+            image_id = found[1]
             if not await upstream.knows(self.ns, ref.pinned(), image_id):
                 return None
         except (errors.ImagedError, upstream.CriError):

@@ -26,6 +26,7 @@ from imaged import errors
 from imaged.containerd.client import Namespaced
 from imaged.containerd.content import ContentStore
 from imaged.images.walk import host_manifest
+from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, chain_ids, parse_config
 from imaged.pb.containerd.services.content.v1 import content_pb2
 from imaged.pb.containerd.services.snapshots.v1 import snapshots_pb2
@@ -33,7 +34,6 @@ from imaged.pull.progress import LayerState, Progress, Status
 
 log = logging.getLogger(__name__)
 
-MAX_CONFIG_SIZE = 8 * 1024 * 1024
 # Layers asked about by key, per kind, in one look (see the module docstring).
 WINDOW = 8
 
@@ -94,7 +94,7 @@ class IngestWatcher:
             self._config = manifest.config
         if self._config is not None and self.layers and not self.layers[0].chain:
             try:
-                config = parse_config(await content.read_all(self._config.digest, MAX_CONFIG_SIZE))
+                config = parse_config(await content.read_all(self._config.digest, mt.MAX_CONFIG_SIZE))
             except errors.NotFound:
                 return
             if len(config.diff_ids) == len(self.layers):

@@ -29,6 +29,8 @@ ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOC
 
 # Cap on any manifest or index read from a registry or an archive.
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+# Cap on an image config read (from a registry or the content store).
+MAX_CONFIG_SIZE = 8 * 1024 * 1024
 # How deeply indexes may nest, in a registry or an archive (so an imported image lists its size).
 MAX_INDEX_DEPTH = 8
 

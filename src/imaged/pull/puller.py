@@ -34,7 +34,7 @@ from imaged.containerd.images import ImageStore, Target
 from imaged.containerd.leases import hold_if_present, lease
 from imaged.containerd.unpack import Unpacker, UnpackEventKind
 from imaged.images.records import create_records
-from imaged.images.walk import host_manifest
+from imaged.images.walk import unpacked_record
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import (
     Descriptor,
@@ -54,7 +54,6 @@ from imaged.tasks import gather
 
 log = logging.getLogger(__name__)
 
-MAX_CONFIG_SIZE = 8 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -206,21 +205,11 @@ class Puller:
         name = ref.pinned() if ref.digest else ref.tagged()
         if name is None:
             return None
-        image = await ImageStore(ns).get(name)
-        if image is None or (ref.digest and image.target.digest != ref.digest):
+        found = await unpacked_record(ns, name, ref.digest, self.options.snapshotter)
+        if found is None:
             return None
-        content = ContentStore(ns)
-        try:
-            t = image.target
-            manifest = (await host_manifest(content, t.media_type, t.digest, t.size)).manifest
-            config = parse_config(await content.read_all(manifest.config.digest, MAX_CONFIG_SIZE))
-        except (errors.NotFound, errors.InvalidArgument, errors.ResourceExhausted):
-            return None
-        if not await Unpacker(ns, self.options.snapshotter).is_unpacked(
-            manifest.config.digest, config.diff_ids
-        ):
-            return None
-        await create_records(ns, ref, image.target, manifest.config.digest, labels)
+        image, config_digest = found
+        await create_records(ns, ref, image.target, config_digest, labels)
         return ref.pinned(image.target.digest)
 
     async def _pull(
@@ -243,13 +232,13 @@ class Puller:
             content = ContentStore(lns)
             resolved = await self._walk(content, pinned, root, source)
             config_desc = resolved.manifest.config
-            if config_desc.size > MAX_CONFIG_SIZE:  # refused before a byte of it is downloaded
+            if config_desc.size > mt.MAX_CONFIG_SIZE:  # refused before a byte of it is downloaded
                 raise errors.InvalidArgument(
                     f"{ref}: image config {config_desc.digest} is {config_desc.size} bytes, "
-                    f"over the {MAX_CONFIG_SIZE} byte limit"
+                    f"over the {mt.MAX_CONFIG_SIZE} byte limit"
                 )
             await self._fetch_blob(lns, pinned, config_desc, "config", source)
-            config = parse_config(await content.read_all(config_desc.digest, MAX_CONFIG_SIZE))
+            config = parse_config(await content.read_all(config_desc.digest, mt.MAX_CONFIG_SIZE))
             await self._layers(lns, pinned, resolved.manifest, config, progress, source)
             target = Target(root.media_type, root.digest, root.size)
             await create_records(lns, ref, target, config_desc.digest, labels)
