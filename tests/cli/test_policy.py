@@ -28,7 +28,7 @@ from tests.pull.test_pull import pull, run
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
 from tests.support.cosign import SLSA_PROVENANCE, Cosign
-from tests.support.daemon import SYSTEM, DaemonProcess
+from tests.support.daemon import SYSTEM, DaemonProcess, run_imaged
 from tests.support.registry import Registry, free_port
 from tests.support.sigstore import OciPusher, PrivateSigstore
 
@@ -385,7 +385,6 @@ def test_policy_explain_reads_the_file(tmp_path: pathlib.Path) -> None:
 
 def test_check_config_prints_warnings_and_strict_fails(tmp_path: pathlib.Path) -> None:
     import subprocess
-    import sys
 
     config = tmp_path / "config.yaml"
     rules = [
@@ -403,12 +402,7 @@ def test_check_config_prints_warnings_and_strict_fails(tmp_path: pathlib.Path) -
     config.write_text(yaml.safe_dump({"verification": {"rules": rules}}))
 
     def check(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(config), *extra],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_imaged("--check-config", str(config), *extra)
 
     r = check()
     assert r.returncode == 0, r.stderr

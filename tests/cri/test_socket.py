@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import stat
-import subprocess
-import sys
 import time
 
 import grpc
@@ -18,7 +16,7 @@ from imaged.pb.machine import image_pb2, image_pb2_grpc
 from imaged.pb.runtime.v1 import api_pb2
 from tests.cri.conftest import Env
 from tests.support import cri
-from tests.support.daemon import CRI
+from tests.support.daemon import CRI, run_imaged
 
 
 def test_the_cri_socket_serves_cri_only(env: Env) -> None:
@@ -60,11 +58,6 @@ def test_cri_socket_credentials_are_refused_at_load(tmp_path: pathlib.Path) -> N
             yaml.safe_dump({"listen": {"cri": {"path": str(tmp_path / "cri.sock"), "credentials": value}}})
         )
         for args in (["--check-config", str(path)], ["--config", str(path)]):
-            r = subprocess.run(
-                [sys.executable, "-m", "imaged.daemon.main", *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            r = run_imaged(*args)
             assert r.returncode == 2, (args, r.stdout, r.stderr)
             assert "cri.credentials" in r.stderr and "request's auth" in r.stderr, r.stderr

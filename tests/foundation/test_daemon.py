@@ -6,8 +6,6 @@ import os
 import pathlib
 import socket
 import stat
-import subprocess
-import sys
 import time
 
 import grpc
@@ -16,13 +14,7 @@ import yaml
 
 from imaged.pb.machine import image_pb2
 from tests.support.containerd import PrivateContainerd
-from tests.support.daemon import CRI, DaemonProcess
-
-
-def run_imaged(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", *args], capture_output=True, text=True, timeout=60
-    )
+from tests.support.daemon import CRI, DaemonProcess, run_imaged
 
 
 @pytest.mark.parametrize(

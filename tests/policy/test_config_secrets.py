@@ -7,8 +7,6 @@ goes for endpoints in a hosts.toml, which the daemon reads (and reports on) at r
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 
 import grpc
@@ -16,6 +14,7 @@ import pytest
 import yaml
 
 from tests.policy.conftest import pull, refused
+from tests.support.daemon import run_imaged
 
 SECRET = f"Mirr0r-{uuid.uuid4().hex[:8]}-pw"
 MIRRORS = [
@@ -35,12 +34,7 @@ MIRRORS = [
 def test_a_hosts_key_with_credentials_is_not_echoed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "imaged.yaml"
     path.write_text(yaml.safe_dump({"registries": {"hosts": {f"https://bob:{SECRET}@r.example": {}}}}))
-    r = subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_imaged("--check-config", str(path))
     assert r.returncode == 2 and "registries.hosts" in r.stderr, r.stderr
     assert SECRET not in r.stdout + r.stderr, r.stderr
 
@@ -50,9 +44,7 @@ def test_mirror_credentials_stay_out_of_config_errors(tmp_path, mirror) -> None:
     path = tmp_path / "imaged.yaml"
     path.write_text(yaml.safe_dump({"registries": {"hosts": {"docker.io": {"mirrors": [mirror]}}}}))
     for args in (["--check-config", str(path)], ["--config", str(path)]):
-        r = subprocess.run(
-            [sys.executable, "-m", "imaged.daemon.main", *args], capture_output=True, text=True, timeout=60
-        )
+        r = run_imaged(*args)
         assert r.returncode == 2, (r.stdout, r.stderr)
         assert "registries.hosts.docker.io.mirrors" in r.stderr, r.stderr
         assert SECRET not in r.stdout + r.stderr, r.stderr
@@ -94,8 +86,6 @@ def test_a_key_path_with_credentials_is_not_echoed(tmp_path, hosts, where) -> No
     path = tmp_path / "imaged.yaml"
     path.write_text(yaml.safe_dump({"registries": {"hosts": hosts}}))
     for args in (["--check-config", str(path)], ["--config", str(path)]):
-        r = subprocess.run(
-            [sys.executable, "-m", "imaged.daemon.main", *args], capture_output=True, text=True, timeout=60
-        )
+        r = run_imaged(*args)
         assert r.returncode == 2 and where in r.stderr, r.stderr
         assert SECRET not in r.stdout + r.stderr, r.stderr

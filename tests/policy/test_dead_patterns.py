@@ -7,13 +7,11 @@ were accepted, so the protection they were written for silently did not exist: w
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from tests.policy.conftest import key_rule
+from tests.support.daemon import run_imaged
 
 
 @pytest.mark.parametrize(
@@ -37,9 +35,7 @@ def test_dead_pattern_is_refused_by_check_config_and_at_start(tmp_path, key, pat
         )
     )
     for args in (["--check-config", str(path)], ["--config", str(path)]):
-        r = subprocess.run(
-            [sys.executable, "-m", "imaged.daemon.main", *args], capture_output=True, text=True, timeout=60
-        )
+        r = run_imaged(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "verification.rules[1]" in r.stderr and reason in r.stderr, r.stderr
 
@@ -50,10 +46,5 @@ def test_lower_case_and_host_patterns_still_load(tmp_path, key) -> None:  # type
         key_rule(p, key) for p in ("GHCR.io/myorg/*", "registry.corp.example/*", "nginx", "*", "MyReg/app")
     ]
     path.write_text(yaml.safe_dump({"verification": {"rules": rules}}))
-    r = subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_imaged("--check-config", str(path))
     assert r.returncode == 0, r.stderr

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
-import sys
 
 import grpc
 import yaml
 
 from tests.policy.conftest import key_rule, no_leftovers, pull, push_unsigned, records, refused
+from tests.support.daemon import run_imaged
 
 
 def test_host_star_does_not_span_slashes(reg, key, start, containerd) -> None:  # type: ignore[no-untyped-def]
@@ -50,12 +50,7 @@ def test_wildcard_host_port_is_read_as_references_read_it(reg, key, start, conta
 def check_config(tmp_path: pathlib.Path, verification: dict[str, object]) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "imaged.yaml"
     path.write_text(yaml.safe_dump({"verification": verification}))
-    return subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(path), "--strict"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_imaged("--check-config", str(path), "--strict")
 
 
 def test_check_config_warns_that_a_port_walks_around_a_wildcard_host(tmp_path, key) -> None:  # type: ignore[no-untyped-def]

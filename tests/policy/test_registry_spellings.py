@@ -6,13 +6,11 @@ or `127.0.0.1:0000PORT` matched no rule and the unsigned image was pulled; `ghcr
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import grpc
 
 from imaged.pb.machine import image_pb2
 from tests.policy.conftest import key_rule, no_leftovers, pull, push_unsigned, records, refused
+from tests.support.daemon import run_imaged
 
 
 def test_port_spellings_and_hub_aliases_meet_their_rules(reg, key, start, containerd) -> None:  # type: ignore[no-untyped-def]
@@ -53,21 +51,11 @@ def test_check_config_suggests_no_match_deny_for_host_rules(tmp_path, reg, key) 
 
     path = tmp_path / "imaged.yaml"
     path.write_text(yaml.safe_dump({"verification": {"rules": [key_rule(f"{reg.host}/demo/*", key)]}}))
-    r = subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_imaged("--check-config", str(path))
     assert r.returncode == 0, r.stderr
     assert "noMatch: deny" in r.stderr, r.stderr
     path.write_text(
         yaml.safe_dump({"verification": {"noMatch": "deny", "rules": [key_rule(f"{reg.host}/demo/*", key)]}})
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_imaged("--check-config", str(path))
     assert r.returncode == 0 and "noMatch" not in r.stderr, r.stderr

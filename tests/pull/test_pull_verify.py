@@ -13,7 +13,7 @@ from tests.policy.layouts import signed_layout
 from tests.pull.test_pull import leases, pull, run
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
-from tests.support.daemon import SYSTEM, DaemonProcess
+from tests.support.daemon import SYSTEM, DaemonProcess, run_imaged
 from tests.support.registry import Registry
 from tests.support.sigstore import OciPusher, PrivateSigstore
 
@@ -165,8 +165,6 @@ def test_pkcs1_rsa_key_rule(containerd: PrivateContainerd, tmp_path) -> None:  #
 
 
 def test_a_weak_rsa_key_is_refused_at_load_with_its_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
 
     import yaml
     from cryptography.hazmat.primitives import serialization
@@ -178,12 +176,7 @@ def test_a_weak_rsa_key_is_refused_at_load_with_its_size(tmp_path) -> None:  # t
         path = tmp_path / "config.yaml"
         rule = {"image": "ghcr.io/org/*", "publicKey": {"certificate": pem}}
         path.write_text(yaml.safe_dump({"verification": {"rules": [rule]}}))
-        r = subprocess.run(
-            [sys.executable, "-m", "imaged.daemon.main", "--check-config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        r = run_imaged("--check-config", str(path))
         assert r.returncode != 0
         assert "rules.0" in r.stderr or "rules[0]" in r.stderr, r.stderr
         assert "RSA key of 1024 bits is too small (at least 2048)" in r.stderr, r.stderr

@@ -30,7 +30,7 @@ from tests.reliability.faultproxy import Fault, FaultProxy
 from tests.reliability.hostile import HostileRegistry
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
-from tests.support.daemon import SYSTEM, DaemonProcess
+from tests.support.daemon import SYSTEM, DaemonProcess, run_imaged
 from tests.support.registry import Registry
 from tests.support.sigstore import StaticKey
 
@@ -77,12 +77,7 @@ def socket_dir() -> Iterator[pathlib.Path]:
 def check_config_fails(path: pathlib.Path, text: str) -> str:
     """Write `text` to `path`, run `imaged --check-config` on it, expect a refusal; its output."""
     path.write_text(text)
-    r = subprocess.run(
-        [sys.executable, "-m", "imaged.daemon.main", "--config", str(path), "--check-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_imaged("--config", str(path), "--check-config")
     assert r.returncode != 0
     return r.stdout + r.stderr
 

@@ -22,6 +22,13 @@ CRI = common_pb2.ContainerdInstance(driver=common_pb2.CRI, namespace=common_pb2.
 SYSTEM = common_pb2.ContainerdInstance(driver=common_pb2.CONTAINERD, namespace=common_pb2.NS_SYSTEM)
 
 
+def run_imaged(*args: str) -> subprocess.CompletedProcess[str]:
+    """`imaged ARGS` to its end (`--check-config FILE`, a `--config` refused at start), output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "imaged.daemon.main", *args], capture_output=True, text=True, timeout=60
+    )
+
+
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
