@@ -194,7 +194,6 @@ class Command:
     module: str  # imported when the command runs; it defines run(args) -> int
     configure: Callable[[argparse.ArgumentParser], None]
     aliases: tuple[str, ...] = field(default=())
-    uses_namespace: bool = True
     daemon: bool = True  # talks to imaged, so takes --socket and --timeout
 
 
@@ -208,21 +207,18 @@ COMMANDS = (
         "check an image against the daemon's verification policy",
         "imaged.cli.cmd_verify",
         _configure_verify,
-        uses_namespace=False,
     ),
     Command(
         "policy",
         "explain a policy offline, or test a candidate policy on real images",
         "imaged.cli.cmd_policy",
         _configure_policy,
-        uses_namespace=False,
     ),
     Command(
         "completion",
         "print a shell completion script",
         "imaged.cli.completion",
         _configure_completion,
-        uses_namespace=False,
         daemon=False,
     ),
 )

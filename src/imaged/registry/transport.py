@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import logging
 import random
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -77,8 +76,6 @@ MAX_REDIRECTS = 10
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 ENDPOINT_CACHE_SECONDS = 5.0
-# The default of callers that cannot pass `attempts` (see single_attempt).
-_ONE_ATTEMPT: contextvars.ContextVar[bool] = contextvars.ContextVar("one_attempt", default=False)
 
 
 class Pool:
@@ -160,18 +157,6 @@ class Pool:
         if self.session is not None:
             await self.session.close()
             self.session = None
-
-
-@contextlib.contextmanager
-def single_attempt() -> Iterator[None]:
-    """Operations started inside make one try per request, as `attempts=1` asks explicitly: for
-    a caller with something to fall back on, an unreachable registry costs one timeout, not
-    several with backoff."""
-    token = _ONE_ATTEMPT.set(True)
-    try:
-        yield
-    finally:
-        _ONE_ATTEMPT.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +255,10 @@ class Transport:
         return eps
 
     def routes(self, ref: Reference, capability: str, what: str, attempts: int | None = None) -> list[Route]:
-        """The endpoints to try in order, as routes; `attempts` per request (None: one inside
-        `single_attempt`, else `retries.attempts`)."""
+        """The endpoints to try in order, as routes; `attempts` per request (None:
+        `retries.attempts`)."""
         eps = self.endpoints(ref, capability, what)
-        tries = attempts or (1 if _ONE_ATTEMPT.get() else self.config.retries.attempts)
+        tries = attempts or self.config.retries.attempts
         return [
             Route(e, ref, 1 if e.mirror and i < len(eps) - 1 else tries, i < len(eps) - 1)
             for i, e in enumerate(eps)

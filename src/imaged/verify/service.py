@@ -57,7 +57,6 @@ from imaged.verify.material import (
     BundleSignature,
     Envelope,
     Signature,
-    SignatureVerifier,
     SimpleSigning,
 )
 from imaged.verify.payload import check_docker_reference
@@ -108,11 +107,6 @@ class MatchedRule:
     # Keyless authorities compiled without a root (none yet): they verify nothing, so a failure
     # is UNAVAILABLE (they might have verified), a success the keys' alone.
     pending: bool = False
-
-    @property
-    def verifier(self) -> SignatureVerifier | None:
-        """The first authority (the only one of a rule in the reference's form)."""
-        return self.authorities[0] if self.authorities else None
 
     @property
     def action(self) -> Literal["verify", "skip", "deny"]:

@@ -20,7 +20,6 @@ from imaged.verify.material import (
     BundleSignature,
     Opened,
     Signature,
-    SignatureVerifier,
     Signed,
 )
 from imaged.verify.static import open_static_envelope, verify_static_bundle, verify_static_simple_signing
@@ -109,9 +108,3 @@ def build_authorities(rule: Rule, trust: TrustRoot | None) -> tuple[Authority, .
         if p.certificate:
             out.append(StaticKeyVerifier(load_public_key(p.certificate), name=p.name))
     return tuple(out)
-
-
-def build_verifier(rule: Rule, trust: TrustRoot | None) -> SignatureVerifier | None:
-    """The rule's first authority; None for skip and deny rules."""
-    authorities = build_authorities(rule, trust)
-    return authorities[0] if authorities else None
