@@ -31,11 +31,16 @@ from imaged.containerd.content import ContentStore
 from imaged.errors import InvalidArgument, NotFound, ResourceExhausted
 from imaged.oci import mediatypes as mt
 from imaged.oci.manifest import Descriptor, Manifest, parse_index, parse_manifest
+from imaged.verify.discovery import (
+    BUNDLE_ARTIFACT_TYPES,
+    MAX_BLOB_SIZE,
+    MAX_REFERRERS,
+    MAX_SIGNATURES,
+    SIGNATURE_ARTIFACT_TYPES,
+)
 from imaged.verify.layout import scan_referrers
 from imaged.verify.material import (
     ANN_PREDICATE_TYPE,
-    BUNDLE_MEDIA_TYPE,
-    COSIGN_SIG_ARTIFACT_TYPE,
     DSSE_MEDIA_TYPE,
     SIMPLE_SIGNING_MEDIA_TYPE,
     BundleSignature,
@@ -45,14 +50,10 @@ from imaged.verify.material import (
 )
 
 MAX_ENTRIES = 32
-MAX_SIGNATURES = 32
-MAX_REFERRERS = 32
-MAX_BLOB = 1024 * 1024
 # All the signature material read for one import (manifests and layers, each blob once): an index
 # listing a manifest 32 times that lists one 1 MiB layer 32 times is 1 GiB of reads otherwise.
 MAX_MATERIAL_BYTES = 32 * 1024 * 1024
-BUNDLE_TYPES = frozenset({BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+json;version=0.3"})
-_WANTED_LAYERS = BUNDLE_TYPES | {SIMPLE_SIGNING_MEDIA_TYPE, DSSE_MEDIA_TYPE}
+_WANTED_LAYERS = BUNDLE_ARTIFACT_TYPES | {SIMPLE_SIGNING_MEDIA_TYPE, DSSE_MEDIA_TYPE}
 
 # What an archive can carry for an image: signatures, and legacy (`.att`) attestation envelopes;
 # bundles may be either (their statement says which).
@@ -117,7 +118,11 @@ def _signatures_of(m: Manifest, digest: str, blobs: list[tuple[Descriptor, bytes
     kind = m.artifact_type or m.config.media_type
     out: list[ArchiveSignature] = []
     for i, (layer, data) in enumerate(blobs):
-        if kind in BUNDLE_TYPES and layer.media_type in BUNDLE_TYPES and m.subject is not None:
+        if (
+            kind in BUNDLE_ARTIFACT_TYPES
+            and layer.media_type in BUNDLE_ARTIFACT_TYPES
+            and m.subject is not None
+        ):
             where = f"bundle referrer {digest} in the archive"
             how = f"verified via bundle referrer with digest {digest} in the archive"
             predicate = m.annotations.get(ANN_PREDICATE_TYPE)
@@ -135,8 +140,8 @@ def _signatures_of(m: Manifest, digest: str, blobs: list[tuple[Descriptor, bytes
 
 def _wanted(m: Manifest, layer: Descriptor) -> bool:
     """Whether `_signatures_of` would use the layer (decided before reading it)."""
-    if layer.media_type in BUNDLE_TYPES:
-        return (m.artifact_type or m.config.media_type) in BUNDLE_TYPES and m.subject is not None
+    if layer.media_type in BUNDLE_ARTIFACT_TYPES:
+        return (m.artifact_type or m.config.media_type) in BUNDLE_ARTIFACT_TYPES and m.subject is not None
     return layer.media_type in _WANTED_LAYERS
 
 
@@ -160,7 +165,7 @@ async def _manifest_signatures(r: _Reader, d: Descriptor, seen: set[str]) -> lis
         if layer.digest not in seen and _wanted(m, layer):
             seen.add(layer.digest)
             wanted.append(layer)
-    blobs = [(layer, data) for layer in wanted if (data := await r.read(layer, MAX_BLOB)) is not None]
+    blobs = [(layer, data) for layer in wanted if (data := await r.read(layer, MAX_BLOB_SIZE)) is not None]
     return _signatures_of(m, d.digest, blobs)
 
 
@@ -211,9 +216,10 @@ class ArchiveSignatures:
         self, digest: str, referrers: dict[str, list[Descriptor]]
     ) -> tuple[list[ArchiveSignature], list[str]]:
         notes = list(self._notes)
-        kinds = BUNDLE_TYPES | {COSIGN_SIG_ARTIFACT_TYPE}
         listed = referrers.get(digest, [])
-        candidates = [d for d in listed if d.digest not in self._read and d.artifact_type in kinds]
+        candidates = [
+            d for d in listed if d.digest not in self._read and d.artifact_type in SIGNATURE_ARTIFACT_TYPES
+        ]
         if len(candidates) > MAX_REFERRERS:
             notes.append(
                 f"the archive holds {len(candidates)} signature referrers of {digest}; "
