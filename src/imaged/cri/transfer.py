@@ -29,7 +29,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -86,6 +86,19 @@ def pull_error(e: upstream.CriError, what: str) -> errors.ImagedError:
     else:
         cls = errors.Unavailable
     return cls(f"{what}: containerd's CRI: {m}")
+
+
+@contextlib.asynccontextmanager
+async def _undone_on_failure(ns: Namespaced) -> AsyncIterator[tuple[list[str], dict[str, int]]]:
+    """(`created`, `updated`) for `CriTransfer._records` to fill; if the block fails, the records
+    it made (or labelled and still its own) are removed again."""
+    created: list[str] = []
+    updated: dict[str, int] = {}
+    try:
+        yield created, updated
+    except BaseException:
+        await undo_records(ns, created, updated)
+        raise
 
 
 class CriTransfer:
@@ -205,9 +218,7 @@ class CriTransfer:
                     watching.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await watching
-            created: list[str] = []
-            updated: dict[str, int] = {}
-            try:
+            async with _undone_on_failure(ns) as (created, updated):
                 records = functools.partial(
                     self._records, lns, ref, image_id, labels, started, created, updated
                 )
@@ -221,21 +232,13 @@ class CriTransfer:
                     pulled = recorded
                     if self.on_bytes is not None:
                         self.on_bytes(watcher.downloaded_bytes())
-            except BaseException:
-                await undo_records(ns, created, updated)
-                raise
         return pulled
 
     async def record(self, ns: Namespaced, ref: Reference, image_id: str, labels: dict[str, str]) -> Pulled:
         """The records and labels of an image containerd's CRI holds already, as `run` leaves
         them after a pull (only what differs is written; what this call made goes if it fails)."""
-        created: list[str] = []
-        updated: dict[str, int] = {}
-        try:
+        async with _undone_on_failure(ns) as (created, updated):
             return await self._records(ns, ref, image_id, labels, time.time(), created, updated)
-        except BaseException:
-            await undo_records(ns, created, updated)
-            raise
 
     async def _records(
         self,
