@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from imaged.errors import InvalidArgument, NotFound, ResourceExhausted
 from imaged.oci import mediatypes as mt
@@ -45,6 +45,7 @@ MAX_BLOB_SIZE = 1024 * 1024
 MAX_REFERRERS = 32
 MAX_SIGNATURES = 32
 FETCH_CONCURRENCY = 8
+M = TypeVar("M")  # what a fetched layer is made into: a signature or an envelope
 
 BUNDLE_ARTIFACT_TYPES = frozenset({BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+json;version=0.3"})
 SIGNATURE_ARTIFACT_TYPES = BUNDLE_ARTIFACT_TYPES | {COSIGN_SIG_ARTIFACT_TYPE}
@@ -90,10 +91,10 @@ async def _fetch_layers(
     registry: RegistryAPI,
     ref: Reference,
     layers: list[tuple[int, Descriptor]],
-    make: Callable[[int, Descriptor, bytes], Signature],
+    make: Callable[[int, Descriptor, bytes], M],
     what: str,
     found: Found,
-) -> list[Signature]:
+) -> list[M]:
     """Fetch the layers' blobs (each distinct digest once) and make signatures of them."""
     wanted: list[tuple[int, Descriptor]] = []
     for i, layer in layers:
@@ -227,40 +228,57 @@ async def discover_referrers(registry: RegistryAPI, ref: Reference, digest: str)
     return found
 
 
-async def discover_legacy(registry: RegistryAPI, ref: Reference, digest: str) -> Found:
-    """Stage 3: the legacy `sha256-<hex>.sig` tag's simple-signing layers."""
-    tag = tag_for(digest, ".sig")
-    found = Found(f"legacy signature tag {tag}")
+async def _legacy_tag(
+    registry: RegistryAPI,
+    ref: Reference,
+    digest: str,
+    suffix: str,
+    media_type: str,
+    noun: str,
+    make: Callable[[int, Descriptor, bytes, str], M],
+    *,
+    note_others: bool,
+) -> tuple[list[M], Found]:
+    """cosign's legacy tag `sha256-<hex><suffix>`: its layers of `media_type`, each made with
+    `make(index, layer, bytes, tag)`; `note_others`: say which layers are something else."""
+    tag = tag_for(digest, suffix)
+    found = Found(f"legacy {noun} tag {tag}")
     try:
         body, _, _ = await registry.get_manifest(
             ref, tag, accept=f"{mt.OCI_MANIFEST}, {mt.DOCKER_MANIFEST}", max_size=MAX_MANIFEST_SIZE
         )
-        manifest = parse_manifest(body, f"signature manifest {tag}")
+        manifest = parse_manifest(body, f"{noun} manifest {tag}")
     except NotFound:
-        found.notes.append(f"no legacy signature tag {tag}")
-        return found
+        found.notes.append(f"no legacy {noun} tag {tag}")
+        return [], found
     except (InvalidArgument, ResourceExhausted) as e:
-        found.notes.append(f"legacy signature tag {tag} is not usable: {e.message}")
-        return found
+        found.notes.append(f"legacy {noun} tag {tag} is not usable: {e.message}")
+        return [], found
     layers = []
     for i, layer in enumerate(manifest.layers):
-        if layer.media_type == SIMPLE_SIGNING_MEDIA_TYPE:
+        if layer.media_type == media_type:
             layers.append((i, layer))
-        else:
-            found.notes.append(f"{tag} layer {i} is {layer.media_type}, not a signature")
+        elif note_others:
+            found.notes.append(f"{tag} layer {i} is {layer.media_type}, not a {noun}")
     if len(layers) > MAX_SIGNATURES:
-        found.notes.append(
-            f"{tag} has {len(layers)} signatures; only the first {MAX_SIGNATURES} are considered"
-        )
+        found.notes.append(f"{tag} has {len(layers)} {noun}s; only the first {MAX_SIGNATURES} are considered")
         layers = layers[:MAX_SIGNATURES]
-    found.signatures = await _fetch_layers(
-        registry,
-        ref,
-        layers,
-        lambda i, lay, data: SimpleSigning(data, lay.annotations, where=f"legacy signature {tag} layer {i}"),
-        tag,
-        found,
+    made = await _fetch_layers(
+        registry, ref, layers, lambda i, lay, data: make(i, lay, data, tag), tag, found
     )
+    return made, found
+
+
+async def discover_legacy(registry: RegistryAPI, ref: Reference, digest: str) -> Found:
+    """Stage 3: the legacy `sha256-<hex>.sig` tag's simple-signing layers."""
+
+    def signature(i: int, layer: Descriptor, data: bytes, tag: str) -> Signature:
+        return SimpleSigning(data, layer.annotations, where=f"legacy signature {tag} layer {i}")
+
+    made, found = await _legacy_tag(
+        registry, ref, digest, ".sig", SIMPLE_SIGNING_MEDIA_TYPE, "signature", signature, note_others=True
+    )
+    found.signatures = made
     return found
 
 
@@ -268,36 +286,14 @@ async def discover_legacy_attestations(
     registry: RegistryAPI, ref: Reference, digest: str
 ) -> tuple[list[Envelope], list[str]]:
     """The legacy `sha256-<hex>.att` tag's DSSE envelope layers (cosign attest without bundles)."""
-    tag = tag_for(digest, ".att")
-    notes: list[str] = []
-    try:
-        body, _, _ = await registry.get_manifest(
-            ref, tag, accept=f"{mt.OCI_MANIFEST}, {mt.DOCKER_MANIFEST}", max_size=MAX_MANIFEST_SIZE
-        )
-        manifest = parse_manifest(body, f"attestation manifest {tag}")
-    except NotFound:
-        return [], [f"no legacy attestation tag {tag}"]
-    except (InvalidArgument, ResourceExhausted) as e:
-        return [], [f"legacy attestation tag {tag} is not usable: {e.message}"]
-    layers = [(i, lay) for i, lay in enumerate(manifest.layers) if lay.media_type == DSSE_MEDIA_TYPE]
-    if len(layers) > MAX_SIGNATURES:
-        notes.append(f"{tag} has {len(layers)} attestations; only the first {MAX_SIGNATURES} are considered")
-        layers = layers[:MAX_SIGNATURES]
-    found = Found(f"legacy attestation tag {tag}", notes=notes)
-    made = await _fetch_layers(
-        registry,
-        ref,
-        layers,
-        lambda i, lay, data: SimpleSigning(
-            data, lay.annotations, where=f"legacy attestation {tag} layer {i}"
-        ),
-        tag,
-        found,
+
+    def envelope(i: int, layer: Descriptor, data: bytes, tag: str) -> Envelope:
+        return Envelope(data, layer.annotations, where=f"legacy attestation {tag} layer {i}")
+
+    made, found = await _legacy_tag(
+        registry, ref, digest, ".att", DSSE_MEDIA_TYPE, "attestation", envelope, note_others=False
     )
-    envelopes = [
-        Envelope(s.payload, s.annotations, where=s.where) for s in made if isinstance(s, SimpleSigning)
-    ]
-    return envelopes, found.notes
+    return made, found.notes
 
 
 STAGES: tuple[Callable[[RegistryAPI, Reference, str], Awaitable[Found]], ...] = (
