@@ -10,6 +10,9 @@ digest itself (its `messageDigest` is the manifest's sha256).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from sigstore.errors import Error as SigstoreError
 from sigstore.errors import VerificationError
 from sigstore.hashes import Hashed
@@ -49,56 +52,56 @@ def _load(raw: bytes) -> Bundle:
         raise VerificationError(f"bundle is malformed: {e}") from None
 
 
+@contextlib.contextmanager
+def _refusing() -> Iterator[None]:
+    """Anything unexpected on hostile input is a refusal, never a pass."""
+    try:
+        yield
+    except VerificationError:
+        raise
+    except Exception as e:
+        raise VerificationError(f"bundle verification failed: {type(e).__name__}: {e}") from None
+
+
+def _signed(bundle: Bundle, raw: bytes) -> Signed:
+    entry = bundle.log_entry._inner  # log index for the message only
+    cert = bundle.signing_certificate
+    who = f"{ident.describe(cert)}, Rekor log index {entry.log_index}"
+    return Signed(who, keyless_signer(cert), bundle_signature(raw))
+
+
+def _open_dsse(sig: BundleSignature, trust: TrustRoot, policy: VerificationPolicy) -> Opened:
+    bundle = _load(sig.bundle)
+    with _refusing():
+        payload_type, payload = trust.verifier.verify_dsse(bundle, policy)
+    return Opened(_signed(bundle, sig.bundle), payload_type, payload)
+
+
 def open_keyless_dsse(sig: BundleSignature, trust: TrustRoot, policy: VerificationPolicy) -> Opened:
     """An attestation bundle, once sigstore-python has checked the envelope, certificate, log
     entry and `policy`. The statement itself is the caller's."""
     if bundle_kind(sig.bundle) != "dsse":
         raise VerificationError("bundle signs a message, not an in-toto statement")
-    bundle = _load(sig.bundle)
-    try:
-        payload_type, payload = trust.verifier.verify_dsse(bundle, policy)
-    except VerificationError:
-        raise
-    except Exception as e:  # anything unexpected on hostile input is a refusal, never a pass
-        raise VerificationError(f"bundle verification failed: {type(e).__name__}: {e}") from None
-    entry = bundle.log_entry._inner
-    cert = bundle.signing_certificate
-    who = f"{ident.describe(cert)}, Rekor log index {entry.log_index}"
-    return Opened(Signed(who, keyless_signer(cert), bundle_signature(sig.bundle)), payload_type, payload)
+    return _open_dsse(sig, trust, policy)
 
 
 def verify_keyless_bundle(
     sig: BundleSignature, digest: str, trust: TrustRoot, policy: VerificationPolicy
 ) -> Signed:
     """Verify one bundle for `digest` under `policy`; return who signed. Raises VerificationError."""
-    kind = bundle_kind(sig.bundle)
-    try:
-        bundle = Bundle.from_json(sig.bundle)
-    except SigstoreError as e:
-        raise VerificationError(f"bundle is not usable: {e}") from None
-    except Exception as e:  # pydantic and friends, on malformed input
-        raise VerificationError(f"bundle is malformed: {e}") from None
-    try:
-        if kind == "dsse":
-            payload_type, payload = trust.verifier.verify_dsse(bundle, policy)
-            check_statement(payload_type, payload, digest)
-        else:
-            algorithm, _, hex_ = digest.partition(":")
-            if algorithm != "sha256":
-                raise VerificationError(
-                    f"message-signature bundles sign sha256 digests; the image is {algorithm}"
-                )
-            trust.verifier.verify_artifact(
-                Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(hex_)), bundle, policy
+    if bundle_kind(sig.bundle) == "dsse":
+        opened = _open_dsse(sig, trust, policy)
+        with _refusing():
+            check_statement(opened.payload_type, opened.payload, digest)
+        return opened.signed
+    bundle = _load(sig.bundle)
+    with _refusing():
+        algorithm, _, hex_ = digest.partition(":")
+        if algorithm != "sha256":
+            raise VerificationError(
+                f"message-signature bundles sign sha256 digests; the image is {algorithm}"
             )
-    except VerificationError:
-        raise
-    except Exception as e:  # anything unexpected on hostile input is a refusal, never a pass
-        raise VerificationError(f"bundle verification failed: {type(e).__name__}: {e}") from None
-    entry = bundle.log_entry._inner  # log index for the message only
-    cert = bundle.signing_certificate
-    return Signed(
-        f"{ident.describe(cert)}, Rekor log index {entry.log_index}",
-        keyless_signer(cert),
-        bundle_signature(sig.bundle),
-    )
+        trust.verifier.verify_artifact(
+            Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(hex_)), bundle, policy
+        )
+    return _signed(bundle, sig.bundle)
