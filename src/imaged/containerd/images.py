@@ -51,9 +51,7 @@ def _pb(name: str, target: Target, labels: dict[str, str]) -> images_pb2.Image:
         media_type=target.media_type, digest=target.digest, size=target.size
     )
     # Each label cut to containerd's size limit (key and value 4096 bytes), between characters.
-    return images_pb2.Image(
-        name=name, target=descriptor, labels=L.fit_all({k: v for k, v in labels.items() if v})
-    )
+    return images_pb2.Image(name=name, target=descriptor, labels=L.fit_all(labels))
 
 
 class ImageStore:

@@ -144,7 +144,7 @@ class Puller:
         # What the new records say comes from this decision only, never from another record.
         labels: dict[str, str] = {L.VERIFIED: "", L.VERIFIED_RULE: ""}
         root: Descriptor | None = None
-        recorded = await self._recorded_verdict(ns, ref) if ref.digest else None
+        recorded = await self._recorded_verdict(ns, ref) if ref.digest and self.verify else None
         pin = await self.verify(ref, recorded) if self.verify is not None else None
         if pin is not None:
             labels[L.VERIFIED] = pin.message
