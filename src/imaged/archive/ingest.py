@@ -173,6 +173,13 @@ class Ingest:
         """Stream one member into the content store; checks it against `expected` when the name gives it."""
         algorithm = expected.partition(":")[0] if expected else "sha256"
         h = hashlib.new(algorithm)
+
+        def seal() -> str:
+            """The digest of what was read, checked against the name's."""
+            digest = f"{algorithm}:{h.hexdigest()}"
+            self._check(path, expected, digest)
+            return digest
+
         if (
             member.size <= self.limits.max_buffered_member
             and self._buffered + member.size <= self.limits.max_buffered_total
@@ -180,9 +187,7 @@ class Ingest:
             self._buffered += member.size
             data = await self._document(tr, member, path)
             h.update(data)
-            digest = f"{algorithm}:{h.hexdigest()}"
-            self._check(path, expected, digest)
-            return Blob(path, digest, member.size, sniff(data[:BLOCK]), data)
+            return Blob(path, seal(), member.size, sniff(data[:BLOCK]), data)
         head = b""
 
         async def hashed() -> AsyncIterator[bytes]:
@@ -192,11 +197,6 @@ class Ingest:
                     head += piece[: BLOCK - len(head)]
                 h.update(piece)
                 yield piece
-
-        def seal() -> str:
-            digest = f"{algorithm}:{h.hexdigest()}"
-            self._check(path, expected, digest)
-            return digest
 
         # Held before the commit (hold): a commit that finds the blob present leases
         # nothing, and an unreferenced one could be collected before a hold after it, with the
@@ -215,9 +215,8 @@ class Ingest:
             abort=True,
             seal=seal,
         )
-        digest = f"{algorithm}:{h.hexdigest()}"
-        self._check(path, expected, digest)  # a blob found present was read, not written
-        return Blob(path, digest, member.size, sniff(head))
+        # (again: a blob found present was read, not written, and `copy` sealed nothing)
+        return Blob(path, seal(), member.size, sniff(head))
 
     @staticmethod
     def _check(path: str, expected: str | None, digest: str) -> None:
