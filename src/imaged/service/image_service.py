@@ -237,14 +237,9 @@ class ImageService(image_pb2_grpc.ImageServiceServicer):
         # for the host with an empty Basic header (a CRI pull without a pull secret may send it).
         if request.HasField("credentials") and c.host and (c.username or c.password):
             creds = HostLogin(c.host, c.username, c.password)
-        try:
-            verdict = await self.rt.verifier.verify(
-                ref, creds, configured_credentials=self.configured_credentials
-            )
-        except errors.PermissionDenied:
-            self.rt.metrics.refused.inc()
-            raise
-        self.rt.count_verdict(verdict)
+        verdict = await self.rt.counted(
+            self.rt.verifier.verify(ref, creds, configured_credentials=self.configured_credentials)
+        )
         return image_pb2.ImageServiceVerifyResponse(
             verified=verdict.verified,
             message=verdict.message,

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Awaitable
 
 from imaged import errors
 from imaged.archive.importer import SignatureSource
@@ -149,6 +150,16 @@ class Runtime:
         m = self.metrics
         (m.warned if verdict.warned else m.verified if verdict.verified else m.unverified).inc()
 
+    async def counted(self, verification: Awaitable[Verdict]) -> Verdict:
+        """`verification`'s verdict, counted in the metrics; a refusal is counted and raised."""
+        try:
+            verdict = await verification
+        except errors.PermissionDenied:
+            self.metrics.refused.inc()
+            raise
+        self.count_verdict(verdict)
+        return verdict
+
     @staticmethod
     def _label(verdict: Verdict) -> str:
         """The `imaged.dev/verified` value of an allowed verdict (a warned one says it was not)."""
@@ -172,16 +183,13 @@ class Runtime:
         (what runs is what was looked at), and its label says it was allowed, not verified."""
         if self.verifier.match(ref) is None and self.config.verification.no_match == "allow":
             return None
-        try:
-            verdict = await self.verifier.verify(
+        verdict = await self.counted(
+            self.verifier.verify(
                 str(ref),
                 recorded=(recorded.message, recorded.rule) if recorded is not None else None,
                 auth=auth,
             )
-        except errors.PermissionDenied:
-            self.metrics.refused.inc()
-            raise
-        self.count_verdict(verdict)
+        )
         if not verdict.verified:
             return None
         digest = parse(verdict.digested_ref).digest if verdict.digested_ref else None
@@ -208,14 +216,9 @@ class Runtime:
                     out[(ref, digest)] = {L.VERIFIED: self._label(decided), L.VERIFIED_RULE: ""}
                 continue
             carried = await signatures(digest)
-            try:
-                verdict = await verifier.verify_archive_image(
-                    ref, digest, carried.signatures, notes=carried.notes
-                )
-            except errors.PermissionDenied:
-                self.metrics.refused.inc()
-                raise
-            self.count_verdict(verdict)
+            verdict = await self.counted(
+                verifier.verify_archive_image(ref, digest, carried.signatures, notes=carried.notes)
+            )
             if verdict.verified or verdict.warned:  # (a reload meanwhile may have left no rule)
                 out[(ref, digest)] = {L.VERIFIED: self._label(verdict), L.VERIFIED_RULE: verdict.rule}
         return out
