@@ -9,6 +9,8 @@ import datetime
 import hashlib
 import json
 import pathlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,11 +27,11 @@ from imaged.archive.signatures import archive_signatures
 from imaged.errors import PermissionDenied
 from imaged.registry.client import RegistryClient
 from imaged.registry.reference import parse
+from imaged.verdicts import WARN_NOTE, warned
 from imaged.verify import ImageVerifier, VerificationConfig
 from imaged.verify.cel import CelError, CelEvaluator
 from imaged.verify.config import config_warnings
 from imaged.verify.material import COSIGN_SIG_ARTIFACT_TYPE
-from imaged.verify.service import WARN_NOTE
 from tests.support.registry import Registry
 from tests.support.sigstore import OciPusher, PrivateSigstore
 from tests.support.sigstore.formats import (
@@ -751,6 +753,7 @@ async def test_warn_mode_allows_what_enforce_refuses(
         assert verdict.verified and verdict.warned
         assert verdict.message.startswith(failure)
         assert verdict.message.endswith(f"; {WARN_NOTE} (rule 0 ({registry.host}/*))")
+        assert warned(verdict.message)  # as the shim and imagectl recognise it
         assert (
             verdict.digested_ref == f"{registry.host}/warn/unsigned@{digest}"
         )  # pinned to what was evaluated
@@ -808,10 +811,15 @@ async def test_legacy_att_tag_keyless(
     assert "Rekor entry does not record the attestation's signing certificate" in info.value.message
 
 
-def test_warn_note_is_spelled_alike_where_callers_look_for_it() -> None:
-    """The shim and imagectl recognise a warned verdict by this text without importing the engine."""
-    from imaged.cli import cmd_verify
-    from imaged.shim import image_verifier
-
-    assert image_verifier.WARN_NOTE == cmd_verify.WARN_NOTE == WARN_NOTE
-    assert cmd_verify.warned(f"image verification failed: x; {WARN_NOTE} (rule 0 (a.io/*))")
+def test_the_shim_and_imagectl_recognise_a_warned_verdict_without_importing_the_engine() -> None:
+    """They share imaged.verdicts with the engine; importing the engine would cost their start-up."""
+    probe = (
+        "import sys, imaged.shim.image_verifier, imaged.cli.cmd_verify, imaged.cli.cmd_policy; "
+        "print(sorted(m for m in sys.modules if m.startswith(('imaged.verify', 'sigstore', 'pydantic'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+    assert not warned("image verification failed: x; rule 0 (a.io/*)")
+    assert warned(f"image verification failed: x; {WARN_NOTE} (rule 0 (a.io/*))")

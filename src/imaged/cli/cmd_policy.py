@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from imaged.verdicts import VERDICTS
 
 DEFAULT_CONFIG = "/etc/imaged/config.yaml"
-# imaged.verify.policytest.VERDICTS (not imported online: a second of sigstore and pydantic)
-VERDICTS = ("verified", "warned", "unverified", "denied", "error")
 
 
 class Verdict(Protocol):

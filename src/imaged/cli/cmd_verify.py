@@ -18,6 +18,7 @@ import grpc
 from imaged.cli.client import Client, resolve_socket
 from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, redact
 from imaged.pb.machine import image_pb2
+from imaged.verdicts import warned
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -57,14 +58,6 @@ def credentials(args: argparse.Namespace) -> image_pb2.ImageServiceCredentials |
     args.secrets.add(password)
     host = args.registry_host or registry_host(args.image)
     return image_pb2.ImageServiceCredentials(host=host, username=args.username, password=password)
-
-
-# What a verdict allowed in warn mode says after its failure (imaged.verify.service.WARN_NOTE).
-WARN_NOTE = "allowed in warn mode"
-
-
-def warned(message: str) -> bool:
-    return f"; {WARN_NOTE} (" in message
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,8 @@ from imaged.registry.hosts import plain_http
 from imaged.registry.reference import Reference, parse
 from imaged.service.instance import resolve_instance
 from imaged.service.metrics import Metrics
-from imaged.verify.service import WARN_NOTE, ImageVerifier, Verdict
+from imaged.verdicts import WARN_NOTE
+from imaged.verify.service import ImageVerifier, Verdict
 from imaged.verify.trust import TrustRootError
 from imaged.verify.trustroots import Settings, TrustRoots
 

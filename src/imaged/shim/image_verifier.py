@@ -18,13 +18,11 @@ import os
 import sys
 
 from imaged.oci import jsondoc
+from imaged.verdicts import WARN_NOTE, warned
 
 MAX_REASON = 32 * 1024 - 1
 DEFAULT_SOCKET = "/run/imaged/imaged.sock"
 DESCRIPTOR_MEDIA_TYPE = "application/vnd.oci.descriptor.v1+json"
-# What a verdict allowed in warn mode says (imaged.verify.service.WARN_NOTE; not imported: the
-# verification engine's imports would cost this short-lived process its start-up time).
-WARN_NOTE = "allowed in warn mode"
 # Leave containerd's 10 s budget room for our own start-up.
 RPC_TIMEOUT = 8.0
 
@@ -104,7 +102,7 @@ def decide(argv: list[str], stdin: bytes, socket: str) -> tuple[int, str]:
         if code == grpc.StatusCode.UNAVAILABLE:
             return 1, f"imaged verifier: cannot reach imaged at {socket}: {details}"
         return 1, f"imaged verifier: {pinned}: {code.name}: {details}"
-    if resp.verified and f"; {WARN_NOTE} (" in resp.message:
+    if resp.verified and warned(resp.message):
         return 0, f"{WARN_NOTE}, not verified: {resp.digested_image_ref or pinned}: {resp.message}"
     if resp.verified:
         return 0, f"verified {resp.digested_image_ref}: {resp.message}"

@@ -16,8 +16,6 @@ from imaged.verify.service import ImageVerifier
 from imaged.verify.trust import TrustRootError
 from imaged.verify.trustroots import TrustRoots
 
-VERDICTS = ("verified", "warned", "unverified", "denied", "error")
-
 
 @dataclass(frozen=True, slots=True)
 class ImageVerdict:

@@ -44,6 +44,7 @@ from sigstore.errors import VerificationError
 from imaged.errors import FailedPrecondition, ImagedError, PermissionDenied, Unavailable
 from imaged.registry.auth import Credentials, HostAuth, HostLogin
 from imaged.registry.reference import Reference, canonical_repository, parse
+from imaged.verdicts import WARN_NOTE
 from imaged.verify.attest import AttestationResult, check_requirement
 from imaged.verify.cache import Outcome, VerdictCache
 from imaged.verify.cel import CelEvaluator, evaluator
@@ -68,8 +69,6 @@ from imaged.verify.verifiers import NO_ROOT_YET, build_authorities
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4000
-# What a warned verdict's message says after the failure (callers may look for it).
-WARN_NOTE = "allowed in warn mode"
 
 
 class RegistryClientLike(RegistryAPI, Protocol):
