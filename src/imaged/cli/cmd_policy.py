@@ -9,10 +9,13 @@ import argparse
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from imaged.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 from imaged.verdicts import VERDICTS
+
+if TYPE_CHECKING:  # (imported when a command runs: pydantic costs imagectl's start-up)
+    from imaged.config import Config
 
 DEFAULT_CONFIG = "/etc/imaged/config.yaml"
 
@@ -47,16 +50,22 @@ def _config_path(flag: str | None) -> str:
     return path
 
 
-def explain(args: argparse.Namespace) -> int:
+def _load(path: str) -> Config:
+    """The configuration at `path`, or a usage error saying what is wrong."""
     from imaged.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as e:
+        raise CliError(str(e).replace("\n", " "), EXIT_USAGE) from None
+
+
+def explain(args: argparse.Namespace) -> int:
     from imaged.errors import InvalidArgument
     from imaged.verify.explain import explain as lines_for
 
     path = _config_path(args.config)
-    try:
-        config = load(path)
-    except ConfigError as e:
-        raise CliError(str(e).replace("\n", " "), EXIT_USAGE) from None
+    config = _load(path)
     print(f"config:     {path}")
     for image in args.images:
         try:
@@ -123,7 +132,6 @@ def _offline(args: argparse.Namespace, images: list[str]) -> Sequence[Verdict]:
     """The verdicts reached here, against the OCI layouts under --offline."""
     import asyncio
 
-    from imaged.config import ConfigError, load
     from imaged.errors import ImagedError
     from imaged.verify.cel import close_evaluator
     from imaged.verify.layout import is_layout
@@ -138,10 +146,7 @@ def _offline(args: argparse.Namespace, images: list[str]) -> Sequence[Verdict]:
             "directory holding one layout per image at DIR/IMAGE",
             EXIT_USAGE,
         )
-    try:
-        config = load(args.config)
-    except ConfigError as e:
-        raise CliError(str(e).replace("\n", " "), EXIT_USAGE) from None
+    config = _load(args.config)
     try:
         return asyncio.run(evaluate_offline(config.verification, root, images))
     except ImagedError as e:
