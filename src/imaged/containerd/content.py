@@ -59,6 +59,7 @@ class Info:
     digest: str
     size: int
     labels: dict[str, str]
+    created_at: float = 0.0  # seconds since the epoch, as containerd stamped the commit
 
 
 class ContentStore:
@@ -70,7 +71,9 @@ class ContentStore:
             resp = await self.ns.call(self.ns.content.Info, content_pb2.InfoRequest(digest=digest))
         except errors.NotFound:
             return None
-        return Info(resp.info.digest, resp.info.size, dict(resp.info.labels))
+        i = resp.info
+        created = i.created_at.seconds + i.created_at.nanos / 1e9
+        return Info(i.digest, i.size, dict(i.labels), created)
 
     async def exists(self, digest: str) -> bool:
         return await self.info(digest) is not None

@@ -130,12 +130,11 @@ class IngestWatcher:
         active = {st.ref: st for st in statuses.statuses}
         asked = [la for la in pending if f"layer-{la.desc.digest}" not in active][:window]
 
+        content = ContentStore(ns)
+
         async def blob_created(digest: str) -> float | None:
-            try:
-                info = await ns.call(ns.content.Info, content_pb2.InfoRequest(digest=digest))
-            except errors.NotFound:
-                return None
-            return _seconds(info.info.created_at)
+            info = await content.info(digest)
+            return info.created_at if info is not None else None
 
         found = dict(
             zip(asked, await asyncio.gather(*(blob_created(la.desc.digest) for la in asked)), strict=True)
