@@ -102,7 +102,15 @@ class CriImages:
         labels = {L.VERIFIED: pin.message if pin else "", L.VERIFIED_RULE: pin.rule if pin else ""}
         # containerd's CRI records no tag for `repo:tag@digest` (the digest wins); neither do we.
         record_ref = dataclasses.replace(ref, tag=None) if ref.digest else ref
-        if not containerd_ignores(creds) and self.transfer.enabled and await self.transfer.available(self.ns):
+        cri = not containerd_ignores(creds) and self.transfer.enabled
+        if cri and pin is not None and pin.digest is not None and not self.transfer.found_missing(self.ns):
+            # Its CRI knowing the image also says it answers: no probe first.
+            present = record_ref.with_digest(pin.digest)
+            here = await self._here(present, labels)
+            if here is not None:
+                await self._known([n for n in [present.tagged()] if n], here)
+                return here
+        if cri and await self.transfer.available(self.ns):
             forward = api_pb2.PullImageRequest()
             forward.CopyFrom(request)  # keeps what this copy of the API leaves out (sandbox_config)
             if creds is None and (configured := configured_auth(self.transfer.registries, ref.domain)):
@@ -114,10 +122,6 @@ class CriImages:
                 record_ref = record_ref.with_digest(pin.digest)
                 forward.image.image = record_ref.pinned()
                 ours = [n for n in [record_ref.tagged()] if n]  # the only name not CRI's own
-                here = await self._here(record_ref, labels)
-                if here is not None:
-                    await self._known(ours, here)
-                    return here
             pulled = await self.transfer.run(self.ns, record_ref, forward, labels)
             await self._known(ours, pulled.image_id)
             return pulled.image_id

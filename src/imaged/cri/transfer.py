@@ -136,10 +136,14 @@ class CriTransfer:
         except errors.ImagedError:
             return False
 
+    def found_missing(self, ns: Namespaced) -> bool:
+        """Whether containerd's CRI plugin was found missing on this socket lately."""
+        missing = self._missing.get(ns.cd.address)
+        return missing is not None and time.monotonic() - missing < PROBE_AGAIN
+
     async def available(self, ns: Namespaced) -> bool:
         """Whether containerd's CRI plugin answers on this socket (asked again after a while)."""
-        missing = self._missing.get(ns.cd.address)
-        if missing is not None and time.monotonic() - missing < PROBE_AGAIN:
+        if self.found_missing(ns):
             return False
         try:
             await upstream.fs_info(ns)
