@@ -315,10 +315,7 @@ class ImageVerifier:
         decided = self.admit(ref, pinned.pinned())
         if isinstance(decided, Verdict):
             return decided
-        matched = decided
-        trust: TrustState | None = None
-        if matched.rule.keyless_authorities():
-            matched, trust, _ = await self._with_current_trust(self._policy, matched)
+        matched, trust, _ = await self._with_current_trust(self._policy, decided)
         found = "none" + "".join(f"; {n}" for n in notes)
         if signatures:
             envelopes = [s for s in signatures if isinstance(s, Envelope)]
@@ -334,10 +331,7 @@ class ImageVerifier:
             outcome = await self._evaluate(pinned, digest, matched, (archive,), archive_envelopes)
             if outcome.verified:
                 log.info("verified %s@%s from the archive: %s", ref.repository, digest, outcome.message)
-                message = outcome.message
-                if trust is not None:
-                    message += f"; trust root: {trust.describe()}"
-                return Verdict(True, message, pinned.pinned(), rule=matched.fingerprint)
+                return self._verified(outcome.message, trust, pinned.pinned(), matched)
             found = outcome.message.removeprefix(f"{ref.repository}@{digest}: ")
         context = (
             f"{ref} ({digest}): no signature in the archive satisfies {matched.describe()} "
@@ -383,10 +377,7 @@ class ImageVerifier:
             registry = base.with_auth(*auth)
         elif credentials is not None and credentials[0]:
             registry = base.with_credentials(*credentials)
-        trust: TrustState | None = None
-        no_root = ""
-        if matched.rule.keyless_authorities():
-            matched, trust, no_root = await self._with_current_trust(policy, matched)
+        matched, trust, no_root = await self._with_current_trust(policy, matched)
         if ref.digest and recorded is not None and recorded[0] and recorded[1] == matched.fingerprint:
             return Verdict(True, recorded[0], ref.pinned(), rule=matched.fingerprint)
         digest = ref.digest or (await registry.resolve(ref)).digest
@@ -427,8 +418,14 @@ class ImageVerifier:
                 matched.describe(),
                 pinned_ref.pinned(),
             )
-        message = outcome.message if trust is None else f"{outcome.message}; trust root: {trust.describe()}"
-        return Verdict(True, message, pinned_ref.pinned(), rule=matched.fingerprint)
+        return self._verified(outcome.message, trust, pinned_ref.pinned(), matched)
+
+    @staticmethod
+    def _verified(message: str, trust: TrustState | None, pinned: str, matched: MatchedRule) -> Verdict:
+        """An allowing verdict of `matched`; a keyless one names the root it was checked against."""
+        if trust is not None:
+            message = f"{message}; trust root: {trust.describe()}"
+        return Verdict(True, message, pinned, rule=matched.fingerprint)
 
     @staticmethod
     def _refuse(failure: str, mode: Mode, who: str, pinned: str) -> Verdict:
@@ -442,9 +439,12 @@ class ImageVerifier:
     async def _with_current_trust(
         self, policy: _Policy, matched: MatchedRule
     ) -> tuple[MatchedRule, TrustState | None, str]:
-        """`matched` compiled against the root in use now (recompiled when it changed). Without a
-        root yet: UNAVAILABLE, unless the rule's keys alone can meet its threshold (then `matched`
-        as compiled without one, and why there is no root)."""
+        """`matched` compiled against the root in use now (recompiled when it changed), that root,
+        and "". Without a root yet: UNAVAILABLE, unless the rule's keys alone can meet its
+        threshold (then `matched` as compiled without one, no root, and why). A rule without
+        keyless authorities needs no root: as it is."""
+        if not matched.rule.keyless_authorities():
+            return matched, None, ""
         try:
             state = await self._trust.first_root()
         except TrustRootError as e:
