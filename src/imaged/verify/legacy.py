@@ -9,13 +9,16 @@ must satisfy the rule; and the payload must name this image.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cryptography import x509
 from sigstore.errors import VerificationError
 from sigstore.verify.policy import VerificationPolicy
 
+from imaged.oci import jsondoc
 from imaged.verify import identity as ident
 from imaged.verify.certs import verify_fulcio_certificate
-from imaged.verify.keys import UnusableKey, check_key, decode_b64, verify_signature
+from imaged.verify.keys import PublicKey, UnusableKey, check_key, decode_b64, verify_signature
 from imaged.verify.material import (
     ANN_BUNDLE,
     ANN_CERTIFICATE,
@@ -26,7 +29,7 @@ from imaged.verify.material import (
     SimpleSigning,
 )
 from imaged.verify.payload import check_simple_signing, pae
-from imaged.verify.rekor import check_entry_binds, check_envelope_entry_binds, verify_set
+from imaged.verify.rekor import LogEvidence, check_entry_binds, check_envelope_entry_binds, verify_set
 from imaged.verify.signers import keyless_signer
 from imaged.verify.trust import TrustRoot
 
@@ -41,45 +44,70 @@ def signature_bytes(sig: SimpleSigning) -> bytes:
         raise VerificationError(str(e)) from None
 
 
+def _certificate(annotations: Mapping[str, str], missing: str) -> x509.Certificate:
+    cert_pem = annotations.get(ANN_CERTIFICATE)
+    if not cert_pem:
+        raise VerificationError(missing)
+    try:
+        return x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        raise VerificationError("certificate annotation is not a PEM certificate") from None
+
+
+def _logged(annotations: Mapping[str, str], trust: TrustRoot, missing: str) -> LogEvidence:
+    """The Rekor SET of the annotations, checked against the root's log keys."""
+    set_annotation = annotations.get(ANN_BUNDLE)
+    if not set_annotation:
+        raise VerificationError(missing)
+    return verify_set(set_annotation, trust)
+
+
+def _key(cert: x509.Certificate) -> PublicKey:
+    try:
+        return check_key(cert.public_key())
+    except UnusableKey as e:
+        raise VerificationError(f"certificate key: {e}") from None
+
+
+def _signer(
+    cert: x509.Certificate,
+    evidence: LogEvidence,
+    trust: TrustRoot,
+    policy: VerificationPolicy,
+    signature: bytes,
+) -> Signed:
+    """Who signed, once the chain holds at the logged time and the identity is the policy's."""
+    verify_fulcio_certificate(cert, trust, evidence.integrated_time)
+    policy.verify(cert)
+    who = f"{ident.describe(cert)}, Rekor log index {evidence.log_index}"
+    return Signed(who, keyless_signer(cert), signature)
+
+
 def verify_legacy_keyless(
     sig: SimpleSigning, digest: str, trust: TrustRoot, policy: VerificationPolicy
 ) -> Signed:
     """Verify one legacy keyless signature; return who signed. Raises VerificationError."""
     signature = signature_bytes(sig)
-    cert_pem = sig.annotations.get(ANN_CERTIFICATE)
-    if not cert_pem:
-        raise VerificationError("signature has no certificate (it is key-signed), and the rule is keyless")
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    except ValueError:
-        raise VerificationError("certificate annotation is not a PEM certificate") from None
-    set_annotation = sig.annotations.get(ANN_BUNDLE)
-    if not set_annotation:
-        raise VerificationError(
-            "signature has no Rekor bundle (SET); a keyless signature needs transparency log evidence"
-        )
-    evidence = verify_set(set_annotation, trust)
+    cert = _certificate(
+        sig.annotations, "signature has no certificate (it is key-signed), and the rule is keyless"
+    )
+    evidence = _logged(
+        sig.annotations,
+        trust,
+        "signature has no Rekor bundle (SET); a keyless signature needs transparency log evidence",
+    )
     check_entry_binds(evidence.body, sig.payload, signature, cert)
-    try:
-        key = check_key(cert.public_key())
-    except UnusableKey as e:
-        raise VerificationError(f"certificate key: {e}") from None
-    if not verify_signature(key, signature, sig.payload):
+    if not verify_signature(_key(cert), signature, sig.payload):
         raise VerificationError("signature does not verify over the payload with the certificate's key")
-    verify_fulcio_certificate(cert, trust, evidence.integrated_time)
-    policy.verify(cert)
+    signed = _signer(cert, evidence, trust, policy, signature)
     check_simple_signing(sig.payload, digest)
-    who = f"{ident.describe(cert)}, Rekor log index {evidence.log_index}"
-    return Signed(who, keyless_signer(cert), signature)
+    return signed
 
 
 def open_legacy_keyless_envelope(env: Envelope, trust: TrustRoot, policy: VerificationPolicy) -> Opened:
     """A legacy keyless attestation (`.att` layer): the envelope's signature with the certificate,
     the SET, the log entry recording this payload and certificate, the chain at the logged time,
     and the identity. Returns (who, payloadType, payload)."""
-    from imaged.oci import jsondoc
-    from imaged.verify.keys import decode_b64
-
     try:
         doc = jsondoc.loads(env.envelope)
     except (ValueError, UnicodeDecodeError):
@@ -94,29 +122,15 @@ def open_legacy_keyless_envelope(env: Envelope, trust: TrustRoot, policy: Verifi
         signature = decode_b64(str(sigs[0].get("sig", "")), "DSSE signature")
     except ValueError as e:
         raise VerificationError(str(e)) from None
-    cert_pem = env.annotations.get(ANN_CERTIFICATE)
-    if not cert_pem:
-        raise VerificationError(
-            "attestation has no certificate (it is key-signed), and the authority is keyless"
-        )
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    except ValueError:
-        raise VerificationError("certificate annotation is not a PEM certificate") from None
-    set_annotation = env.annotations.get(ANN_BUNDLE)
-    if not set_annotation:
-        raise VerificationError(
-            "attestation has no Rekor bundle (SET); keyless needs transparency log evidence"
-        )
-    evidence = verify_set(set_annotation, trust)
+    cert = _certificate(
+        env.annotations, "attestation has no certificate (it is key-signed), and the authority is keyless"
+    )
+    evidence = _logged(
+        env.annotations,
+        trust,
+        "attestation has no Rekor bundle (SET); keyless needs transparency log evidence",
+    )
     check_envelope_entry_binds(evidence.body, payload, cert)
-    try:
-        key = check_key(cert.public_key())
-    except UnusableKey as e:
-        raise VerificationError(f"certificate key: {e}") from None
-    if not verify_signature(key, signature, pae(doc["payloadType"], payload)):
+    if not verify_signature(_key(cert), signature, pae(doc["payloadType"], payload)):
         raise VerificationError("DSSE signature does not verify with the certificate's key")
-    verify_fulcio_certificate(cert, trust, evidence.integrated_time)
-    policy.verify(cert)
-    who = f"{ident.describe(cert)}, Rekor log index {evidence.log_index}"
-    return Opened(Signed(who, keyless_signer(cert), signature), doc["payloadType"], payload)
+    return Opened(_signer(cert, evidence, trust, policy, signature), doc["payloadType"], payload)
