@@ -20,7 +20,6 @@ import importlib.util
 import json
 import pathlib
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +31,7 @@ import pytest
 
 from imaged.pb.machine import image_pb2
 from tests.foundation.test_import_rpc import chunked
-from tests.policy.conftest import NS
-from tests.reliability.hygiene import inspect
+from tests.policy.conftest import leftovers, no_leftovers
 from tests.support import archives
 from tests.support.containerd import PrivateContainerd
 from tests.support.cosign import (
@@ -57,21 +55,6 @@ BUILDER_POLICY = f'predicate.builder.id == "{BUILDER_ID}"'
 PREDICATE_TYPE = "dev.sigstore.bundle.predicateType"
 VERIFIED = "imaged.dev/verified"
 ATTS_KIND = "dev.cosignproject.cosign/atts"
-
-
-def leftovers(containerd: PrivateContainerd) -> set[str]:
-    """Leases, ingests and orphans in the namespace (the suite's containerd is shared: tests that
-    keep a partial download on purpose leave one, so a test compares with what was there)."""
-    rep = inspect(containerd.socket, NS)
-    return {*rep.leases, *rep.ingests, *rep.orphan_content, *rep.orphan_snapshots}
-
-
-def no_new_leftovers(containerd: PrivateContainerd, before: set[str]) -> None:
-    """No lease, ingest, orphan blob or snapshot left by this test's refused import."""
-    deadline = time.monotonic() + 20
-    while (new := leftovers(containerd) - before) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert not new, new
 
 
 @dataclass
@@ -509,7 +492,7 @@ def test_an_altered_bundle_in_a_cosign_save_archive_is_refused(
     listed = recorded(env)
     assert name not in listed and tag not in listed
     assert not [n for n, r in listed.items() if r.digest == digest_of(ref)]
-    no_new_leftovers(containerd, before)
+    no_leftovers(containerd, before)
 
 
 def test_an_attestation_in_a_cosign_save_archive_satisfies_the_rule_with_the_registry_stopped(
@@ -537,7 +520,7 @@ def test_an_attestation_in_a_cosign_save_archive_satisfies_the_rule_with_the_reg
         details = import_refused(env, layout_archive(layout, tag), grpc.StatusCode.UNAVAILABLE)
     assert "predicate does not satisfy the policy" in details and "in the archive" in details, details
     assert tag not in recorded(env)
-    no_new_leftovers(containerd, before)
+    no_leftovers(containerd, before)
 
 
 def test_a_legacy_attestation_in_a_cosign_save_archive_satisfies_the_rule_with_the_registry_stopped(
