@@ -13,12 +13,15 @@ in front of it, an open registry and a `publicKey` rule for its `signed/*` repos
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import yaml
 
+from imaged.cri.transfer import CriTransfer
+from imaged.registry.config import RegistriesConfig
 from tests.conftest import CONTAINERD_VERSIONS, new_containerd
 from tests.support import archives, cri
 from tests.support.containerd import PrivateContainerd
@@ -122,3 +125,16 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
         d.stop()
         cd.destroy()
         reg.close()
+
+
+def cri_transfer(
+    registries: dict[str, object] | None = None, *, progress_interval: float = 0.1
+) -> CriTransfer:
+    """A CriTransfer as the daemon builds one, for tests that drive it in-process."""
+    return CriTransfer(
+        owner="test",
+        snapshotter="overlayfs",
+        lease_expire=dt.timedelta(hours=1),
+        registries=RegistriesConfig.model_validate(registries or {}),
+        progress_interval=progress_interval,
+    )

@@ -4,7 +4,6 @@ may do a pull into k8s.io, how its failures are reported, and the configuration.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import pathlib
 
 import grpc
@@ -14,11 +13,12 @@ from pydantic import ValidationError
 from imaged import errors
 from imaged.config import Config
 from imaged.cri.auth import configured_auth, containerd_ignores, request_credentials
-from imaged.cri.transfer import CriTransfer, pull_error
+from imaged.cri.transfer import pull_error
 from imaged.cri.upstream import CriError
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.registry.auth import Credentials
 from imaged.registry.config import RegistriesConfig
+from tests.cri.conftest import cri_transfer
 
 
 def test_auth_is_read_as_containerds_cri_reads_it() -> None:
@@ -66,21 +66,12 @@ def test_configured_credentials_go_to_containerd_as_auth() -> None:
     assert configured_auth(cfg, "d.example") is None
 
 
-def _transfer(registries: dict[str, object]) -> CriTransfer:
-    return CriTransfer(
-        owner="test",
-        snapshotter="overlayfs",
-        lease_expire=dt.timedelta(hours=1),
-        registries=RegistriesConfig.model_validate(registries),
-    )
-
-
 def test_containerd_pulls_only_where_it_reaches_the_registry_as_imaged_would(tmp_path: pathlib.Path) -> None:
-    plain = _transfer({})
+    plain = cri_transfer({})
     assert plain.containerd_can_reach("127.0.0.1:5000")  # plain HTTP, as containerd does for loopback
     assert plain.containerd_can_reach("docker.io")
     assert plain.containerd_can_reach("ghcr.io")
-    with_auth = _transfer({"hosts": {"ghcr.io": {"auth": {"username": "u", "password": "p"}}}})
+    with_auth = cri_transfer({"hosts": {"ghcr.io": {"auth": {"username": "u", "password": "p"}}}})
     assert with_auth.containerd_can_reach("ghcr.io")  # credentials are passed along
     for host, settings in (
         ("ghcr.io", {"mirrors": ["https://mirror.example"]}),
@@ -88,15 +79,15 @@ def test_containerd_pulls_only_where_it_reaches_the_registry_as_imaged_would(tmp
         ("ghcr.io", {"plain_http": True}),
         ("127.0.0.1:5000", {"plain_http": False}),
     ):
-        assert not _transfer({"hosts": {host: settings}}).containerd_can_reach(host), settings
+        assert not cri_transfer({"hosts": {host: settings}}).containerd_can_reach(host), settings
     (tmp_path / "ghcr.io").mkdir()
     (tmp_path / "ghcr.io" / "hosts.toml").write_text('[host."https://mirror.example"]\n')
-    hosts_dir = _transfer({"config_path": str(tmp_path)})
+    hosts_dir = cri_transfer({"config_path": str(tmp_path)})
     assert not hosts_dir.containerd_can_reach("ghcr.io")
     assert hosts_dir.containerd_can_reach("quay.io")
     (tmp_path / "_default").mkdir()
     (tmp_path / "_default" / "hosts.toml").write_text('[host."https://mirror.example"]\n')
-    assert not _transfer({"config_path": str(tmp_path)}).containerd_can_reach("quay.io")
+    assert not cri_transfer({"config_path": str(tmp_path)}).containerd_can_reach("quay.io")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ containerd cannot be told what imaged would do."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import itertools
 import json
 import os
@@ -21,14 +20,12 @@ from imaged.containerd.client import Containerd, Namespaced
 from imaged.containerd.images import Image, ImageStore, Target
 from imaged.cri import progress as cri_progress
 from imaged.cri import upstream
-from imaged.cri.transfer import CriTransfer
 from imaged.oci.platform import host_platform
 from imaged.pb.machine import image_pb2
 from imaged.pb.runtime.v1 import api_pb2
 from imaged.pull.progress import Progress
-from imaged.registry.config import RegistriesConfig
 from imaged.registry.reference import parse
-from tests.cri.conftest import Env
+from tests.cri.conftest import Env, cri_transfer
 from tests.cri.test_pull_image import layer_gets, records
 from tests.pull.test_pull import ingests, leases, pull
 from tests.support import archives, cri
@@ -279,12 +276,7 @@ def test_records_never_repoint_or_label_a_digest_other_than_the_pinned_one(
     async def scenario() -> None:
         cd = Containerd(containerd.socket)
         ns = cd.ns("k8s.io")
-        transfer = CriTransfer(
-            owner="test",
-            snapshotter="overlayfs",
-            lease_expire=dt.timedelta(hours=1),
-            registries=RegistriesConfig.model_validate({}),
-        )
+        transfer = cri_transfer()
         try:
             request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref.pinned()))
             monkeypatch.setattr(upstream, "pull", pull_then_race)
@@ -337,13 +329,7 @@ def test_progress_looks_never_walk_the_store(
 
     async def scenario() -> list[str]:
         cd = Containerd(containerd.socket)
-        transfer = CriTransfer(
-            owner="test",
-            snapshotter="overlayfs",
-            lease_expire=dt.timedelta(hours=1),
-            registries=RegistriesConfig.model_validate({}),
-            progress_interval=0.01,
-        )
+        transfer = cri_transfer(progress_interval=0.01)
         progress = Progress()
         try:
             ref = parse(f"{env.reg.host}/open/no-walk:v1@{digest}")
@@ -393,13 +379,7 @@ def test_progress_looks_ask_about_a_window_of_layers(
 
     async def scenario() -> list[tuple[str, object]]:
         cd = Containerd(containerd.socket)
-        transfer = CriTransfer(
-            owner="test",
-            snapshotter="overlayfs",
-            lease_expire=dt.timedelta(hours=1),
-            registries=RegistriesConfig.model_validate({}),
-            progress_interval=0.005,
-        )
+        transfer = cri_transfer(progress_interval=0.005)
         prog = Progress()
         try:
             ref = parse(f"{env.reg.host}/open/window:v1@{digest}")
@@ -455,12 +435,7 @@ def test_a_failed_records_step_leaves_no_record_of_this_pull(
     async def scenario() -> dict[str, Image]:
         cd = Containerd(containerd.socket)
         ns = cd.ns("k8s.io")
-        transfer = CriTransfer(
-            owner="test",
-            snapshotter="overlayfs",
-            lease_expire=dt.timedelta(hours=1),
-            registries=RegistriesConfig.model_validate({}),
-        )
+        transfer = cri_transfer()
         try:
             request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref.pinned()))
             monkeypatch.setattr(ImageStore, "put", put)
