@@ -20,6 +20,7 @@ from imaged.containerd.client import Containerd, Namespaced
 from imaged.containerd.images import Image, ImageStore, Target
 from imaged.cri import progress as cri_progress
 from imaged.cri import upstream
+from imaged.oci.manifest import Descriptor
 from imaged.oci.platform import host_platform
 from imaged.pb.machine import image_pb2
 from imaged.pb.runtime.v1 import api_pb2
@@ -405,6 +406,43 @@ def test_progress_looks_ask_about_a_window_of_layers(
     for asked in windowed:
         assert asked.count("InfoRequest") <= cri_progress.WINDOW, asked
         assert asked.count("StatSnapshotRequest") <= cri_progress.WINDOW, asked
+
+
+def test_a_layer_seen_extracted_keeps_its_final_state(env: Env, containerd: PrivateContainerd) -> None:
+    """A look can see a layer's snapshot committed before it asked about its blob (the blob
+    outside the window, or committed between two calls). When the blob is found next, the layer
+    keeps its final state: no DOWNLOAD_COMPLETE after EXTRACT_COMPLETE."""
+    img = archives.Image(
+        [archives.busybox_layer(), archives.layer({"x": os.urandom(4096)})], cmd=["/bin/true"]
+    )
+    digest = archives.push(env.reg, "open/seen-extracted", "v1", img)
+    started = time.time() - 1  # what the watcher of this pull would have stamped
+
+    async def scenario() -> list[tuple[str, object]]:
+        cd = Containerd(containerd.socket)
+        try:
+            ns = cd.ns("k8s.io")
+            ref = parse(f"{env.reg.host}/open/seen-extracted:v1@{digest}")
+            assert await cri_transfer().pull(ns, ref, Progress(), {}, None) == ref.pinned()
+            watcher = cri_progress.IngestWatcher(
+                ns, Descriptor("", digest, 0), "overlayfs", Progress(), started=started
+            )
+            await watcher.look(window=None)  # every layer done: found downloaded and extracted
+            assert watcher.layers is not None
+            top = watcher.layers[-1]
+            top.fetched = False  # as if its snapshot had been seen before its blob
+            watcher.progress = Progress()
+            await watcher.look(window=None)
+            watcher.progress.close()
+            states: list[tuple[str, object]] = []
+            while (state := await watcher.progress.next()) is not None:
+                states.append((state.layer_id, state.status))
+            assert top.fetched, "the blob was found"
+            return [st for st in states if st[0] == top.lid]
+        finally:
+            await cd.close()
+
+    assert asyncio.run(scenario()) == []
 
 
 @pytest.mark.parametrize("how", ["fails", "cancelled"])

@@ -144,8 +144,14 @@ class IngestWatcher:
             if (created := found.get(la)) is not None:
                 la.fetched = True
                 la.blob_existed = created < self.started
+                if la.extracted:
+                    # Seen extracted before its blob was asked about (outside the window, or
+                    # committed between two calls): its state is final already, not to go back.
+                    continue
                 status = Status.ALREADY_EXISTS if la.blob_existed else Status.DOWNLOAD_COMPLETE
                 self.progress.update(LayerState(la.lid, status, size, size))
+            elif la.extracted:
+                continue
             elif (st := active.get(f"layer-{la.desc.digest}")) is not None:
                 self.progress.update(LayerState(la.lid, Status.DOWNLOADING, st.offset, st.total or size))
 
